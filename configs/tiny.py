@@ -1,0 +1,10 @@
+"""A phi-shaped model small enough to train on a laptop CPU in minutes."""
+
+from phi_jax import configs
+
+
+def get_config():
+  cfg = configs.base()
+  cfg.model.update(vocab_size=8192, d_model=128, n_layers=2, n_heads=4, head_dim=32,
+                   mlp_dim=512, rotary_dim=16, max_len=512)
+  return cfg

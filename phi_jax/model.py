@@ -1,0 +1,311 @@
+"""The phi-1 decoder, in functional Flax.
+
+Params are a plain pytree of arrays; `forward(config, params, tokens)` is a pure function.
+Every parameter and main activation carries logical axis names (`batch`, `length`, `embed`,
+`heads`, `kv`, `mlp`, `vocab`, plus `layers` for the scanned layer stack and `norm` for
+LayerNorm vectors); `phi_jax.sharding` maps those names onto a device mesh.
+
+One block (CodeGen-style, parallel): h = LN(x); x = x + Attn(h) + MLP(h).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import difflib
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from phi_jax import attention as attention_lib
+
+Params = Any  # a nested dict of arrays
+
+# Activation checkpointing policies, by config name ('none' = no remat).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+ACTIVATIONS = {
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),  # HF "gelu_new"
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture and numerics of one phi model. Defaults are phi-1 (1.3B)."""
+
+  vocab_size: int = 51200
+  d_model: int = 2048
+  n_layers: int = 24
+  n_heads: int = 32
+  n_kv_heads: int = 0  # 0 = n_heads (phi-1 has no GQA; kept for interop with other phi shapes)
+  head_dim: int = 64
+  mlp_dim: int = 8192
+  rotary_dim: int = 32  # leading dims of each head that rotate; the rest pass through
+  rope_base: float = 10000.0
+  max_len: int = 2048
+  layer_norm_eps: float = 1e-5
+  activation: str = "gelu_tanh"
+  qk_layernorm: bool = False
+  embed_dropout: float = 0.0
+  resid_dropout: float = 0.0
+  attn_dropout: float = 0.0
+  init_std: float = 0.02
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+  attention: str = "xla"  # a key of phi_jax.attention.ATTENTION_FNS
+  remat: str = "none"  # a key of REMAT_POLICIES
+  mask_packed_segments: bool = True  # packed documents cannot attend to each other
+
+  def __post_init__(self):
+    _check_choice("activation", self.activation, ACTIVATIONS)
+    _check_choice("dtype", self.dtype, DTYPES)
+    _check_choice("param_dtype", self.param_dtype, DTYPES)
+    _check_choice("attention", self.attention, attention_lib.ATTENTION_FNS)
+    _check_choice("remat", self.remat, REMAT_POLICIES)
+    if not 0 < self.rotary_dim <= self.head_dim or self.rotary_dim % 2:
+      raise ValueError(f"rotary_dim={self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]")
+    if self.num_kv_heads <= 0 or self.n_heads % self.num_kv_heads:
+      raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+
+  @property
+  def num_kv_heads(self) -> int:
+    return self.n_kv_heads or self.n_heads
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+    """Builds a config from a mapping (e.g. `cfg.model` of a ConfigDict), naming any unknown key."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+      if key not in fields:
+        close = difflib.get_close_matches(key, sorted(fields), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {sorted(fields)}"
+        raise KeyError(f"unknown model config key '{key}'{hint}")
+    return cls(**dict(values))
+
+
+def _check_choice(name: str, value: str, choices: Mapping[str, Any]) -> None:
+  if value not in choices:
+    raise ValueError(f"model.{name}={value!r} is not one of {sorted(choices)}")
+
+
+def as_model_config(config: Any) -> ModelConfig:
+  """Accepts a ModelConfig, a run config with a `model` section, or the model section itself."""
+  if isinstance(config, ModelConfig):
+    return config
+  if "model" in config:
+    config = config["model"]
+  return ModelConfig.from_dict(dict(config.items()))
+
+
+def _param(init_fn, names):
+  return nn.with_logical_partitioning(init_fn, names)
+
+
+def _constrain(x, names):
+  return nn.with_logical_constraint(x, names)
+
+
+def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
+  """Per-token positions that restart at 0 at each new segment of a packed row."""
+  index = jnp.arange(segment_ids.shape[-1], dtype=jnp.int32)
+  index = jnp.broadcast_to(index, segment_ids.shape)
+  first = jnp.concatenate(
+      [jnp.ones_like(segment_ids[..., :1], bool), segment_ids[..., 1:] != segment_ids[..., :-1]], axis=-1)
+  segment_start = jax.lax.cummax(jnp.where(first, index, 0), axis=segment_ids.ndim - 1)
+  return index - segment_start
+
+
+def apply_rotary(x: jax.Array, positions: jax.Array, rotary_dim: int, base: float) -> jax.Array:
+  """Half-split (NeoX) rotary on the first `rotary_dim` dims of each head; angles in fp32.
+
+  x: [batch, length, heads, head_dim]; positions: [batch, length].
+  """
+  half = rotary_dim // 2
+  inv_freq = 1.0 / (base ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, length, half]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x_rot, x_pass = x[..., :rotary_dim].astype(jnp.float32), x[..., rotary_dim:]
+  x1, x2 = x_rot[..., :half], x_rot[..., half:]
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  return jnp.concatenate([rotated.astype(x.dtype), x_pass], axis=-1)
+
+
+class Attention(nn.Module):
+  config: ModelConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, h, segment_ids, positions):
+    cfg = self.config
+    dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+    kernel = nn.initializers.normal(cfg.init_std)
+
+    def project(name, n_heads):
+      return nn.DenseGeneral(
+          (n_heads, cfg.head_dim), dtype=dtype, param_dtype=param_dtype, name=name,
+          kernel_init=_param(kernel, ("embed", "heads", "kv")),
+          bias_init=_param(nn.initializers.zeros, ("heads", "kv")))(h)
+
+    q = project("q_proj", cfg.n_heads)
+    k = project("k_proj", cfg.num_kv_heads)
+    v = project("v_proj", cfg.num_kv_heads)
+    if cfg.qk_layernorm:
+      q = _layer_norm(cfg, "q_layernorm", axis_name="kv")(q)
+      k = _layer_norm(cfg, "k_layernorm", axis_name="kv")(k)
+    q = apply_rotary(q, positions, cfg.rotary_dim, cfg.rope_base)
+    k = apply_rotary(k, positions, cfg.rotary_dim, cfg.rope_base)
+    q = _constrain(q, ("batch", "length", "heads", "kv"))
+    k = _constrain(k, ("batch", "length", "heads", "kv"))
+    v = _constrain(v, ("batch", "length", "heads", "kv"))
+
+    dropout_rate = 0.0 if self.deterministic else cfg.attn_dropout
+    dropout_rng = self.make_rng("dropout") if dropout_rate > 0 else None
+    out = attention_lib.ATTENTION_FNS[cfg.attention](
+        q, k, v, segment_ids=segment_ids if cfg.mask_packed_segments else None,
+        dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+    out = _constrain(out, ("batch", "length", "heads", "kv"))
+    return nn.DenseGeneral(
+        cfg.d_model, axis=(-2, -1), dtype=dtype, param_dtype=param_dtype, name="dense",
+        kernel_init=_param(kernel, ("heads", "kv", "embed")),
+        bias_init=_param(nn.initializers.zeros, ("embed",)))(out)
+
+
+class Mlp(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, h):
+    cfg = self.config
+    dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+    kernel = nn.initializers.normal(cfg.init_std)
+    h = nn.Dense(cfg.mlp_dim, dtype=dtype, param_dtype=param_dtype, name="fc1",
+                 kernel_init=_param(kernel, ("embed", "mlp")),
+                 bias_init=_param(nn.initializers.zeros, ("mlp",)))(h)
+    h = _constrain(ACTIVATIONS[cfg.activation](h), ("batch", "length", "mlp"))
+    return nn.Dense(cfg.d_model, dtype=dtype, param_dtype=param_dtype, name="fc2",
+                    kernel_init=_param(kernel, ("mlp", "embed")),
+                    bias_init=_param(nn.initializers.zeros, ("embed",)))(h)
+
+
+def _layer_norm(cfg: ModelConfig, name: str, axis_name: str = "norm") -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=cfg.layer_norm_eps, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
+      use_fast_variance=False, name=name,
+      scale_init=_param(nn.initializers.ones, (axis_name,)),
+      bias_init=_param(nn.initializers.zeros, (axis_name,)))
+
+
+class Block(nn.Module):
+  """One parallel block; written as a scan body: (carry, broadcast args) -> (carry, None)."""
+
+  config: ModelConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, segment_ids, positions):
+    cfg = self.config
+    h = _layer_norm(cfg, "input_layernorm")(x)
+    attn = Attention(cfg, self.deterministic, name="attn")(h, segment_ids, positions)
+    mlp = Mlp(cfg, name="mlp")(h)
+    drop = nn.Dropout(cfg.resid_dropout, deterministic=self.deterministic)
+    x = x + drop(attn) + drop(mlp)
+    return _constrain(x, ("batch", "length", "embed")), None
+
+
+class Phi(nn.Module):
+  """The whole decoder; layers are one scanned stack (params carry a leading `layers` axis)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens, segment_ids, positions, deterministic: bool = True,
+               return_hidden: bool = False):
+    cfg = self.config
+    dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+    x = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
+                 embedding_init=_param(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),
+                 name="embed_tokens")(tokens)
+    x = nn.Dropout(cfg.embed_dropout, deterministic=deterministic)(x)
+    x = _constrain(x, ("batch", "length", "embed"))
+
+    block = Block
+    if REMAT_POLICIES[cfg.remat] is not None:
+      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    stack = nn.scan(
+        block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"})
+    x, _ = stack(cfg, deterministic, name="layers")(x, segment_ids, positions)
+
+    x = _layer_norm(cfg, "final_layernorm")(x)
+    if return_hidden:
+      return x
+    logits = nn.Dense(cfg.vocab_size, dtype=dtype, param_dtype=param_dtype, name="lm_head",
+                      kernel_init=_param(nn.initializers.normal(cfg.init_std), ("embed", "vocab")),
+                      bias_init=_param(nn.initializers.zeros, ("vocab",)))(x)
+    return _constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+def _inputs(tokens, segment_ids, positions):
+  if segment_ids is None:
+    segment_ids = jnp.ones(tokens.shape, jnp.int32)
+  if positions is None:
+    positions = positions_from_segments(segment_ids)
+  return segment_ids, positions
+
+
+def _boxed_init(config: ModelConfig, rng: jax.Array):
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  return Phi(config).init(rng, tokens, *_inputs(tokens, None, None))["params"]
+
+
+def _abstract_boxed(config: Any):
+  return jax.eval_shape(functools.partial(_boxed_init, as_model_config(config)), jax.random.key(0))
+
+
+def init(config: Any, rng: jax.Array) -> Params:
+  """Fresh params (N(0, init_std) weights, zero biases, unit LayerNorm) as a plain pytree."""
+  return nn.meta.unbox(_boxed_init(as_model_config(config), rng))
+
+
+def param_shapes(config: Any) -> Params:
+  """ShapeDtypeStructs of the params, computed without allocating them."""
+  return nn.meta.unbox(_abstract_boxed(config))
+
+
+def logical_axes(config: Any) -> Params:
+  """The logical axis names of every param, as a pytree of PartitionSpecs."""
+  return nn.get_partition_spec(_abstract_boxed(config))
+
+
+def num_params(config: Any) -> int:
+  return sum(x.size for x in jax.tree.leaves(param_shapes(config)))
+
+
+def forward(config: Any, params: Params, tokens: jax.Array, *, segment_ids: jax.Array | None = None,
+            positions: jax.Array | None = None, deterministic: bool = True,
+            rng: jax.Array | None = None, return_hidden: bool = False) -> jax.Array:
+  """Logits [batch, length, vocab] (fp32) for int tokens [batch, length].
+
+  segment_ids: packed-document ids per token (0 = padding); documents with different ids do not
+    attend to each other when `mask_packed_segments` is on. Default: one document per row.
+  positions: rotary positions per token; default restarts at 0 at each segment.
+  deterministic=False turns dropout on and needs `rng`.
+  return_hidden: return the final-LayerNorm hidden states [batch, length, d_model] instead.
+  """
+  config = as_model_config(config)
+  segment_ids, positions = _inputs(tokens, segment_ids, positions)
+  rngs = {"dropout": rng} if rng is not None else {}
+  if not deterministic and rng is None:
+    raise ValueError("forward(deterministic=False) needs rng= for dropout")
+  return Phi(config).apply({"params": params}, tokens, segment_ids, positions,
+                           deterministic=deterministic, return_hidden=return_hidden, rngs=rngs)
