@@ -14,15 +14,41 @@ import ml_collections
 
 from phi_jax.model import ModelConfig
 
-# `configs/` ships inside the package as `phi_jax._configs` (see setup.py), so a non-editable
-# install (Colab, TPU VMs) finds the same files a checkout does.
-_CONFIG_DIR = Path(importlib.util.find_spec("phi_jax._configs").submodule_search_locations[0])
+# A checkout's `configs/`; a non-editable install (Colab, TPU VMs) carries the same files as
+# the package `phi_jax._configs` (see setup.py).
+_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+if not _CONFIG_DIR.is_dir():
+  _CONFIG_DIR = Path(importlib.util.find_spec("phi_jax._configs").submodule_search_locations[0])
 
 
 def base() -> ml_collections.ConfigDict:
   """Every section with its defaults; the files under configs/ override what differs."""
   cfg = ml_collections.ConfigDict()
   cfg.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig()))
+  # Mesh axis sizes; -1 = all remaining devices.
+  cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  cfg.train = ml_collections.ConfigDict(dict(
+      seed=0,
+      steps=24_000,  # steps this run takes; phi-1-base is the 24k checkpoint of a 36k schedule
+      global_batch=1024,  # sequences per optimizer step, whatever the device count
+      micro_batch=0,  # sequences per accumulation step (0 = the whole global batch at once)
+      seq_len=2048,
+      log_every=10,
+  ))
+  # Pretraining recipe of the paper. b1, b2, eps, clipping and the final LR are not in the
+  # paper: GPT-3/CodeGen-style defaults.
+  cfg.optim = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, warmup_steps=750, decay_steps=36_000, final_lr_ratio=0.0,
+      weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, grad_clip_norm=1.0))
+  cfg.data = ml_collections.ConfigDict(dict(
+      source="synthetic",  # "synthetic": a learnable arithmetic-progression token stream
+  ))
+  # Multi-host: jax.distributed.initialize() when enabled; empty fields are auto-detected
+  # (TPU VMs, SLURM, ...) or read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+  cfg.distributed = ml_collections.ConfigDict(dict(
+      enabled=False, coordinator_address="", num_processes=0, process_id=-1,
+      cpu_collectives="gloo"))
+  cfg.logging = ml_collections.ConfigDict(dict(tensorboard=True, progress_bar=True))
   return cfg
 
 

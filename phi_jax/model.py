@@ -139,6 +139,29 @@ def apply_rotary(x: jax.Array, positions: jax.Array, rotary_dim: int, base: floa
   return jnp.concatenate([rotated.astype(x.dtype), x_pass], axis=-1)
 
 
+class Linear(nn.Module):
+  """x . kernel + bias, contracting the trailing `in_dims` axes of x; kernel is [*in, *features].
+
+  Params are created at their real shape (so their logical names always fit their rank).
+  """
+
+  config: ModelConfig
+  features: tuple[int, ...]
+  kernel_axes: tuple[str, ...]
+  in_dims: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+    kernel = self.param("kernel", _param(nn.initializers.normal(cfg.init_std), self.kernel_axes),
+                        (*x.shape[-self.in_dims:], *self.features), param_dtype)
+    bias = self.param("bias", _param(nn.initializers.zeros, self.kernel_axes[self.in_dims:]),
+                      self.features, param_dtype)
+    y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.in_dims)
+    return y + bias.astype(dtype)
+
+
 class Attention(nn.Module):
   config: ModelConfig
   deterministic: bool
@@ -146,14 +169,9 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, h, segment_ids, positions):
     cfg = self.config
-    dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
-    kernel = nn.initializers.normal(cfg.init_std)
 
     def project(name, n_heads):
-      return nn.DenseGeneral(
-          (n_heads, cfg.head_dim), dtype=dtype, param_dtype=param_dtype, name=name,
-          kernel_init=_param(kernel, ("embed", "heads", "kv")),
-          bias_init=_param(nn.initializers.zeros, ("heads", "kv")))(h)
+      return Linear(cfg, (n_heads, cfg.head_dim), ("embed", "heads", "kv"), name=name)(h)
 
     q = project("q_proj", cfg.n_heads)
     k = project("k_proj", cfg.num_kv_heads)
@@ -173,10 +191,7 @@ class Attention(nn.Module):
         q, k, v, segment_ids=segment_ids if cfg.mask_packed_segments else None,
         dropout_rate=dropout_rate, dropout_rng=dropout_rng)
     out = _constrain(out, ("batch", "length", "heads", "kv"))
-    return nn.DenseGeneral(
-        cfg.d_model, axis=(-2, -1), dtype=dtype, param_dtype=param_dtype, name="dense",
-        kernel_init=_param(kernel, ("heads", "kv", "embed")),
-        bias_init=_param(nn.initializers.zeros, ("embed",)))(out)
+    return Linear(cfg, (cfg.d_model,), ("heads", "kv", "embed"), in_dims=2, name="dense")(out)
 
 
 class Mlp(nn.Module):
@@ -185,15 +200,9 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, h):
     cfg = self.config
-    dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
-    kernel = nn.initializers.normal(cfg.init_std)
-    h = nn.Dense(cfg.mlp_dim, dtype=dtype, param_dtype=param_dtype, name="fc1",
-                 kernel_init=_param(kernel, ("embed", "mlp")),
-                 bias_init=_param(nn.initializers.zeros, ("mlp",)))(h)
+    h = Linear(cfg, (cfg.mlp_dim,), ("embed", "mlp"), name="fc1")(h)
     h = _constrain(ACTIVATIONS[cfg.activation](h), ("batch", "length", "mlp"))
-    return nn.Dense(cfg.d_model, dtype=dtype, param_dtype=param_dtype, name="fc2",
-                    kernel_init=_param(kernel, ("mlp", "embed")),
-                    bias_init=_param(nn.initializers.zeros, ("embed",)))(h)
+    return Linear(cfg, (cfg.d_model,), ("mlp", "embed"), name="fc2")(h)
 
 
 def _layer_norm(cfg: ModelConfig, name: str, axis_name: str = "norm") -> nn.LayerNorm:
@@ -249,9 +258,7 @@ class Phi(nn.Module):
     x = _layer_norm(cfg, "final_layernorm")(x)
     if return_hidden:
       return x
-    logits = nn.Dense(cfg.vocab_size, dtype=dtype, param_dtype=param_dtype, name="lm_head",
-                      kernel_init=_param(nn.initializers.normal(cfg.init_std), ("embed", "vocab")),
-                      bias_init=_param(nn.initializers.zeros, ("vocab",)))(x)
+    logits = Linear(cfg, (cfg.vocab_size,), ("embed", "vocab"), name="lm_head")(x)
     return _constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
 

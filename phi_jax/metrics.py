@@ -1,0 +1,88 @@
+"""Training metrics: FLOPs per token, device peak, MFU, and the metrics.jsonl/TensorBoard writer.
+
+FLOPs convention (PaLM appendix B, causal): per trained token,
+  6 * N  +  6 * n_layers * n_heads * head_dim * seq_len
+where N counts every parameter that takes part in a matmul (all but the input embedding table,
+which is a lookup), and the attention term is half the non-causal 12 * L * H * Q * T.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from phi_jax import model as model_lib
+
+# Dense bf16 peak FLOP/s per chip (vendor figures).
+_PEAK_FLOPS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
+}
+
+
+def flops_per_token(model_config: model_lib.ModelConfig, seq_len: int) -> float:
+  n = model_lib.num_params(model_config) - model_config.vocab_size * model_config.d_model
+  attention = 6 * model_config.n_layers * model_config.n_heads * model_config.head_dim * seq_len
+  return 6.0 * n + attention
+
+
+@functools.lru_cache(maxsize=None)
+def measured_matmul_peak(dtype: str = "float32", size: int = 1024, repeats: int = 5) -> float:
+  """FLOP/s of a large jitted matmul on the default device: the CPU's practical peak."""
+  a = jnp.ones((size, size), model_lib.DTYPES[dtype])
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size ** 3 / best
+
+
+def peak_flops_per_device(dtype: str = "float32") -> float:
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    return measured_matmul_peak(dtype)
+  for prefix, peak in _PEAK_FLOPS.items():
+    if device.device_kind.startswith(prefix):
+      return peak
+  raise ValueError(f"no peak FLOP/s known for device kind {device.device_kind!r}")
+
+
+class Writer:
+  """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard.
+
+  Only process 0 writes; other processes get a no-op writer.
+  """
+
+  def __init__(self, workdir: str | Path, tensorboard: bool = True):
+    self.active = jax.process_index() == 0
+    self.path = Path(workdir) / "metrics.jsonl"
+    self.tb = None
+    if self.active:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      if tensorboard:
+        from tensorboardX import SummaryWriter
+        self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    if not self.active:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self.tb is not None:
+      for key, value in scalars.items():
+        self.tb.add_scalar(key, float(value), int(step))
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()

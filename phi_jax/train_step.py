@@ -1,0 +1,157 @@
+"""The train state and the sharded, jitted train step (gradient accumulation inside)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from phi_jax import model as model_lib
+from phi_jax import optimizer as optimizer_lib
+from phi_jax import sharding
+
+# A batch is a dict of [global_batch, seq_len] arrays with these keys.
+BATCH_KEYS = ("inputs", "targets", "loss_weights", "segment_ids", "positions")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """Everything compiled for one (config, mesh): the step, the init, and their shardings."""
+
+  mesh: Mesh
+  state_sharding: Any  # TrainState of NamedShardings
+  batch_sharding: NamedSharding
+  init_state: Callable[[jax.Array], TrainState]  # rng -> sharded fresh state
+  step: Callable[[TrainState, dict], tuple[TrainState, dict]]  # donates the state
+  abstract_state: Any  # TrainState of ShapeDtypeStructs carrying shardings
+  micro_batches: int
+
+
+def micro_batch_count(train: Any, mesh: Mesh) -> int:
+  """How many micro-batches one global batch is split into; checks divisibility."""
+  global_batch, micro = int(train.global_batch), int(train.micro_batch) or int(train.global_batch)
+  if global_batch % micro:
+    raise ValueError(f"train.global_batch={global_batch} is not divisible by "
+                     f"train.micro_batch={micro}")
+  parallel = sharding.data_parallel_size(mesh)
+  if micro % parallel:
+    raise ValueError(f"train.micro_batch={micro} (or global_batch when micro_batch=0) must be "
+                     f"divisible by the data-parallel devices data*fsdp={parallel}")
+  return global_batch // micro
+
+
+def token_loss(model_config, params, batch, rng, deterministic):
+  """(sum of weighted token cross-entropies, sum of weights) for one (micro-)batch."""
+  logits = model_lib.forward(
+      model_config, params, batch["inputs"], segment_ids=batch["segment_ids"],
+      positions=batch["positions"], deterministic=deterministic, rng=rng)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+  weights = batch["loss_weights"].astype(jnp.float32)
+  return jnp.sum(losses * weights), jnp.sum(weights)
+
+
+def _split_micro(batch: dict, count: int) -> dict:
+  """[G, T] -> [count, G/count, T], micro-batch i taking rows i, i+count, ... so that every
+  device keeps feeding its own rows (no resharding between micro-batches)."""
+  def split(x):
+    return x.reshape(x.shape[0] // count, count, *x.shape[1:]).swapaxes(0, 1)
+  return jax.tree.map(split, batch)
+
+
+def _train_step(model_config, optimizer, schedule, micro_batches, seed, param_sharding,
+                state: TrainState, batch: dict):
+  deterministic = not (model_config.embed_dropout or model_config.resid_dropout
+                       or model_config.attn_dropout)
+  step_rng = jax.random.fold_in(jax.random.key(seed), state.step)  # dropout from (seed, step)
+  total_weight = jnp.maximum(jnp.sum(batch["loss_weights"].astype(jnp.float32)), 1.0)
+
+  def micro_grads(carry, inputs):
+    index, micro = inputs
+    loss_fn = lambda p: token_loss(model_config, p, micro, jax.random.fold_in(step_rng, index),
+                                   deterministic)
+    (loss_sum, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.with_sharding_constraint(grads, param_sharding)
+    grad_sum, loss_total = carry
+    return (jax.tree.map(jnp.add, grad_sum, grads), loss_total + loss_sum), None
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  micro = _split_micro(batch, micro_batches)
+  (grad_sum, loss_sum), _ = jax.lax.scan(
+      micro_grads, (zeros, jnp.zeros((), jnp.float32)), (jnp.arange(micro_batches), micro))
+  grads = jax.tree.map(lambda g: g / total_weight, grad_sum)
+
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      "loss": loss_sum / total_weight,
+      "grad_norm": optax.global_norm(grads),
+      "learning_rate": schedule(state.step),
+      "tokens": total_weight,
+  }
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
+  """Builds the jitted init and step for `cfg` on `mesh` with explicit in/out shardings."""
+  model_config = model_lib.as_model_config(cfg)
+  optimizer = optimizer_lib.make_optimizer(cfg.optim)
+  schedule = optimizer_lib.learning_rate_schedule(cfg.optim)
+  micro_batches = micro_batch_count(cfg.train, mesh)
+  if model_config.n_heads % mesh.shape["tensor"]:
+    raise ValueError(f"model.n_heads={model_config.n_heads} is not divisible by "
+                     f"mesh.tensor={mesh.shape['tensor']}")
+
+  def fresh_state(rng):
+    params = model_lib.init(model_config, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params))
+
+  abstract = jax.eval_shape(fresh_state, jax.random.key(0))
+  param_specs = model_lib.logical_axes(model_config)
+  opt_specs = optax.tree_map_params(
+      optimizer, lambda _, spec: spec, abstract.opt_state, param_specs,
+      transform_non_params=lambda _: P(), is_leaf=lambda x: isinstance(x, P))
+  state_specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs)
+  state_sharding = sharding.logical_sharding(state_specs, mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch_shardings = {key: batch_sharding for key in BATCH_KEYS}
+  replicated = NamedSharding(mesh, P())
+
+  step_fn = functools.partial(_train_step, model_config, optimizer, schedule, micro_batches,
+                              int(cfg.train.seed), state_sharding.params)
+
+  def with_rules(fn):
+    @functools.wraps(fn)
+    def wrapped(*args):
+      with sharding.activation_rules(mesh):
+        return fn(*args)
+    return wrapped
+
+  step = jax.jit(with_rules(step_fn), in_shardings=(state_sharding, batch_shardings),
+                 out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  init_state = jax.jit(fresh_state, out_shardings=state_sharding)
+  abstract_state = jax.tree.map(
+      lambda shape, s: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=s),
+      abstract, state_sharding)
+  return Trainer(mesh=mesh, state_sharding=state_sharding, batch_sharding=batch_sharding,
+                 init_state=init_state, step=step, abstract_state=abstract_state,
+                 micro_batches=micro_batches)
+
+
+def abstract_batch(cfg: Any, batch_sharding: NamedSharding) -> dict:
+  shape = (int(cfg.train.global_batch), int(cfg.train.seq_len))
+  return {key: jax.ShapeDtypeStruct(shape, jnp.float32 if key == "loss_weights" else jnp.int32,
+                                    sharding=batch_sharding) for key in BATCH_KEYS}
