@@ -4,4 +4,8 @@ from phi_jax import configs
 
 
 def get_config():
-  return configs.base()  # the base model section is phi-1
+  cfg = configs.base()  # the base model section and recipe are phi-1 pretraining
+  cfg.model.dtype = "bfloat16"  # mixed precision: fp32 params, bf16 compute
+  # The paper trained with attention and residual dropout 0.1 (the released config says 0).
+  cfg.model.update(attn_dropout=0.1, resid_dropout=0.1)
+  return cfg

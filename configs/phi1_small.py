@@ -4,6 +4,6 @@ from phi_jax import configs
 
 
 def get_config():
-  cfg = configs.base()
+  cfg = configs.get("phi1")
   cfg.model.update(d_model=1024, n_layers=20, n_heads=16, mlp_dim=4096)
   return cfg

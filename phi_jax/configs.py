@@ -52,6 +52,13 @@ def base() -> ml_collections.ConfigDict:
   return cfg
 
 
+def finetune_recipe(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The paper's CodeExercises finetuning: batch 256, max LR 1e-4, warmup 50, wd 0.01, 6k steps."""
+  cfg.train.update(steps=6_000, global_batch=256)
+  cfg.optim.update(learning_rate=1e-4, warmup_steps=50, decay_steps=6_000, weight_decay=0.01)
+  return cfg
+
+
 def names() -> list[str]:
   return sorted(p.stem for p in _CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
 

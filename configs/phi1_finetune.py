@@ -1,0 +1,7 @@
+"""phi-1: phi-1-base finetuned on CodeExercises with the paper's finetuning recipe."""
+
+from phi_jax import configs
+
+
+def get_config():
+  return configs.finetune_recipe(configs.get("phi1"))
