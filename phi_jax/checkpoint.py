@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from phi_jax import model as model_lib
@@ -29,9 +30,14 @@ def save_params(workdir: str | Path, model_config: model_lib.ModelConfig, params
     manager.wait_until_finished()
 
 
-def restore_params(workdir: str | Path, step: int | None = None
+def restore_params(workdir: str | Path, step: int | None = None, shardings: Any = None
                    ) -> tuple[model_lib.ModelConfig, Any]:
-  """(model config, params) of `step` (default: the latest complete one) under `workdir`."""
+  """(model config, params) of `step` (default: the latest complete one) under `workdir`.
+
+  The params land on `shardings` (a pytree of `jax.sharding.Sharding`s shaped like the params,
+  e.g. a trainer's `state_sharding.params`), by default whole on this process's first device:
+  a checkpoint restores whatever device and process count it was saved with.
+  """
   directory = Path(workdir) / "checkpoints"
   with _manager(workdir) as manager:
     step = manager.latest_step() if step is None else step
@@ -41,7 +47,12 @@ def restore_params(workdir: str | Path, step: int | None = None
           f"steps found: {list(manager.all_steps())}")
     saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     model_config = model_lib.ModelConfig.from_dict(saved.config["model"])
-    abstract = model_lib.param_shapes(model_config)
+    if shardings is None:
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      shardings = jax.tree.map(lambda _: device, model_lib.param_shapes(model_config))
+    abstract = jax.tree.map(
+        lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),
+        model_lib.param_shapes(model_config), shardings)
     restored = manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract)))
   return model_config, restored.params
