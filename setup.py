@@ -22,6 +22,9 @@ setup(
     extras_require={
         # transformers is the reference implementation the tests compare against; torch is
         # pinned to the CPU build so that pip does not pull CUDA packages.
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0"],
+        # libtpu, at the version jax pins, for TPU ahead-of-time compilation on any machine
+        # (phi_jax.aot, tests/test_aot.py); no TPU needed.
+        "tpu": ["jax[tpu]==0.10.2"],
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "jax[tpu]==0.10.2"],
     },
 )
