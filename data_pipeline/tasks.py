@@ -1,0 +1,118 @@
+"""The seqio tasks and mixtures of phi-1. Importing this module registers them.
+
+  phi1_code_textbook   -- filtered code + textbook text (CodeTextbook), one document per example
+  phi1_code_exercises  -- CodeExercises: `prompt` (signature + docstring) then `solution`
+  phi1_pretrain        -- mixture for pretraining (phi-1-base)
+  phi1_finetune        -- mixture for finetuning (phi-1)
+
+Sources are sharded TFRecord files of tf.train.Examples written by `data_pipeline.build`
+(`DATA_DIR/<task>/<split>.tfrecord-*`), local or `gs://`, with the vocabulary at
+`DATA_DIR/tokenizer/spm.model`. Registration reads the data directory from `PHI1_DATA_DIR`
+(default `~/.cache/phi_jax/data`); `register(data_dir, ...)` re-registers for another one.
+
+Examples come out per document ('targets' = tokens + end-of-text; exercises also carry
+'loss_weights', 0 on prompt tokens when `mask_prompt`); `packing.pack` cuts the mixed stream
+into training rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Mapping
+
+import seqio
+import tensorflow as tf
+
+CODE_TEXTBOOK = "phi1_code_textbook"
+CODE_EXERCISES = "phi1_code_exercises"
+PRETRAIN = "phi1_pretrain"
+FINETUNE = "phi1_finetune"
+DEFAULT_DATA_DIR = os.path.expanduser("~/.cache/phi_jax/data")
+
+
+def vocabulary_path(data_dir: str) -> str:
+  return os.path.join(data_dir, "tokenizer", "spm.model")
+
+
+def split_pattern(data_dir: str, task: str, split: str) -> str:
+  return os.path.join(data_dir, task, f"{split}.tfrecord-*")
+
+
+@seqio.map_over_dataset
+def _document_text(example):
+  return {"targets": example["text"]}
+
+
+@seqio.map_over_dataset
+def _exercise_parts(example):
+  return {"prompt": example["prompt"], "solution": example["solution"]}
+
+
+def _tokenize_exercise(dataset, output_features, mask_prompt: bool):
+  """prompt and solution tokenized apart, so that the prompt's loss can be masked."""
+  vocab = output_features["targets"].vocabulary
+
+  def tokenize(example):
+    prompt = tf.cast(vocab.encode_tf(example["prompt"]), tf.int32)
+    solution = tf.cast(vocab.encode_tf(example["solution"]), tf.int32)
+    targets = tf.concat([prompt, solution, [vocab.eos_id]], axis=0)
+    prompt_weight = 0.0 if mask_prompt else 1.0
+    weights = tf.concat([tf.fill(tf.shape(prompt), prompt_weight),
+                         tf.ones(tf.shape(solution)[0] + 1, tf.float32)], axis=0)
+    return {"targets": targets, "loss_weights": weights}
+
+  return dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+@seqio.map_over_dataset
+def _unit_weights(example):
+  return {**example, "loss_weights": tf.ones(tf.shape(example["targets"]), tf.float32)}
+
+
+def _features(vocab: seqio.Vocabulary) -> dict:
+  """Both tasks share these, as a mixture requires."""
+  return {
+      "targets": seqio.Feature(vocab, add_eos=True, dtype=tf.int32),
+      "loss_weights": seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False,
+                                    dtype=tf.float32),
+  }
+
+
+def register(data_dir: str | None = None, vocab: seqio.Vocabulary | None = None,
+             pretrain_rates: Mapping[str, float] | None = None,
+             finetune_rates: Mapping[str, float] | None = None,
+             mask_prompt: bool = True) -> None:
+  """(Re-)registers the phi-1 tasks and mixtures over `data_dir`."""
+  data_dir = data_dir or os.environ.get("PHI1_DATA_DIR", DEFAULT_DATA_DIR)
+  vocab = vocab or seqio.SentencePieceVocabulary(vocabulary_path(data_dir))
+  splits = ("train", "validation")
+  text = {"text": tf.io.FixedLenFeature([], tf.string)}
+  exercise = {"prompt": tf.io.FixedLenFeature([], tf.string),
+              "solution": tf.io.FixedLenFeature([], tf.string)}
+
+  for name in (CODE_TEXTBOOK, CODE_EXERCISES, PRETRAIN, FINETUNE):
+    seqio.MixtureRegistry.remove(name)
+    seqio.TaskRegistry.remove(name)
+
+  seqio.TaskRegistry.add(
+      CODE_TEXTBOOK,
+      source=seqio.TFExampleDataSource(
+          {s: split_pattern(data_dir, CODE_TEXTBOOK, s) for s in splits}, text),
+      preprocessors=[_document_text, seqio.preprocessors.tokenize,
+                     seqio.CacheDatasetPlaceholder(), seqio.preprocessors.append_eos,
+                     _unit_weights],
+      output_features=_features(vocab))
+  seqio.TaskRegistry.add(
+      CODE_EXERCISES,
+      source=seqio.TFExampleDataSource(
+          {s: split_pattern(data_dir, CODE_EXERCISES, s) for s in splits}, exercise),
+      preprocessors=[_exercise_parts,
+                     functools.partial(_tokenize_exercise, mask_prompt=mask_prompt),
+                     seqio.CacheDatasetPlaceholder()],
+      output_features=_features(vocab))
+  seqio.MixtureRegistry.add(PRETRAIN, list((pretrain_rates or {CODE_TEXTBOOK: 1.0}).items()))
+  seqio.MixtureRegistry.add(FINETUNE, list((finetune_rates or {CODE_EXERCISES: 1.0}).items()))
+
+
+register()
