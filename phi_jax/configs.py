@@ -41,7 +41,14 @@ def base() -> ml_collections.ConfigDict:
       learning_rate=1e-3, warmup_steps=750, decay_steps=36_000, final_lr_ratio=0.0,
       weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, grad_clip_norm=1.0))
   cfg.data = ml_collections.ConfigDict(dict(
-      source="synthetic",  # "synthetic": a learnable arithmetic-progression token stream
+      source="synthetic",  # "seqio" (the phi-1 mixtures) or "synthetic" (a learnable toy stream)
+      dir="",  # data_pipeline.build's output (local or gs://); "" = $PHI1_DATA_DIR
+      mixture="phi1_pretrain",
+      split="train",
+      mask_prompt=True,  # no loss on exercise prompts (signature + docstring)
+      pretrain_rates={},  # task -> rate for phi1_pretrain ({} = CodeTextbook only)
+      finetune_rates={},  # task -> rate for phi1_finetune ({} = CodeExercises only)
+      use_cached=False,  # read seqio's cache (data_pipeline.build writes it)
   ))
   # Multi-host: jax.distributed.initialize() when enabled; empty fields are auto-detected
   # (TPU VMs, SLURM, ...) or read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.

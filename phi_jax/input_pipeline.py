@@ -1,6 +1,10 @@
 """Batches for the trainer: each process builds only its own rows of the global batch.
 
 Sources (`cfg.data.source`):
+  seqio     -- the registered mixture `cfg.data.mixture` (data_pipeline.tasks) over
+               `cfg.data.dir`, read with one seqio.ShardInfo per process, shuffled with the
+               run's seed, packed the paper's way (data_pipeline.packing). A run started at
+               step k skips exactly k batches of the same deterministic stream.
   synthetic -- arithmetic progressions mod vocab (row i: a_i, a_i + s_i, a_i + 2 s_i, ...):
                learnable from context, deterministic in (seed, step), independent of the number
                of processes and devices. For smoke tests and benchmarks.
@@ -43,17 +47,46 @@ def synthetic_rows(seed: int, step: int, rows: slice, global_batch: int, seq_len
   }
 
 
-def batches(cfg: Any, batch_sharding: NamedSharding, start_step: int) -> Iterator[dict]:
-  """Global, sharded batches for steps start_step, start_step + 1, ..."""
-  global_batch, seq_len = int(cfg.train.global_batch), int(cfg.train.seq_len)
-  rows = process_rows(batch_sharding, global_batch)
-  if cfg.data.source != "synthetic":
-    raise ValueError(f"data.source={cfg.data.source!r} is not known; use 'synthetic'")
+def _synthetic(cfg: Any, rows: slice, start_step: int) -> Iterator[dict]:
   step = start_step
   while True:
-    local = synthetic_rows(int(cfg.train.seed), step, rows, global_batch, seq_len,
-                           int(cfg.model.vocab_size))
-    yield {key: jax.make_array_from_process_local_data(batch_sharding, value,
-                                                       (global_batch, seq_len))
-           for key, value in local.items()}
+    yield synthetic_rows(int(cfg.train.seed), step, rows, int(cfg.train.global_batch),
+                         int(cfg.train.seq_len), int(cfg.model.vocab_size))
     step += 1
+
+
+def seqio_dataset(data: Any, seq_len: int, rows_per_batch: int, seed: int, split: str,
+                  shard_index: int = 0, num_shards: int = 1, num_epochs: int | None = None):
+  """Packed batches [rows_per_batch, seq_len] of a registered phi-1 mixture, as a tf.data set."""
+  import seqio  # heavy (TensorFlow); only runs that read real data pay for it
+  import tensorflow as tf
+  from data_pipeline import packing, tasks
+  tf.config.set_visible_devices([], "GPU")  # TF must not take accelerator memory from JAX
+  tasks.register(data.dir, mask_prompt=data.mask_prompt,
+                 pretrain_rates=dict(data.pretrain_rates) or None,
+                 finetune_rates=dict(data.finetune_rates) or None)
+  dataset = seqio.get_mixture_or_task(data.mixture).get_dataset(
+      None, split=split, shuffle=True, seed=seed, num_epochs=num_epochs,
+      shard_info=seqio.ShardInfo(shard_index, num_shards), use_cached=data.use_cached)
+  return packing.pack(dataset, seq_len).batch(rows_per_batch, drop_remainder=True)
+
+
+def _seqio(cfg: Any, rows: slice, start_step: int) -> Iterator[dict]:
+  dataset = seqio_dataset(cfg.data, int(cfg.train.seq_len), rows.stop - rows.start,
+                          int(cfg.train.seed), cfg.data.split, jax.process_index(),
+                          jax.process_count())
+  return dataset.skip(start_step).prefetch(2).as_numpy_iterator()
+
+
+_SOURCES = {"synthetic": _synthetic, "seqio": _seqio}
+
+
+def batches(cfg: Any, batch_sharding: NamedSharding, start_step: int) -> Iterator[dict]:
+  """Global, sharded batches for steps start_step, start_step + 1, ..."""
+  if cfg.data.source not in _SOURCES:
+    raise ValueError(f"data.source={cfg.data.source!r} is not one of {sorted(_SOURCES)}")
+  global_shape = (int(cfg.train.global_batch), int(cfg.train.seq_len))
+  rows = process_rows(batch_sharding, global_shape[0])
+  for local in _SOURCES[cfg.data.source](cfg, rows, start_step):
+    yield {key: jax.make_array_from_process_local_data(batch_sharding, value, global_shape)
+           for key, value in local.items()}

@@ -49,7 +49,7 @@ def run(cfg: Any, workdir: str | Path) -> dict:
     window_steps += 1
     progress.update(1)
     if (step + 1) % log_every == 0 or step + 1 == steps:
-      step_metrics = jax.device_get(step_metrics)  # waits for the step: timings are honest
+      step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}  # syncs
       step_time = (time.perf_counter() - window_start) / window_steps
       last = {
           "loss": step_metrics["loss"], "learning_rate": step_metrics["learning_rate"],
