@@ -35,6 +35,7 @@ setup(
         "numpy",
         "safetensors>=0.4",
         "tqdm",
+        "tensorboardX",
     ],
     extras_require={
         "data": DATA,
