@@ -70,6 +70,39 @@ def extract(corpus: Any, out: Path, beam_options: list[str]) -> dict:
   return stages.run_stage(out, "extract", body)
 
 
+def filter_stage(name: str, transform_fn, previous: str, out: Path,
+                 beam_options: list[str]) -> dict:
+  """A Beam stage docs -> docs, reading stage `previous` and writing stage `name`."""
+  def body(tmp: Path) -> dict:
+    def build(p):
+      docs = stages.read_docs(p, out / previous, previous)
+      docs = docs | "Count in" >> beam.Map(lambda d: (stages.counter(f"{name}_in").inc(), d)[1])
+      kept = docs | name >> transform_fn()
+      kept = kept | "Count out" >> beam.Map(lambda d: (stages.counter(f"{name}_kept").inc(), d)[1])
+      stages.write_docs(kept, tmp, "kept")
+
+    counters = stages.run_pipeline(build, beam_options)
+    stages.require_documents(counters, f"{name}_kept", name,
+                             f"all {counters.get(f'{name}_in', 0)} documents were removed")
+    return counters
+  return stages.run_stage(out, name, body)
+
+
+def dedup(corpus: Any, out: Path, beam_options: list[str]) -> dict:
+  from data_pipeline import dedup as dedup_lib
+  config = dedup_lib.make_config(threshold=corpus.dedup_threshold, num_perm=corpus.dedup_num_perm)
+  return filter_stage("dedup", lambda: dedup_lib.Deduplicate(config), "extract", out, beam_options)
+
+
+def decontaminate(corpus: Any, out: Path, beam_options: list[str]) -> dict:
+  from data_pipeline import decontaminate as decontam_lib
+  references = decontam_lib.load_references(corpus.mbpp_path or None)
+  return filter_stage(
+      "decontam", lambda: decontam_lib.Decontaminate(references, ngram=corpus.decontam_ngram,
+                                                     tau=corpus.decontam_tau),
+      "dedup", out, beam_options)
+
+
 def _split(doc_id: str, validation_fraction: float) -> str:
   bucket = int(hashlib.sha1(doc_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
   return "validation" if bucket < validation_fraction else "train"

@@ -59,6 +59,11 @@ def base() -> ml_collections.ConfigDict:
       help_topics=True,  # the interpreter's help topics as textbook documents
       validation_fraction=0.02,
       num_shards=4,
+      dedup_threshold=0.85,  # MinHash Jaccard at or above which documents are near-duplicates
+      dedup_num_perm=128,
+      decontam_ngram=13,  # the paper's 13-gram overlap rule against HumanEval and MBPP
+      decontam_tau=0.95,  # AST match rate pruning exercises; the paper tried 0.95 .. 0.8
+      mbpp_path="",  # mbpp.jsonl (or its directory); "" = ../shared/data/mbpp beside the repo
   ))
   # Multi-host: jax.distributed.initialize() when enabled; empty fields are auto-detected
   # (TPU VMs, SLURM, ...) or read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
