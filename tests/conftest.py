@@ -16,3 +16,38 @@ def shared_data() -> Path:
   if not SHARED_DATA.exists():
     pytest.fail(f"{SHARED_DATA} is missing: tests expect the project's shared/ beside the checkout")
   return SHARED_DATA
+
+
+@pytest.fixture
+def beam_run(tmp_path):
+  """run(docs, transform) -> (list of output docs per output, {phi1_data counter: value}).
+
+  Runs `beam.Create(docs) | transform` on the DirectRunner; the transform may return one
+  PCollection or a tuple of them. Outputs come back through JSON-lines files.
+  """
+  import json
+  import apache_beam as beam
+  from apache_beam.metrics.metric import MetricsFilter
+
+  def run(docs, transform):
+    out_dir = tmp_path / f"beam{len(list(tmp_path.iterdir()))}"
+    pipeline = beam.Pipeline(runner="DirectRunner")
+    outputs = pipeline | beam.Create(docs) | transform
+    single = not isinstance(outputs, tuple)
+    outputs = (outputs,) if single else outputs
+    for k, pcoll in enumerate(outputs):
+      (pcoll | f"Json{k}" >> beam.Map(json.dumps, sort_keys=True)
+       | f"Write{k}" >> beam.io.WriteToText(str(out_dir / f"out{k}"), file_name_suffix=".jsonl"))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {}
+    for metric in result.metrics().query(MetricsFilter().with_namespace("phi1_data"))["counters"]:
+      counters[metric.key.metric.name] = counters.get(metric.key.metric.name, 0) + metric.result
+    collected = []
+    for k in range(len(outputs)):
+      rows = [json.loads(line) for f in sorted(out_dir.glob(f"out{k}*.jsonl"))
+              for line in f.read_text().splitlines() if line]
+      collected.append(rows)
+    return (collected[0] if single else collected), counters
+
+  return run
