@@ -25,6 +25,10 @@ setup(
         # libtpu, at the version jax pins, for TPU ahead-of-time compilation on any machine
         # (phi_jax.aot, tests/test_aot.py); no TPU needed.
         "tpu": ["jax[tpu]==0.10.2"],
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "jax[tpu]==0.10.2"],
+        # The data pipeline: Beam transforms (DirectRunner here, Dataflow-ready) and the quality
+        # classifier's random forest (data_pipeline/quality.py).
+        "data": ["apache-beam>=2.60", "scikit-learn>=1.5", "joblib>=1.3"],
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "jax[tpu]==0.10.2",
+                 "apache-beam>=2.60", "scikit-learn>=1.5", "joblib>=1.3"],
     },
 )
