@@ -15,8 +15,10 @@ Dataflow/Flink/Spark), each resumable and idempotent (`data_pipeline.stages`):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,105 @@ def decontaminate(corpus: Any, out: Path, beam_options: list[str]) -> dict:
       "dedup", out, beam_options)
 
 
+def tokenizer(corpus: Any, vocab_size: int, out: Path) -> dict:
+  """SentencePiece on the deduplicated, decontaminated corpus: OUT/tokenizer/spm.model."""
+  from data_pipeline import tokenizer as tokenizer_lib
+
+  def body(tmp: Path) -> dict:
+    tokenizer_lib.train_sentencepiece(stages.iter_docs(out / "decontam"), tmp, name="spm",
+                                      vocab_size=vocab_size,
+                                      max_documents=corpus.tokenizer_max_documents)
+    return json.loads((tmp / "spm.train.json").read_text())["sample"]
+  return stages.run_stage(out, "tokenizer", body)
+
+
+class SentencePieceEncoder:
+  """A picklable text -> ids function (loads the model lazily, once per worker)."""
+
+  def __init__(self, model_path: str, max_len: int):
+    self.model_path, self.max_len, self._processor = model_path, max_len, None
+
+  def __getstate__(self):
+    return {"model_path": self.model_path, "max_len": self.max_len, "_processor": None}
+
+  def __call__(self, text: str) -> list[int]:
+    if self._processor is None:
+      import sentencepiece
+      self._processor = sentencepiece.SentencePieceProcessor(model_file=self.model_path)
+    return self._processor.encode(text)[:self.max_len]
+
+
+def embedding_model(cfg: Any, out: Path, beam_options: list[str]) -> Path:
+  """The phi_jax model whose hidden states embed documents for the quality classifier.
+
+  `corpus.quality_model` names a checkpoint workdir (any converted one); by default a small model
+  is first trained briefly on the unfiltered corpus (the paper used a pretrained code model).
+  """
+  if cfg.corpus.quality_model:
+    return Path(cfg.corpus.quality_model)
+  from phi_jax import train
+
+  def body(tmp: Path) -> dict:
+    unfiltered = tmp / "data"
+    write_task(cfg.corpus, "phi1_code_textbook", out / "decontam", unfiltered, beam_options)
+    (unfiltered / "tokenizer").mkdir()
+    shutil.copy(out / "tokenizer" / "spm.model", unfiltered / "tokenizer" / "spm.model")
+    model_cfg = copy.deepcopy(cfg)
+    model_cfg.data.update(source="seqio", dir=str(unfiltered), mixture="phi1_pretrain")
+    model_cfg.train.update(steps=cfg.corpus.quality_model_steps)
+    model_cfg.logging.progress_bar = cfg.logging.progress_bar
+    metrics = train.run(model_cfg, tmp / "run")
+    shutil.rmtree(unfiltered)
+    return {"steps": cfg.corpus.quality_model_steps, "final_loss": metrics["loss"]}
+  stages.run_stage(out, "quality_model", body)
+  return out / "quality_model" / "run"
+
+
+def quality(cfg: Any, out: Path, beam_options: list[str]) -> dict:
+  """Annotate a sample, embed code with a phi_jax model, fit a random forest on the annotated
+  part, keep the code it scores >= threshold (textbook and exercise documents pass through)."""
+  from data_pipeline import quality as quality_lib
+  corpus = cfg.corpus
+  model_dir = embedding_model(cfg, out, beam_options)
+  encode = SentencePieceEncoder(str(out / "tokenizer" / "spm.model"), corpus.quality_max_len)
+  annotator = (quality_lib.LLMJudgeAnnotator(corpus.llm_base_url, corpus.llm_model)
+               if corpus.llm_base_url else quality_lib.HeuristicAnnotator())
+
+  def body(tmp: Path) -> dict:
+    def embed(p):
+      docs = stages.read_docs(p, out / "decontam", "decontam")
+      embedded = docs | "Embed" >> quality_lib.Embed(
+          quality_lib.CheckpointLoader(str(model_dir)), encode, max_len=corpus.quality_max_len)
+      stages.write_docs(embedded, tmp / "embedded", "embedded")
+      (embedded
+       | "Annotate" >> quality_lib.Annotate(annotator, fraction=corpus.annotate_fraction,
+                                            seed=cfg.train.seed)
+       | "Examples" >> quality_lib.ToTrainingExample()
+       | "Write examples" >> beam.io.WriteToText(str(tmp / "annotated" / "examples"), ".jsonl"))
+
+    counters = stages.run_pipeline(embed, beam_options)
+    _, embeddings, labels = quality_lib.read_training_examples(
+        str(tmp / "annotated" / "examples*.jsonl"))
+    classifier, report = quality_lib.train_classifier(embeddings, labels, seed=cfg.train.seed)
+    quality_lib.save_classifier(tmp / "classifier.joblib", classifier, report)
+
+    def score(p):
+      docs = stages.read_docs(p, tmp / "embedded", "embedded")
+      kept = docs | "Score" >> quality_lib.ScoreAndFilter(
+          str(tmp / "classifier.joblib"), threshold=corpus.quality_threshold)
+      stages.write_docs(kept, tmp, "kept")
+
+    counters.update(stages.run_pipeline(score, beam_options))
+    shutil.rmtree(tmp / "embedded")
+    scored = counters.get("quality_score_scored", 0)
+    counters.update({f"classifier_{k}": v for k, v in report.items()},
+                    fraction_kept=counters.get("quality_score_kept", 0) / max(scored, 1))
+    stages.require_documents(counters, "quality_score_kept", "quality",
+                             "the classifier kept no code; lower corpus.quality_threshold")
+    return counters
+  return stages.run_stage(out, "quality", body)
+
+
 def _split(doc_id: str, validation_fraction: float) -> str:
   bucket = int(hashlib.sha1(doc_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
   return "validation" if bucket < validation_fraction else "train"
@@ -139,3 +240,40 @@ def write_task(corpus: Any, task: str, docs_dir: Path, out: Path, beam_options: 
                              f"every {'/'.join(kinds)} document was filtered out")
     return counters
   return stages.run_stage(out, task, body)
+
+
+def run(cfg: Any, out: str | Path, beam_options: list[str] | None = None) -> dict:
+  """All stages; returns (and writes as OUT/manifest.json) every stage's counts."""
+  out, beam_options = Path(out), list(beam_options or [])
+  manifest = {
+      "extract": extract(cfg.corpus, out, beam_options),
+      "dedup": dedup(cfg.corpus, out, beam_options),
+      "decontam": decontaminate(cfg.corpus, out, beam_options),
+      "tokenizer": tokenizer(cfg.corpus, int(cfg.model.vocab_size), out),
+      "quality": quality(cfg, out, beam_options),
+  }
+  for task in TASK_KINDS:
+    manifest[task] = write_task(cfg.corpus, task, out / "quality", out, beam_options)
+  tmp = out / ".manifest.json.tmp"
+  tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+  tmp.rename(out / "manifest.json")
+  return manifest
+
+
+def main(argv):
+  del argv
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+  manifest = run(_CONFIG.value, _OUT.value, _BEAM_OPTIONS.value)
+  print(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (its corpus section).")
+  _OUT = flags.DEFINE_string("out", None, "Output directory: the trainer's data.dir.")
+  _BEAM_OPTIONS = flags.DEFINE_list("beam_options", [], "Beam pipeline options, e.g. "
+                                    "--beam_options=--runner=DataflowRunner,--project=...")
+  flags.mark_flags_as_required(["config", "out"])
+  app.run(main)

@@ -64,6 +64,16 @@ def base() -> ml_collections.ConfigDict:
       decontam_ngram=13,  # the paper's 13-gram overlap rule against HumanEval and MBPP
       decontam_tau=0.95,  # AST match rate pruning exercises; the paper tried 0.95 .. 0.8
       mbpp_path="",  # mbpp.jsonl (or its directory); "" = ../shared/data/mbpp beside the repo
+      tokenizer_max_documents=20_000,  # SentencePiece trains on a sample of this many documents
+      # Quality classifier: annotate a sample (heuristic rubric, or an LLM judge when
+      # llm_base_url is set), embed code with a phi_jax model, random forest, threshold.
+      annotate_fraction=0.3,
+      quality_threshold=0.5,
+      quality_model="",  # a checkpoint workdir to embed with; "" = train one briefly here
+      quality_model_steps=100,
+      quality_max_len=512,
+      llm_base_url="",  # OpenAI-compatible endpoint, e.g. http://localhost:8000/v1
+      llm_model="",
   ))
   # Multi-host: jax.distributed.initialize() when enabled; empty fields are auto-detected
   # (TPU VMs, SLURM, ...) or read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
