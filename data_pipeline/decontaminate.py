@@ -47,9 +47,9 @@ import editdistance
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from data_pipeline.stages import NAMESPACE  # "phi1_data", shared with the build stages
 from data_pipeline.words import code_words
 
-NAMESPACE = "phi1_data"
 RULE_COUNTERS = {"ngram": "ngram_overlap_removed", "ast": "ast_match_removed"}
 AST_SCOPES = ("exercise", "all", "none")
 

@@ -36,9 +36,8 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from datasketch import MinHash
 
+from data_pipeline.stages import NAMESPACE  # "phi1_data", shared with the build stages
 from data_pipeline.words import code_words
-
-NAMESPACE = "phi1_data"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +108,7 @@ def signature(text: str, config: DedupConfig) -> np.ndarray | None:
     return None
   minhash = MinHash(num_perm=config.num_perm, seed=config.seed, scheme="affine32",
                     permutations=_permutations(config.num_perm, config.seed))
-  minhash.update_batch([g.encode("utf-8") for g in sorted(grams)])
+  minhash.update_batch([g.encode("utf-8") for g in grams])  # a min: order-free
   return minhash.hashvalues.astype(np.uint32)
 
 

@@ -9,7 +9,6 @@ This is the tokenization the n-gram overlap rule and the MinHash shingles are de
 from __future__ import annotations
 
 import re
-from typing import Iterator
 
 _WORD = re.compile(r"\w+")
 
@@ -18,8 +17,3 @@ def code_words(text: str) -> list[str]:
   """The words of `text`, in order."""
   return _WORD.findall(text)
 
-
-def ngrams(words: list[str], n: int) -> Iterator[tuple[str, ...]]:
-  """Every run of `n` consecutive words (none when there are fewer than `n`)."""
-  for i in range(len(words) - n + 1):
-    yield tuple(words[i:i + n])
