@@ -44,7 +44,8 @@ longer than the limit is cut inside, before a space where it can be). A sample b
 `max_documents` and `max_chars` is drawn from them with `seed`. The trainer is deterministic for
 the same sample, options and `num_threads` (checked: repeated runs give identical bytes), but the
 model can differ between thread counts (seen with 1M chars, not with 0.3M; presumably ties
-between equal pair counts break differently), hence the fixed default `num_threads=1`. The .model file appears atomically (temp file + rename).
+between equal pair counts break differently), hence the fixed default `num_threads=1`. The
+.model file appears atomically (temp file + rename).
 Measured on 2 shared CPU cores, stdlib code, 1 thread: vocab 1024 on 0.4M chars ~0.5 s;
 vocab 8192 on 2M chars 6 s, on 4M chars 12 s.
 """
