@@ -262,18 +262,19 @@ def run(cfg: Any, out: str | Path, beam_options: list[str] | None = None) -> dic
 
 def main(argv):
   del argv
-  from absl import logging
+  from absl import flags, logging
   logging.set_verbosity(logging.WARNING)
-  manifest = run(_CONFIG.value, _OUT.value, _BEAM_OPTIONS.value)
+  flag_values = flags.FLAGS
+  manifest = run(flag_values.config, flag_values.out, flag_values.beam_options)
   print(json.dumps(manifest, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (its corpus section).")
-  _OUT = flags.DEFINE_string("out", None, "Output directory: the trainer's data.dir.")
-  _BEAM_OPTIONS = flags.DEFINE_list("beam_options", [], "Beam pipeline options, e.g. "
+  config_flags.DEFINE_config_file("config", None, "A configs/*.py file (its corpus section).")
+  flags.DEFINE_string("out", None, "Output directory: the trainer's data.dir.")
+  flags.DEFINE_list("beam_options", [], "Beam pipeline options, e.g. "
                                     "--beam_options=--runner=DataflowRunner,--project=...")
   flags.mark_flags_as_required(["config", "out"])
   app.run(main)

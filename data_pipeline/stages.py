@@ -69,9 +69,15 @@ def read_docs(pipeline: beam.Pipeline, directory: Path, label: str):
 
 
 def write_docs(docs, directory: Path, label: str, num_shards: int = 0):
-  return (docs | f"Serialize {label}" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
+  return (docs | f"Serialize {label}" >> beam.Map(
+      lambda d: json.dumps(d, sort_keys=True, default=_jsonable))
           | f"Write {label}" >> beam.io.WriteToText(str(directory / "docs"), ".jsonl",
                                                     num_shards=num_shards))
+
+
+def _jsonable(value):
+  """numpy arrays and scalars (embeddings, scores) as plain JSON."""
+  return value.tolist()
 
 
 def iter_docs(directory: Path):

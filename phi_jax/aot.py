@@ -406,20 +406,18 @@ def format_report(r: dict) -> str:
   return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
-                                          lock_config=True)
-_TOPOLOGY = flags.DEFINE_string("topology", None,
-                                "TPU topology, e.g. v4:2x2x1, v5e:2x4, v5p:2x2x1.")
-_CHIP_CONFIG = flags.DEFINE_string(
-    "chip_config", None, "libtpu chip config: 'megacore' (default for v4/v5p) or 'default' "
-    "(one device per TensorCore).")
-
-
 def main(argv):
   del argv
-  print(format_report(compile_report(_CONFIG.value, _TOPOLOGY.value, _CHIP_CONFIG.value)))
+  flag_values = flags.FLAGS
+  print(format_report(compile_report(flag_values.config, flag_values.topology,
+                                     flag_values.chip_config)))
 
 
 if __name__ == "__main__":
+  # Flags are defined here, not at import, so that other CLIs can import this module.
+  config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+  flags.DEFINE_string("topology", None, "TPU topology, e.g. v4:2x2x1, v5e:2x4, v5p:2x2x1.")
+  flags.DEFINE_string("chip_config", None, "libtpu chip config: 'megacore' (default for v4/v5p) "
+                      "or 'default' (one device per TensorCore).")
   flags.mark_flags_as_required(["config", "topology"])
   app.run(main)

@@ -66,17 +66,15 @@ def run(cfg: Any, workdir: str | Path) -> dict:
   return last
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, logs and checkpoints.")
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax/absl INFO lines would drown the progress bar
-  run(_CONFIG.value, _WORKDIR.value)
+  run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
+  # Flags are defined here, not at import, so that other CLIs can import this module.
+  config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for metrics, logs and checkpoints.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
