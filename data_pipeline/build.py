@@ -9,6 +9,7 @@ Dataflow/Flink/Spark), each resumable and idempotent (`data_pipeline.stages`):
   tokenizer    SentencePiece trained on the clean corpus (not Beam: one trainer)
   quality      annotate -> embed with a phi_jax model -> random forest -> keep code above threshold
   tasks        TFRecord sources of the seqio tasks (train / validation by id hash)
+  cache        the tasks tokenized, in seqio's cache layout (corpus.cache)
 
 `DIR/manifest.json` holds every stage's counts; `DIR` is then a `data.dir` for the trainer.
 """
@@ -16,6 +17,7 @@ Dataflow/Flink/Spark), each resumable and idempotent (`data_pipeline.stages`):
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import shutil
@@ -242,6 +244,47 @@ def write_task(corpus: Any, task: str, docs_dir: Path, out: Path, beam_options: 
   return stages.run_stage(out, task, body)
 
 
+def cache(cfg: Any, out: Path, beam_options: list[str]) -> dict:
+  """Tokenized tasks in seqio's own cache layout (OUT/cache/<task>/{<split>.tfrecord-*,
+  info.<split>.json, stats.<split>.json, COMPLETED}), written with seqio.beam_utils, so seqio's
+  readers (`get_dataset(use_cached=True)`) and cache tooling work on it."""
+  import seqio
+  from seqio import beam_utils
+  from data_pipeline import tasks
+
+  def body(tmp: Path) -> dict:
+    setup = functools.partial(tasks.register, str(out))
+    setup()
+
+    def build(p):
+      for name in TASK_KINDS:
+        task = seqio.get_mixture_or_task(name)
+        task_dir = tmp / seqio.get_task_dir_from_name(name)
+        done_markers = []
+        for split in task.splits:
+          label = f"{name}_{split}"
+          examples = (p | f"{label} preprocess" >> beam_utils.PreprocessTask(
+                          task, split, setup_fn=setup, preprocessors_seed=cfg.train.seed)
+                      | f"{label} count" >> beam.Map(
+                          lambda ex, label=label: (stages.counter(f"{label}_cached").inc(), ex)[1]))
+          done_markers.append(examples | f"{label} write" >> beam_utils.WriteExampleTfRecord(
+              seqio.get_cached_tfrecord_prefix(str(task_dir), split),
+              num_shards=cfg.corpus.num_shards))
+          done_markers.append(examples | f"{label} info" >> beam_utils.GetInfo(
+              cfg.corpus.num_shards) | f"{label} write info" >> beam_utils.WriteJson(
+                  seqio.get_cached_info_path(str(task_dir), split)))
+          done_markers.append(examples | f"{label} stats" >> beam_utils.GetStats(
+              task.output_features) | f"{label} write stats" >> beam_utils.WriteJson(
+                  seqio.get_cached_stats_path(str(task_dir), split)))
+        _ = (done_markers | f"{name} done" >> beam.Flatten()
+             | f"{name} none" >> beam.Filter(lambda _: False)
+             | f"{name} completed" >> beam.io.textio.WriteToText(
+                 str(task_dir / "COMPLETED"), num_shards=1, shard_name_template=""))
+
+    return stages.run_pipeline(build, beam_options)
+  return stages.run_stage(out, "cache", body)
+
+
 def run(cfg: Any, out: str | Path, beam_options: list[str] | None = None) -> dict:
   """All stages; returns (and writes as OUT/manifest.json) every stage's counts."""
   out, beam_options = Path(out), list(beam_options or [])
@@ -254,6 +297,8 @@ def run(cfg: Any, out: str | Path, beam_options: list[str] | None = None) -> dic
   }
   for task in TASK_KINDS:
     manifest[task] = write_task(cfg.corpus, task, out / "quality", out, beam_options)
+  if cfg.corpus.cache:
+    manifest["cache"] = cache(cfg, out, beam_options)
   tmp = out / ".manifest.json.tmp"
   tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
   tmp.rename(out / "manifest.json")

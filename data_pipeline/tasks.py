@@ -111,6 +111,7 @@ def register(data_dir: str | None = None, vocab: seqio.Vocabulary | None = None,
                      functools.partial(_tokenize_exercise, mask_prompt=mask_prompt),
                      seqio.CacheDatasetPlaceholder()],
       output_features=_features(vocab))
+  seqio.add_global_cache_dirs([os.path.join(data_dir, "cache")])  # data_pipeline.build's cache
   seqio.MixtureRegistry.add(PRETRAIN, list((pretrain_rates or {CODE_TEXTBOOK: 1.0}).items()))
   seqio.MixtureRegistry.add(FINETUNE, list((finetune_rates or {CODE_EXERCISES: 1.0}).items()))
 

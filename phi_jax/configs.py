@@ -74,6 +74,7 @@ def base() -> ml_collections.ConfigDict:
       quality_max_len=512,
       llm_base_url="",  # OpenAI-compatible endpoint, e.g. http://localhost:8000/v1
       llm_model="",
+      cache=True,  # also write the tokenized tasks in seqio's cache layout (OUT/cache)
   ))
   # Multi-host: jax.distributed.initialize() when enabled; empty fields are auto-detected
   # (TPU VMs, SLURM, ...) or read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.

@@ -129,3 +129,7 @@ def test_whole_build_removes_a_planted_humaneval_solution_and_feeds_seqio(tmp_pa
         ex["targets"].tolist()) for ex in seqio.get_mixture_or_task(task).get_dataset(
             None, split="train", shuffle=False, num_epochs=1).as_numpy_iterator()]
     assert texts and not any("has_close_elements" in t for t in texts)
+    cached = seqio.get_mixture_or_task(task).get_dataset(
+        None, split="train", shuffle=False, num_epochs=1, use_cached=True)
+    assert sum(1 for _ in cached.as_numpy_iterator()) == len(texts) == \
+        manifest["cache"][f"{task}_train_cached"]
