@@ -3,7 +3,8 @@
 Stages (each an Apache Beam pipeline unless noted; DirectRunner here, `--beam_options` for
 Dataflow/Flink/Spark), each resumable and idempotent (`data_pipeline.stages`):
 
-  extract      Python sources -> code / textbook / exercise documents; bad files counted, skipped
+  extract      Python sources (and JSONL documents) -> code / textbook / exercise documents;
+               bad files and malformed lines counted, skipped
   dedup        exact (content hash) and near-duplicate (MinHash LSH) removal
   decontam     HumanEval / MBPP 13-gram overlap and AST-similarity pruning
   tokenizer    SentencePiece trained on the clean corpus (not Beam: one trainer)
@@ -49,10 +50,33 @@ class ExtractDocuments(beam.DoFn):
       yield doc
 
 
+class ParseDocument(beam.DoFn):
+  """A JSONL line -> a document ({text, kind?, source?} at least); malformed lines counted."""
+
+  def process(self, line: str):
+    try:
+      record = json.loads(line)
+      kind = record.get("kind", "code")
+      text = record["prompt"] + record["solution"] if kind == "exercise" else record["text"]
+    except (ValueError, KeyError, TypeError):
+      stages.counter("jsonl_skipped_malformed").inc()
+      return
+    if kind not in ("code", "textbook", "exercise") or not isinstance(text, str) or not text.strip():
+      stages.counter("jsonl_skipped_malformed").inc()
+      return
+    fields = {k: record[k] for k in ("prompt", "solution") if kind == "exercise"}
+    doc = sources.document(kind, record.get("source", "jsonl"), text, **fields)
+    stages.counter(f"extracted_{kind}").inc()
+    yield doc
+
+
 def extract(corpus: Any, out: Path, beam_options: list[str]) -> dict:
   def body(tmp: Path) -> dict:
     files = [(name, str(path)) for name, path in
              sources.python_files(sources.python_roots(list(corpus.roots)))]
+    if not files and not corpus.jsonl:
+      raise stages.EmptyStageError(f"no .py files under corpus.roots={list(corpus.roots)} and "
+                                   "no corpus.jsonl inputs")
     if corpus.max_files:
       files = files[:corpus.max_files]
     topics = list(sources.topic_documents()) if corpus.help_topics else []
@@ -60,9 +84,13 @@ def extract(corpus: Any, out: Path, beam_options: list[str]) -> dict:
     def build(p):
       docs = (p | "Files" >> beam.Create(files, reshuffle=False)
               | "Extract" >> beam.ParDo(ExtractDocuments(corpus.max_file_bytes)))
+      parts = [docs]
       if topics:
-        docs = (docs, p | "Topics" >> beam.Create(topics)) | beam.Flatten()
-      stages.write_docs(docs, tmp, "docs")
+        parts.append(p | "Topics" >> beam.Create(topics))
+      for i, pattern in enumerate(corpus.jsonl):
+        parts.append(p | f"Read JSONL {i}" >> beam.io.ReadFromText(pattern)
+                     | f"Parse JSONL {i}" >> beam.ParDo(ParseDocument()))
+      stages.write_docs(parts | beam.Flatten(), tmp, "docs")
 
     counters = stages.run_pipeline(build, beam_options)
     counters["extracted_textbook"] = counters.get("extracted_textbook", 0) + len(topics)

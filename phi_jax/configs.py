@@ -54,6 +54,9 @@ def base() -> ml_collections.ConfigDict:
   # sources on this machine.
   cfg.corpus = ml_collections.ConfigDict(dict(
       roots=["stdlib"],  # 'stdlib', 'site-packages', or directories
+      # JSONL files (patterns, local or gs://) of documents: {"text", "kind"?, "source"?}, or
+      # {"kind": "exercise", "prompt", "solution"}; e.g. The Stack or synthetic textbooks.
+      jsonl=[],
       max_files=0,  # 0 = all
       max_file_bytes=1 << 20,  # larger files are skipped (generated tables, vendored blobs)
       help_topics=True,  # the interpreter's help topics as textbook documents

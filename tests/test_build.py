@@ -133,3 +133,18 @@ def test_whole_build_removes_a_planted_humaneval_solution_and_feeds_seqio(tmp_pa
         None, split="train", shuffle=False, num_epochs=1, use_cached=True)
     assert sum(1 for _ in cached.as_numpy_iterator()) == len(texts) == \
         manifest["cache"][f"{task}_train_cached"]
+
+
+def test_jsonl_documents_join_the_corpus(tmp_path):
+  _plant(tmp_path / "src")
+  lines = [json.dumps({"text": "Lists hold items.\n\n>>> [1, 2][0]\n1\n", "kind": "textbook"}),
+           json.dumps({"kind": "exercise", "prompt": 'def f():\n    """One."""\n',
+                       "solution": "    return 1\n"}),
+           "{not json", json.dumps({"kind": "poem", "text": "x"}), json.dumps({"text": ""})]
+  (tmp_path / "extra.jsonl").write_text("\n".join(lines) + "\n")
+  counters = build.extract(_corpus(tmp_path / "src", jsonl=[str(tmp_path / "extra.jsonl")]),
+                           tmp_path / "out", [])
+  assert counters["jsonl_skipped_malformed"] == 3
+  assert counters["extracted_textbook"] == 3 and counters["extracted_exercise"] == 3
+  docs = list(stages.iter_docs(tmp_path / "out" / "extract"))
+  assert any(d["kind"] == "exercise" and d["solution"] == "    return 1\n" for d in docs)
