@@ -20,7 +20,7 @@ DirectRunner: `Annotate`, `Embed`, `ScoreAndFilter` (plus `ToTrainingExample` an
 `read_training_examples` to bring an annotated, embedded sample back to the trainer). Every
 per-document step is a function of the document and the transform's arguments: heavy state (the
 model, the classifier) is loaded once per worker in `DoFn.setup`, and nothing lives in module
-globals but a compile cache. Counters go to the Beam namespace `phi1_data` (`pipeline_counters`
+globals but a compile cache. Counters go to the Beam namespace `phi1_data` (`stages.pipeline_counters`
 reads them back).
 
 Documents are the dicts of `data_pipeline.sources` (id, kind, source, text); the transforms add
@@ -41,20 +41,19 @@ import math
 import os
 import re
 import statistics
-import tempfile
 import time
 import tokenize
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 
-COUNTER_NAMESPACE = "phi1_data"
+from data_pipeline import stages
+
 
 # ------------------------------------------------------------------------------------------------
 # Annotators
@@ -613,19 +612,10 @@ def save_classifier(path: str | os.PathLike, classifier: Any, report: Mapping | 
     with FileSystems.create(path) as handle:
       joblib.dump(bundle, handle)
     return
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".joblib", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as handle:
-      joblib.dump(bundle, handle)
-      handle.flush()
-      os.fsync(handle.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  buffer = io.BytesIO()
+  joblib.dump(bundle, buffer)
+  stages.write_atomic(Path(path), buffer.getvalue())
 
 
 def load_classifier(path: str | os.PathLike) -> tuple[Any, dict]:
@@ -660,10 +650,6 @@ def in_sample(doc_id: str, fraction: float, seed: int = 0) -> bool:
   return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < fraction
 
 
-def _counter(name: str):
-  return Metrics.counter(COUNTER_NAMESPACE, name)
-
-
 def _kind_matches(doc: Mapping, kinds: tuple[str, ...] | None) -> bool:
   return kinds is None or doc.get("kind") in kinds
 
@@ -674,11 +660,11 @@ class _AnnotateFn(beam.DoFn):
                kinds: tuple[str, ...] | None, on_error: str):
     self.annotator, self.fraction, self.seed = annotator, fraction, seed
     self.kinds, self.on_error = kinds, on_error
-    self.seen = _counter("quality_annotate_seen")
-    self.sampled = _counter("quality_annotate_sampled")
-    self.positive = _counter("quality_annotate_positive")
-    self.negative = _counter("quality_annotate_negative")
-    self.errors = _counter("quality_annotate_errors")
+    self.seen = stages.counter("quality_annotate_seen")
+    self.sampled = stages.counter("quality_annotate_sampled")
+    self.positive = stages.counter("quality_annotate_positive")
+    self.negative = stages.counter("quality_annotate_negative")
+    self.errors = stages.counter("quality_annotate_errors")
 
   def process(self, doc):
     self.seen.inc()
@@ -701,8 +687,8 @@ class _EmbedFn(beam.DoFn):
   def __init__(self, model_loader, encode_fn, max_len: int, batch_size: int, field: str):
     self.model_loader, self.encode_fn = model_loader, encode_fn
     self.max_len, self.batch_size, self.field = max_len, batch_size, field
-    self.documents = _counter("quality_embed_documents")
-    self.batches = _counter("quality_embed_batches")
+    self.documents = stages.counter("quality_embed_documents")
+    self.batches = stages.counter("quality_embed_batches")
     self._model = None
 
   def setup(self):
@@ -726,9 +712,9 @@ class _ScoreFn(beam.DoFn):
   def __init__(self, classifier_path: str, threshold: float, field: str, drop_embedding: bool):
     self.classifier_path, self.threshold = classifier_path, threshold
     self.field, self.drop_embedding = field, drop_embedding
-    self.scored = _counter("quality_score_scored")
-    self.kept = _counter("quality_score_kept")
-    self.removed = _counter("quality_score_removed")
+    self.scored = stages.counter("quality_score_scored")
+    self.kept = stages.counter("quality_score_kept")
+    self.removed = stages.counter("quality_score_removed")
     self._classifier = None
 
   def setup(self):
@@ -754,7 +740,7 @@ class _ScoreFn(beam.DoFn):
 class _PassThroughFn(beam.DoFn):
 
   def __init__(self, counter_name: str):
-    self.count = _counter(counter_name)
+    self.count = stages.counter(counter_name)
 
   def process(self, doc):
     self.count.inc()
@@ -903,13 +889,3 @@ def read_training_examples(file_pattern: str) -> tuple[list[str], np.ndarray, np
   rows.sort(key=lambda r: r["id"])
   return ([r["id"] for r in rows], np.asarray([r["embedding"] for r in rows], np.float32),
           np.asarray([r["quality_label"] for r in rows], bool))
-
-
-def pipeline_counters(result) -> dict[str, int]:
-  """{counter name: committed value} of the phi1_data namespace from a finished pipeline."""
-  counters = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]
-  out: dict[str, int] = {}
-  for counter in counters:
-    value = counter.committed if counter.committed is not None else counter.attempted
-    out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(value)
-  return out

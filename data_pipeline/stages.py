@@ -8,7 +8,9 @@ is never read. Documents travel between Beam stages as sharded JSONL.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,6 +50,31 @@ def run_stage(out: Path, name: str, body: Callable[[Path], dict[str, Any]]) -> d
   return counters
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+  """Writes `path` so that it appears only complete: a temp file beside it, fsync, rename."""
+  path = Path(path)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def pipeline_counters(result) -> dict[str, int]:
+  """{counter name: committed value} of the phi1_data namespace from a finished pipeline."""
+  totals: dict[str, int] = {}
+  for item in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+    value = item.committed if item.committed is not None else item.attempted
+    totals[item.key.metric.name] = totals.get(item.key.metric.name, 0) + int(value)
+  return totals
+
+
 def run_pipeline(build: Callable[[beam.Pipeline], None], options: list[str] | None = None
                  ) -> dict[str, int]:
   """Runs a Beam pipeline (DirectRunner unless `options` say otherwise); returns its counters."""
@@ -56,11 +83,7 @@ def run_pipeline(build: Callable[[beam.Pipeline], None], options: list[str] | No
   build(pipeline)
   result = pipeline.run()
   result.wait_until_finish()
-  query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
-  totals: dict[str, int] = {}
-  for item in query["counters"]:
-    totals[item.key.metric.name] = totals.get(item.key.metric.name, 0) + int(item.committed)
-  return totals
+  return pipeline_counters(result)
 
 
 def read_docs(pipeline: beam.Pipeline, directory: Path, label: str):

@@ -58,7 +58,6 @@ import json
 import os
 import random
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -67,6 +66,8 @@ import numpy as np
 import seqio
 import sentencepiece as spm
 import tensorflow as tf
+
+from data_pipeline import stages
 from sentencepiece import sentencepiece_model_pb2
 
 EOT_PIECE = "<|endoftext|>"
@@ -234,8 +235,8 @@ def train_sentencepiece(texts: Iterable[str | dict], out_dir: str | os.PathLike,
           "sample": stats, "train_seconds": round(seconds, 3),
           "sentencepiece_version": spm.__version__,
           "model_sha256": hashlib.sha256(model).hexdigest()}
-  _write_atomic(out / f"{name}.train.json", json.dumps(meta, indent=2).encode())
-  _write_atomic(path, model)  # last: the .model appearing means everything is written
+  stages.write_atomic(out / f"{name}.train.json", json.dumps(meta, indent=2).encode())
+  stages.write_atomic(path, model)  # last: the .model appearing means everything is written
   return path
 
 
@@ -248,20 +249,6 @@ def _check_model(model: bytes, vocab_size: int) -> None:
                        f"{sp.get_piece_size()} pieces")
   if not proto.trainer_spec.byte_fallback:
     raise RuntimeError("trained model lacks byte fallback")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipeline import quality, sources
+from data_pipeline import quality, sources, stages
 from phi_jax import model
 
 TEACHING = '''"""Binary search, explained step by step."""
@@ -301,7 +301,7 @@ def _run(pipeline_fn):
   pipeline_fn(pipeline)
   result = pipeline.run()
   result.wait_until_finish()
-  return quality.pipeline_counters(result)
+  return stages.pipeline_counters(result)
 
 
 def _read_jsonl(pattern_dir):
