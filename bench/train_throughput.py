@@ -1,0 +1,328 @@
+"""Training throughput, phi_jax vs transformers' PhiForCausalLM, side by side on this machine.
+
+    PYTHONPATH=. python bench/train_throughput.py [--steps=3] [--repeats=5] [--out=result.json]
+
+Both frameworks train the same ~58M phi model (d_model 512, 8 layers, 8 heads x 64, MLP 2048,
+vocab 32000, rotary_dim 32, fp32, no dropout) on batch 8 x seq 512:
+
+* phi_jax: the real train step, `phi_jax.train_step.make_trainer(cfg, mesh)` on a one-device
+  mesh (jitted, state donated; AdamW + global-norm clipping from `cfg.optim`).
+* torch: `transformers.PhiForCausalLM` built from the same architecture
+  (`phi_jax.convert.config_to_hf`), `torch.optim.AdamW` with the same hyperparameters and
+  weight-decay mask, forward -> cross-entropy -> `loss.backward()` -> `clip_grad_norm_` ->
+  `optimizer.step()`, with as many torch threads as cores.
+
+Each framework runs in its own worker process (so neither's thread pools or allocator touch the
+other's), and the parent alternates them: repetition r times `--steps` steps of one framework,
+then of the other (the order flips every repetition), so CPU contention from other processes hits
+both alike. Warm-up steps (compilation included) are excluded. Reported: the median over
+repetitions of the step time, tokens/s, MFU (PaLM FLOPs per token, `phi_jax.metrics.
+flops_per_token`, over the jitted-matmul peak `phi_jax.metrics.measured_matmul_peak`, sampled
+before and after every repetition, best sample kept: a sample taken while other processes run
+reads low), the phi_jax / torch ratio of the median tokens/s, and the median of the per-repetition
+(paired) ratios, which is steadier when the machine's load changes during the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # CPU benchmark: never probe for accelerators
+
+# The benchmarked architecture (phi_jax ModelConfig field names).
+MODEL = dict(vocab_size=32000, d_model=512, n_layers=8, n_heads=8, head_dim=64, mlp_dim=2048,
+             rotary_dim=32, max_len=2048, dtype="float32", param_dtype="float32",
+             embed_dropout=0.0, resid_dropout=0.0, attn_dropout=0.0)
+
+
+# --------------------------------------------------------------------------- shared setup
+
+def build_cfg(args):
+  """The phi_jax run config: configs/tiny.py with the benchmark's model, batch and mesh."""
+  from phi_jax import configs
+  cfg = configs.get("tiny")
+  cfg.model.update(MODEL)
+  cfg.model.update(n_layers=args.layers, attention=args.attention)
+  cfg.mesh.update(data=1, fsdp=1, tensor=1)
+  cfg.train.update(global_batch=args.batch, micro_batch=0, seq_len=args.seq_len)
+  return cfg
+
+
+def make_tokens(args):
+  import numpy as np
+  rng = np.random.RandomState(0)
+  return rng.randint(0, MODEL["vocab_size"], (args.batch, args.seq_len + 1)).astype(np.int32)
+
+
+# --------------------------------------------------------------------------- workers
+
+class JaxRunner:
+  name = "phi_jax"
+
+  def __init__(self, args):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from phi_jax import sharding, train_step
+    self.jax = jax
+    cfg = build_cfg(args)
+    mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
+    self.trainer = train_step.make_trainer(cfg, mesh)
+    self.state = self.trainer.init_state(jax.random.key(0))
+    tokens = make_tokens(args)
+    shape = (args.batch, args.seq_len)
+    host = {
+        "inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+        "loss_weights": np.ones(shape, np.float32), "segment_ids": np.ones(shape, np.int32),
+        "positions": np.broadcast_to(np.arange(args.seq_len, dtype=np.int32), shape),
+    }
+    self.batch = {k: jax.device_put(jnp.asarray(v), self.trainer.batch_sharding)
+                  for k, v in host.items()}
+    self.info = {"jax": jax.__version__, "device": str(jax.devices()[0]),
+                 "attention": args.attention, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+  def steps(self, n):
+    start = time.perf_counter()
+    for _ in range(n):
+      self.state, metrics = self.trainer.step(self.state, self.batch)
+    loss = float(metrics["loss"])  # blocks on the last step
+    return time.perf_counter() - start, loss
+
+
+class TorchRunner:
+  name = "torch"
+
+  def __init__(self, args):
+    import torch
+    import transformers
+    from phi_jax import convert, model as model_lib
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    self.torch = torch
+    cfg = build_cfg(args)
+    model_config = model_lib.as_model_config(cfg)
+    hf = convert.config_to_hf(model_config, "float32")
+    hf_config = transformers.PhiConfig(**{k: v for k, v in hf.items() if k != "architectures"})
+    hf_config._attn_implementation = args.torch_attention
+    hf_config.use_cache = False
+    self.model = transformers.PhiForCausalLM(hf_config).float().train()
+    # The phi_jax recipe: decay matrices (kernels, embeddings), not biases or LayerNorm scales.
+    decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+    optim = cfg.optim
+    kwargs = dict(lr=optim.learning_rate, betas=(optim.b1, optim.b2), eps=optim.eps)
+    if args.torch_adamw != "default":
+      kwargs[args.torch_adamw] = True
+    self.optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": optim.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}], **kwargs)
+    warmup = max(int(optim.warmup_steps), 1)
+    self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        self.optimizer, lambda step: min(1.0, step / warmup))
+    self.clip = float(optim.grad_clip_norm)
+    tokens = torch.from_numpy(make_tokens(args)).long()
+    self.inputs, self.targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    self.info = {"torch": torch.__version__, "transformers": transformers.__version__,
+                 "threads": torch.get_num_threads(), "attn_implementation":
+                 self.model.config._attn_implementation, "adamw": args.torch_adamw}
+
+  def steps(self, n):
+    torch = self.torch
+    start = time.perf_counter()
+    for _ in range(n):
+      logits = self.model(input_ids=self.inputs).logits
+      loss = torch.nn.functional.cross_entropy(
+          logits.float().view(-1, logits.shape[-1]), self.targets.view(-1))
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+      self.optimizer.step()
+      self.scheduler.step()
+      self.optimizer.zero_grad(set_to_none=True)
+    loss = float(loss.detach())
+    return time.perf_counter() - start, loss
+
+
+def worker_main(args):
+  """Runs one framework; reads commands from stdin, answers one JSON line each on stdout."""
+  out = sys.stdout
+  sys.stdout = sys.stderr  # keep library prints off the protocol channel
+  runner = {"jax": JaxRunner, "torch": TorchRunner}[args.worker](args)
+  reply = lambda obj: (out.write(json.dumps(obj) + "\n"), out.flush())
+  seconds, loss = runner.steps(args.warmup)  # compilation / allocator warm-up: not timed
+  reply({"ready": True, "info": runner.info, "warmup_s": seconds, "loss": loss})
+  for line in sys.stdin:
+    command = json.loads(line)
+    if command["op"] == "steps":
+      seconds, loss = runner.steps(command["n"])
+      reply({"seconds": seconds, "loss": loss})
+    elif command["op"] == "peak":
+      # Uncached on purpose: the parent samples the peak between repetitions and keeps the
+      # best, so that a sample taken while other processes ran does not deflate it.
+      from phi_jax import metrics
+      reply({"peak": metrics.measured_matmul_peak.__wrapped__("float32")})
+    elif command["op"] == "quit":
+      reply({"bye": True})
+      return
+
+
+# --------------------------------------------------------------------------- parent
+
+class Worker:
+  def __init__(self, kind, args):
+    argv = [sys.executable, str(Path(__file__).resolve()), f"--worker={kind}"]
+    for key in ("batch", "seq_len", "layers", "attention", "torch_attention", "torch_adamw",
+                "threads", "warmup"):
+      argv.append(f"--{key}={getattr(args, key)}")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    if kind == "jax":
+      env.setdefault("JAX_PLATFORMS", "cpu")
+      if args.xla_flags:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+    self.kind = kind
+    self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 env=env)
+
+  def request(self, **command):
+    if command:
+      self.proc.stdin.write(json.dumps(command) + "\n")
+      self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"the {self.kind} worker died (exit code {self.proc.wait()})")
+    return json.loads(line)
+
+  def close(self):
+    try:
+      self.request(op="quit")
+    finally:
+      self.proc.wait()
+
+
+def load_average():
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return float("nan")
+
+
+def run_benchmark(args):
+  from phi_jax import metrics, model as model_lib
+  model_config = model_lib.as_model_config(build_cfg(args))
+  tokens_per_step = args.batch * args.seq_len
+  flops_per_token = metrics.flops_per_token(model_config, args.seq_len)
+
+  # One worker at a time while warming up (compiling), so neither's warm-up slows the other.
+  workers, ready = {}, {}
+  for kind in ("jax", "torch"):
+    workers[kind] = Worker(kind, args)
+    ready[kind] = workers[kind].request()
+  peaks = [workers["jax"].request(op="peak")["peak"]]
+
+  seconds = {kind: [] for kind in workers}
+  losses = {kind: [] for kind in workers}
+  loads = [load_average()]
+  try:
+    for rep in range(args.repeats):
+      order = ("jax", "torch") if rep % 2 == 0 else ("torch", "jax")
+      for kind in order:
+        result = workers[kind].request(op="steps", n=args.steps)
+        seconds[kind].append(result["seconds"] / args.steps)
+        losses[kind].append(result["loss"])
+      loads.append(load_average())
+      peaks.append(workers["jax"].request(op="peak")["peak"])
+      if args.verbose:
+        print(f"rep {rep}: " + ", ".join(f"{k} {seconds[k][-1]:.3f}s/step" for k in order),
+              file=sys.stderr)
+  finally:
+    for worker in workers.values():
+      worker.close()
+
+  peak = max(peaks)
+  results = {}
+  for kind, name in (("jax", "phi_jax"), ("torch", "torch")):
+    step = statistics.median(seconds[kind])
+    results[name] = {
+        "step_time_s": step, "tokens_per_s": tokens_per_step / step,
+        "mfu": flops_per_token * tokens_per_step / step / peak,
+        "step_times_s": seconds[kind], "losses": losses[kind],
+        "warmup_s": ready[kind]["warmup_s"], **ready[kind]["info"],
+    }
+  paired = [t / j for j, t in zip(seconds["jax"], seconds["torch"])]
+  return {
+      "date": datetime.date.today().isoformat(),
+      "cores": os.cpu_count(), "load_average_1m": loads,
+      "model": {**MODEL, "n_layers": args.layers,
+                "params": model_lib.num_params(model_config)},
+      "batch": args.batch, "seq_len": args.seq_len, "tokens_per_step": tokens_per_step,
+      "flops_per_token": flops_per_token, "matmul_peak_flops": peak,
+      "matmul_peak_samples": peaks,
+      "steps_per_repeat": args.steps, "repeats": args.repeats, "warmup_steps": args.warmup,
+      "results": results,
+      "ratio_tokens_per_s": results["phi_jax"]["tokens_per_s"] / results["torch"]["tokens_per_s"],
+      "ratio_paired_median": statistics.median(paired), "ratios_paired": paired,
+  }
+
+
+def table(report):
+  res = report["results"]
+  lines = [
+      f"phi {report['model']['params'] / 1e6:.1f}M params, batch {report['batch']} x seq "
+      f"{report['seq_len']}, fp32, {report['cores']} cores, median of {report['repeats']} x "
+      f"{report['steps_per_repeat']} steps; matmul peak {report['matmul_peak_flops'] / 1e9:.1f} "
+      f"GFLOP/s",
+      "",
+      "| framework | step time (s) | tokens/s | MFU |",
+      "|---|---|---|---|",
+  ]
+  for name, label in (("phi_jax", f"phi_jax (attention={res['phi_jax']['attention']})"),
+                      ("torch", f"torch PhiForCausalLM ({res['torch']['attn_implementation']})")):
+    r = res[name]
+    lines.append(f"| {label} | {r['step_time_s']:.3f} | {r['tokens_per_s']:.0f} | "
+                 f"{100 * r['mfu']:.1f}% |")
+  lines.append("")
+  lines.append(f"phi_jax / torch tokens/s: **{report['ratio_tokens_per_s']:.2f}x** (median of "
+               f"the per-repetition ratios: {report['ratio_paired_median']:.2f}x)")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--steps", type=int, default=3, help="timed steps per repetition")
+  parser.add_argument("--repeats", type=int, default=5, help="alternating repetitions")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1)")
+  parser.add_argument("--out", default="", help="write the JSON report here")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--seq_len", type=int, default=512)
+  parser.add_argument("--layers", type=int, default=MODEL["n_layers"])
+  parser.add_argument("--attention", default="xla", help="phi_jax model.attention")
+  parser.add_argument("--torch_attention", default="sdpa", help="transformers attn_implementation")
+  parser.add_argument("--torch_adamw", default="default", choices=["default", "foreach", "fused"],
+                      help="torch.optim.AdamW implementation")
+  parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+  parser.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for the phi_jax worker")
+  parser.add_argument("--verbose", action="store_true")
+  parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.warmup < 1:
+    parser.error("--warmup must be >= 1 (the first phi_jax step compiles)")
+  if args.worker:
+    return worker_main(args)
+  report = run_benchmark(args)
+  print(table(report))
+  if args.out:
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+  main()
