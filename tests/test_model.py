@@ -108,6 +108,26 @@ def test_fused_attention_matches_xla(kv_heads):
         attention.fused_attention(q, k, v, segment_ids=segments), atol=1e-5)
 
 
+@pytest.mark.parametrize("kv_heads,length,block_size", [(4, 12, 5), (2, 16, 4), (4, 16, 128)])
+def test_blockwise_attention_matches_xla_with_gradients(kv_heads, length, block_size):
+  rng = np.random.RandomState(0)
+  q = jnp.asarray(rng.randn(2, length, 4, 16), jnp.float32)
+  k = jnp.asarray(rng.randn(2, length, kv_heads, 16), jnp.float32)
+  v = jnp.asarray(rng.randn(2, length, kv_heads, 16), jnp.float32)
+  cotangent = jnp.asarray(rng.randn(2, length, 4, 16), jnp.float32)
+  split = length // 3
+  for segments in (None, jnp.asarray([[1] * split + [2] * (length - split), [0] * 3 + [1] * (length - 3)])):
+    def loss(fn):
+      return lambda q, k, v: jnp.sum(fn(q, k, v, segment_ids=segments) * cotangent)
+    blockwise = lambda *a, **kw: attention.blockwise_attention(*a, block_size=block_size, **kw)
+    np.testing.assert_allclose(blockwise(q, k, v, segment_ids=segments),
+                               attention.xla_attention(q, k, v, segment_ids=segments), atol=1e-5)
+    grads = jax.grad(loss(blockwise), argnums=(0, 1, 2))(q, k, v)
+    expected = jax.grad(loss(attention.xla_attention), argnums=(0, 1, 2))(q, k, v)
+    for got, want in zip(grads, expected):
+      np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_dropout_only_when_asked():
   cfg = dataclasses.replace(SMALL, embed_dropout=0.1, resid_dropout=0.1, attn_dropout=0.1)
   params = model.init(cfg, jax.random.key(0))
