@@ -62,6 +62,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   attention: str = "xla"  # a key of phi_jax.attention.ATTENTION_FNS
   remat: str = "none"  # a key of REMAT_POLICIES
+  scan_unroll: int = 1  # layers per loop iteration of the layer scan (n_layers = no loop)
   mask_packed_segments: bool = True  # packed documents cannot attend to each other
 
   def __post_init__(self):
@@ -251,7 +252,7 @@ class Phi(nn.Module):
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
     stack = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers,
+        in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers, unroll=cfg.scan_unroll,
         metadata_params={nn.PARTITION_NAME: "layers"})
     x, _ = stack(cfg, deterministic, name="layers")(x, segment_ids, positions)
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from phi_jax import losses as losses_lib
 from phi_jax import model as model_lib
 from phi_jax import optimizer as optimizer_lib
 from phi_jax import sharding
@@ -53,12 +54,19 @@ def micro_batch_count(train: Any, mesh: Mesh) -> int:
   return global_batch // micro
 
 
-def token_loss(model_config, params, batch, rng, deterministic):
-  """(sum of weighted token cross-entropies, sum of weights) for one (micro-)batch."""
-  logits = model_lib.forward(
-      model_config, params, batch["inputs"], segment_ids=batch["segment_ids"],
-      positions=batch["positions"], deterministic=deterministic, rng=rng)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+def token_loss(model_config, params, batch, rng, deterministic, loss_chunk=0):
+  """(sum of weighted token cross-entropies, sum of weights) for one (micro-)batch.
+  loss_chunk > 0 computes the lm_head and the loss that many positions at a time
+  (`losses.lm_head_cross_entropy`); 0 materializes the whole batch's logits."""
+  kwargs = dict(segment_ids=batch["segment_ids"], positions=batch["positions"],
+                deterministic=deterministic, rng=rng)
+  if loss_chunk:
+    hidden = model_lib.forward(model_config, params, batch["inputs"], return_hidden=True, **kwargs)
+    losses = losses_lib.lm_head_cross_entropy(hidden, params["lm_head"], batch["targets"],
+                                              loss_chunk)
+  else:
+    logits = model_lib.forward(model_config, params, batch["inputs"], **kwargs)
+    losses = losses_lib.cross_entropy(logits, batch["targets"])
   weights = batch["loss_weights"].astype(jnp.float32)
   return jnp.sum(losses * weights), jnp.sum(weights)
 
