@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from pathlib import Path
 
 import ml_collections
@@ -109,4 +110,52 @@ def get(name_or_path: str) -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location(f"phi_jax_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  cfg = module.get_config()
+  cfg.lock()  # a misspelt key is an error naming the closest valid one, never a new field
+  return cfg
+
+
+class ConfigError(ValueError):
+  """An inconsistent run config, found before anything is compiled."""
+
+
+def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Rejects a config whose parts disagree (with each other or with `num_devices`), naming the
+  fields and what to change. The trainer calls it before building anything."""
+  from phi_jax import sharding  # the mesh arithmetic lives with the mesh
+  model = ModelConfig.from_dict(dict(cfg.model.items()))  # names an unknown model key
+  try:
+    mesh = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(cfg.mesh, num_devices)))
+  except ValueError as e:
+    raise ConfigError(f"{e} (mesh.data/fsdp/tensor)") from None
+  problems = []
+  data_parallel = mesh["data"] * mesh["fsdp"]
+  global_batch, micro = int(cfg.train.global_batch), int(cfg.train.micro_batch)
+  if micro < 0 or (micro and global_batch % micro):
+    problems.append(f"train.global_batch={global_batch} is not divisible by "
+                    f"train.micro_batch={micro}")
+  elif (micro or global_batch) % data_parallel:
+    problems.append(f"train.micro_batch={micro} (or global_batch={global_batch} when "
+                    f"micro_batch=0) must be divisible by the data-parallel devices "
+                    f"mesh.data*mesh.fsdp={data_parallel}")
+  tensor = mesh["tensor"]
+  for name, size in (("model.n_heads", model.n_heads), ("model.n_kv_heads", model.n_kv_heads),
+                     ("model.mlp_dim", model.mlp_dim), ("model.vocab_size", model.vocab_size)):
+    if size % tensor:  # n_kv_heads=0 (= n_heads) passes
+      problems.append(f"{name}={size} is not divisible by tensor parallelism mesh.tensor={tensor}")
+  if model.d_model % mesh["fsdp"]:
+    problems.append(f"model.d_model={model.d_model} is not divisible by mesh.fsdp={mesh['fsdp']} "
+                    "(parameters shard their embed axis over fsdp)")
+  if int(cfg.train.seq_len) > model.max_len:
+    problems.append(f"train.seq_len={cfg.train.seq_len} exceeds model.max_len={model.max_len}")
+  if int(cfg.optim.warmup_steps) > int(cfg.optim.decay_steps):
+    problems.append(f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds "
+                    f"optim.decay_steps={cfg.optim.decay_steps}")
+  if not cfg.optim.learning_rate > 0 or not math.isfinite(cfg.optim.learning_rate):
+    problems.append(f"optim.learning_rate={cfg.optim.learning_rate} must be a positive number")
+  if min(int(cfg.train.steps), int(cfg.train.log_every), global_batch) <= 0:
+    problems.append("train.steps, train.log_every and train.global_batch must be positive")
+  if cfg.data.source not in ("synthetic", "seqio"):
+    problems.append(f"data.source={cfg.data.source!r} is not one of ['seqio', 'synthetic']")
+  if problems:
+    raise ConfigError("inconsistent config:\n  " + "\n  ".join(problems))

@@ -66,10 +66,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(("data", "fsdp"), None))
 
 
-def data_parallel_size(mesh: Mesh) -> int:
-  return mesh.shape["data"] * mesh.shape["fsdp"]
-
-
 @contextlib.contextmanager
 def activation_rules(mesh: Mesh):
   """Within it, the model's logical activation constraints bind to `mesh` (use while tracing)."""

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from phi_jax import configs
 from phi_jax import losses as losses_lib
 from phi_jax import model as model_lib
 from phi_jax import optimizer as optimizer_lib
@@ -41,17 +42,9 @@ class Trainer:
   micro_batches: int
 
 
-def micro_batch_count(train: Any, mesh: Mesh) -> int:
-  """How many micro-batches one global batch is split into; checks divisibility."""
-  global_batch, micro = int(train.global_batch), int(train.micro_batch) or int(train.global_batch)
-  if global_batch % micro:
-    raise ValueError(f"train.global_batch={global_batch} is not divisible by "
-                     f"train.micro_batch={micro}")
-  parallel = sharding.data_parallel_size(mesh)
-  if micro % parallel:
-    raise ValueError(f"train.micro_batch={micro} (or global_batch when micro_batch=0) must be "
-                     f"divisible by the data-parallel devices data*fsdp={parallel}")
-  return global_batch // micro
+def micro_batch_count(train: Any) -> int:
+  """How many micro-batches one global batch is split into (`configs.check` vets the sizes)."""
+  return int(train.global_batch) // (int(train.micro_batch) or int(train.global_batch))
 
 
 def token_loss(model_config, params, batch, rng, deterministic, loss_chunk=0):
@@ -117,10 +110,8 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
   model_config = model_lib.as_model_config(cfg)
   optimizer = optimizer_lib.make_optimizer(cfg.optim)
   schedule = optimizer_lib.learning_rate_schedule(cfg.optim)
-  micro_batches = micro_batch_count(cfg.train, mesh)
-  if model_config.n_heads % mesh.shape["tensor"]:
-    raise ValueError(f"model.n_heads={model_config.n_heads} is not divisible by "
-                     f"mesh.tensor={mesh.shape['tensor']}")
+  configs.check(cfg, mesh.size)
+  micro_batches = micro_batch_count(cfg.train)
 
   def fresh_state(rng):
     params = model_lib.init(model_config, rng)
