@@ -34,6 +34,9 @@ def base() -> ml_collections.ConfigDict:
       global_batch=1024,  # sequences per optimizer step, whatever the device count
       micro_batch=0,  # sequences per accumulation step (0 = the whole global batch at once)
       seq_len=2048,
+      # Positions per chunk of the lm_head + loss (phi_jax.losses): 0 = all logits at once;
+      # a divisor of seq_len keeps only [batch, chunk, vocab] logits live (CPU: cache-sized).
+      loss_chunk=0,
       log_every=10,
   ))
   # Pretraining recipe of the paper. b1, b2, eps, clipping and the final LR are not in the
@@ -146,6 +149,10 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
   if model.d_model % mesh["fsdp"]:
     problems.append(f"model.d_model={model.d_model} is not divisible by mesh.fsdp={mesh['fsdp']} "
                     "(parameters shard their embed axis over fsdp)")
+  if int(cfg.train.loss_chunk) < 0 or (
+      int(cfg.train.loss_chunk) and int(cfg.train.seq_len) % int(cfg.train.loss_chunk)):
+    problems.append(f"train.loss_chunk={cfg.train.loss_chunk} must be 0 or a divisor of "
+                    f"train.seq_len={cfg.train.seq_len}")
   if int(cfg.train.seq_len) > model.max_len:
     problems.append(f"train.seq_len={cfg.train.seq_len} exceeds model.max_len={model.max_len}")
   if int(cfg.optim.warmup_steps) > int(cfg.optim.decay_steps):

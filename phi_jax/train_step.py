@@ -72,7 +72,7 @@ def _split_micro(batch: dict, count: int) -> dict:
   return jax.tree.map(split, batch)
 
 
-def _train_step(model_config, optimizer, schedule, micro_batches, seed, param_sharding,
+def _train_step(model_config, optimizer, schedule, micro_batches, seed, loss_chunk, param_sharding,
                 state: TrainState, batch: dict):
   deterministic = not (model_config.embed_dropout or model_config.resid_dropout
                        or model_config.attn_dropout)
@@ -82,7 +82,7 @@ def _train_step(model_config, optimizer, schedule, micro_batches, seed, param_sh
   def micro_grads(carry, inputs):
     index, micro = inputs
     loss_fn = lambda p: token_loss(model_config, p, micro, jax.random.fold_in(step_rng, index),
-                                   deterministic)
+                                   deterministic, loss_chunk)
     (loss_sum, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = jax.lax.with_sharding_constraint(grads, param_sharding)
     grad_sum, loss_total = carry
@@ -130,7 +130,8 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
   replicated = NamedSharding(mesh, P())
 
   step_fn = functools.partial(_train_step, model_config, optimizer, schedule, micro_batches,
-                              int(cfg.train.seed), state_sharding.params)
+                              int(cfg.train.seed), int(cfg.train.loss_chunk),
+                              state_sharding.params)
 
   def with_rules(fn):
     @functools.wraps(fn)
