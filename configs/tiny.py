@@ -9,4 +9,5 @@ def get_config():
                    mlp_dim=512, rotary_dim=16, max_len=512)
   cfg.train.update(steps=300, global_batch=16, seq_len=256, log_every=10)
   cfg.optim.update(warmup_steps=30, decay_steps=300)
+  cfg.checkpoint.update(every_steps=100)
   return cfg
