@@ -98,12 +98,16 @@ def manager(workdir: str | epath.PathLike, options: Any = None) -> ocp.Checkpoin
   keep = [policies.LatestN(int(options.keep) or None)]
   if options.keep_every:
     keep.append(policies.EveryNSteps(int(options.keep_every)))
-  return ocp.CheckpointManager(
+  checkpoints = ocp.CheckpointManager(
       checkpoint_dir(workdir), item_handlers=_item_handlers(),
       options=ocp.CheckpointManagerOptions(
           save_decision_policy=policies.AnySavePolicy(save),
           preservation_policy=policies.AnyPreservationPolicy(keep),
           enable_async_checkpointing=bool(options.async_save), cleanup_tmp_directories=True))
+  # orbax deletes the half-written steps in a thread that only its next save waits for (not
+  # close()); a run that stops before saving would leave it to die with the interpreter.
+  getattr(checkpoints, "_maybe_await_cleanup_tmp_directory", lambda: None)()
+  return checkpoints
 
 
 # --------------------------------------------------------------------------- fingerprints

@@ -180,5 +180,11 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     problems.append("train.steps, train.log_every and train.global_batch must be positive")
   if cfg.data.source not in ("synthetic", "seqio"):
     problems.append(f"data.source={cfg.data.source!r} is not one of ['seqio', 'synthetic']")
+  if cfg.train.on_nonfinite not in ("stop", "skip"):
+    problems.append(f"train.on_nonfinite={cfg.train.on_nonfinite!r} is not one of ['skip', 'stop']")
+  negative = [f"checkpoint.{key}={cfg.checkpoint[key]}" for key in
+              ("every_steps", "every_seconds", "keep", "keep_every") if cfg.checkpoint[key] < 0]
+  if negative:
+    problems.append(f"{', '.join(negative)}: checkpoint settings are counts, 0 = off (keep: all)")
   if problems:
     raise ConfigError("inconsistent config:\n  " + "\n  ".join(problems))

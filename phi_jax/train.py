@@ -35,9 +35,6 @@ from phi_jax import model as model_lib
 from phi_jax import sharding
 from phi_jax import train_step
 
-_ON_NONFINITE = ("stop", "skip")
-
-
 class Preempted(Exception):
   """The run saved its state on a preemption notice and stopped; rerun it to continue."""
 
@@ -133,8 +130,6 @@ def _nonfinite_steps(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
 def run(cfg: Any, workdir: str | epath.PathLike) -> dict:
   """Trains up to `cfg.train.steps` steps, resuming from `workdir`'s checkpoints; returns the
   last logged metrics. Raises Preempted after saving on SIGTERM / a preemption notice."""
-  if cfg.train.on_nonfinite not in _ON_NONFINITE:
-    raise ValueError(f"train.on_nonfinite={cfg.train.on_nonfinite!r} is not one of {_ON_NONFINITE}")
   distributed.initialize(cfg.distributed)
   workdir = epath.Path(workdir)
   model_config = model_lib.as_model_config(cfg)
