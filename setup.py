@@ -34,6 +34,7 @@ setup(
         "flax>=0.12.8",
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12.8",
+        "etils[epath]",  # workdir paths, local or gs:// (orbax uses it too)
         "ml-collections>=1.1.0",
         "absl-py",
         "numpy",

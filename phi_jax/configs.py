@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import ml_collections
+from ml_collections import config_dict
 
 from phi_jax.model import ModelConfig
 
@@ -38,6 +39,22 @@ def base() -> ml_collections.ConfigDict:
       # a divisor of seq_len keeps only [batch, chunk, vocab] logits live (CPU: cache-sized).
       loss_chunk=0,
       log_every=10,
+      # Where the params start: "" = random init from `seed`; a workdir (its latest checkpoint),
+      # a workdir's `checkpoints/<step>` directory, or a Hugging Face phi directory. Params only:
+      # the optimizer and the schedule start fresh. A workdir with checkpoints of its own resumes
+      # from them instead.
+      init_from="",
+      on_nonfinite="stop",  # a non-finite loss or gradient: "stop" the run, or "skip" the step
+  ))
+  # Orbax checkpoints under DIR/checkpoints/<step>: params, optimizer state, step, RNG seed, data
+  # position and config. A run also saves at its last step and on SIGTERM / a TPU preemption
+  # notice, and resumes from the latest intact checkpoint when rerun on the same workdir.
+  cfg.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000,  # save when step % every_steps == 0 (0 = never by step count)
+      every_seconds=1800,  # save once this long has passed since the last save (0 = never by time)
+      keep=3,  # the latest `keep` checkpoints are kept (0 = all); >= 2 leaves one to fall back to
+      keep_every=0,  # and every step that is a multiple of keep_every, forever (0 = none)
+      async_save=True,  # write in background threads while training goes on
   ))
   # Pretraining recipe of the paper. b1, b2, eps, clipping and the final LR are not in the
   # paper: GPT-3/CodeGen-style defaults.
@@ -93,8 +110,14 @@ def base() -> ml_collections.ConfigDict:
 
 
 def finetune_recipe(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The paper's CodeExercises finetuning: batch 256, max LR 1e-4, warmup 50, wd 0.01, 6k steps."""
+  """The paper's CodeExercises finetuning: batch 256, max LR 1e-4, warmup 50, wd 0.01, 6k steps.
+
+  It starts from pretrained params: `train.init_from` must be set (phi-1-base -> phi-1 is
+  `--config.train.init_from=<pretraining workdir>`); the optimizer and schedule start fresh.
+  """
+  cfg.data.mixture = "phi1_finetune"
   cfg.train.update(steps=6_000, global_batch=256)
+  cfg.train.init_from = config_dict.placeholder(str)  # required: train.run names it when unset
   cfg.optim.update(learning_rate=1e-4, warmup_steps=50, decay_steps=6_000, weight_decay=0.01)
   return cfg
 
@@ -164,5 +187,11 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     problems.append("train.steps, train.log_every and train.global_batch must be positive")
   if cfg.data.source not in ("synthetic", "seqio"):
     problems.append(f"data.source={cfg.data.source!r} is not one of ['seqio', 'synthetic']")
+  if cfg.train.on_nonfinite not in ("stop", "skip"):
+    problems.append(f"train.on_nonfinite={cfg.train.on_nonfinite!r} is not one of ['skip', 'stop']")
+  negative = [f"checkpoint.{key}={cfg.checkpoint[key]}" for key in
+              ("every_steps", "every_seconds", "keep", "keep_every") if cfg.checkpoint[key] < 0]
+  if negative:
+    problems.append(f"{', '.join(negative)}: checkpoint settings are counts, 0 = off (keep: all)")
   if problems:
     raise ConfigError("inconsistent config:\n  " + "\n  ".join(problems))

@@ -399,7 +399,7 @@ def main(argv=None) -> None:
   from phi_jax import checkpoint
   if args.command == "hf_to_orbax":
     config, params = load_hf(args.hf_dir)
-    checkpoint.save_params(args.out, config, params)
+    checkpoint.save_params(args.out, config, params, init_from={"huggingface": args.hf_dir})
     print(f"wrote {model_lib.num_params(config):,} params to {Path(args.out) / 'checkpoints' / '0'}")
   else:
     config, params = checkpoint.restore_params(args.workdir, args.step)

@@ -81,6 +81,21 @@ def _seqio(cfg: Any, rows: slice, start_step: int) -> Iterator[dict]:
 _SOURCES = {"synthetic": _synthetic, "seqio": _seqio}
 
 
+def stream_signature(cfg: Any) -> dict:
+  """The settings that fix the stream of global batches. Batch k of two runs with equal
+  signatures is the same, so a run resumed at step k continues at the exact next example."""
+  signature = {"source": cfg.data.source, "seed": int(cfg.train.seed),
+               "global_batch": int(cfg.train.global_batch), "seq_len": int(cfg.train.seq_len)}
+  if cfg.data.source == "synthetic":
+    signature["vocab_size"] = int(cfg.model.vocab_size)
+  else:  # each process reads its own seqio shard: the process count changes the stream
+    signature.update(
+        {key: cfg.data[key] for key in ("dir", "mixture", "split", "mask_prompt", "use_cached")},
+        pretrain_rates=dict(cfg.data.pretrain_rates), finetune_rates=dict(cfg.data.finetune_rates),
+        process_count=jax.process_count())
+  return signature
+
+
 def batches(cfg: Any, batch_sharding: NamedSharding, start_step: int) -> Iterator[dict]:
   """Global, sharded batches for steps start_step, start_step + 1, ..."""
   if cfg.data.source not in _SOURCES:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import functools
 import json
 import time
-from pathlib import Path
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+from etils import epath
 
 from phi_jax import model as model_lib
 
@@ -57,21 +57,46 @@ def peak_flops_per_device(dtype: str = "float32") -> float:
   raise ValueError(f"no peak FLOP/s known for device kind {device.device_kind!r}")
 
 
+def records(workdir: str | epath.PathLike) -> list[dict]:
+  """The records of DIR/metrics.jsonl; a torn last line (a process killed while appending) is
+  left out."""
+  path = epath.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  lines = path.read_text().splitlines()
+  parsed = []
+  for number, line in enumerate(lines, 1):
+    try:
+      parsed.append(json.loads(line))
+    except json.JSONDecodeError:
+      if number < len(lines):
+        raise ValueError(f"{path}:{number} is not a JSON object: {line[:80]!r}") from None
+  return parsed
+
+
 class Writer:
   """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard.
 
-  Only process 0 writes; other processes get a no-op writer.
+  A run that (re)starts at `start_step` first drops what an earlier attempt logged past it, so
+  that a resumed run's log reads like an uninterrupted one. Only process 0 writes; other
+  processes get a no-op writer.
   """
 
-  def __init__(self, workdir: str | Path, tensorboard: bool = True):
+  def __init__(self, workdir: str | epath.PathLike, tensorboard: bool = True, start_step: int = 0):
     self.active = jax.process_index() == 0
-    self.path = Path(workdir) / "metrics.jsonl"
+    self.path = epath.Path(workdir) / "metrics.jsonl"
     self.tb = None
     if self.active:
       self.path.parent.mkdir(parents=True, exist_ok=True)
+      kept = [r for r in records(workdir) if r["step"] <= start_step]
+      staging = self.path.parent / f".{self.path.name}.tmp"
+      staging.write_text("".join(json.dumps(r) + "\n" for r in kept))
+      staging.replace(self.path)
       if tensorboard:
         from tensorboardX import SummaryWriter
-        self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        # purge_step: TensorBoard hides the earlier attempt's events from start_step + 1 on.
+        self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"),
+                                purge_step=start_step + 1)
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.active:

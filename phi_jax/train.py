@@ -1,18 +1,29 @@
 """The trainer: `python -m phi_jax.train --config=configs/tiny.py --workdir=DIR [--config.x=y]`.
 
 From Python: `phi_jax.train.run(phi_jax.configs.get("tiny"), "runs/tiny")`.
-Writes DIR/metrics.jsonl (one JSON object per logged step), DIR/tensorboard/, and the final
-params as an orbax checkpoint under DIR/checkpoints/.
+Writes DIR/metrics.jsonl (one JSON object per logged step), DIR/tensorboard/, DIR/run.json (the
+config, where the params started, every resume) and orbax checkpoints under DIR/checkpoints/
+(phi_jax.checkpoint). DIR may be local or gs://.
+
+Rerunning the same command on the same DIR resumes from the newest intact checkpoint and ends
+with the params, bit for bit, of a run that was never interrupted: the state, the step (which
+with train.seed fixes the dropout keys) and the data position all come from the checkpoint, and
+the input pipeline continues at the next batch. On SIGTERM (or a TPU preemption notice) the run
+saves at the next step boundary and exits with status 143, so that schedulers restart it.
 """
 
 from __future__ import annotations
 
+import json
+import signal
+import sys
+import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -24,52 +35,191 @@ from phi_jax import model as model_lib
 from phi_jax import sharding
 from phi_jax import train_step
 
+class Preempted(Exception):
+  """The run saved its state on a preemption notice and stopped; rerun it to continue."""
 
-def run(cfg: Any, workdir: str | Path) -> dict:
-  """Trains `cfg.train.steps` steps; returns the last logged metrics."""
+
+class NonFiniteError(FloatingPointError):
+  """A step's loss or gradients were not finite and train.on_nonfinite='stop'."""
+
+
+class _Sigterm:
+  """Notes SIGTERM (most schedulers' preemption notice) for the next step boundary.
+
+  Under jax.distributed, jax's preemption sync manager owns SIGTERM instead, and orbax's
+  `reached_preemption` agrees on the step at which every process saves.
+  """
+
+  def __init__(self):
+    self.received = False
+    self._installed = False
+
+  def __enter__(self) -> _Sigterm:
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread and not jax.distributed.is_initialized():
+      self._previous = signal.signal(signal.SIGTERM, self._note)
+      self._installed = True
+    return self
+
+  def _note(self, signum, frame) -> None:
+    del signum, frame
+    self.received = True
+
+  def __exit__(self, *exc) -> None:
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _write_json(path: epath.Path, value: dict) -> None:
+  """Writes `path` whole or not at all (process 0 only)."""
+  if jax.process_index() == 0:
+    staging = path.parent / f".{path.name}.tmp"
+    staging.write_text(json.dumps(value, indent=2) + "\n")
+    staging.replace(path)
+
+
+def _check_same_stream(saved: dict, now: dict, workdir: epath.Path) -> None:
+  changed = {k: (saved.get(k), now.get(k)) for k in saved.keys() | now.keys()
+             if saved.get(k) != now.get(k)}
+  if changed:
+    raise ValueError(
+        f"{workdir} was trained on another data stream ("
+        + ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in sorted(changed.items()))
+        + "): resuming would not continue at the next example. Rerun with the original "
+        f"settings, or start a new workdir with --config.train.init_from={workdir} (params only)")
+
+
+def _initial_state(cfg: Any, workdir: epath.Path, model_config: model_lib.ModelConfig,
+                   trainer: train_step.Trainer, checkpoints) -> tuple[Any, int, dict | None]:
+  """(state, next batch, init_from record): resumed from the workdir's own checkpoints when it
+  has any, else fresh from train.init_from or from train.seed."""
+  resumed = checkpoint.restore_latest_state(checkpoints, trainer.abstract_state, model_config)
+  run_json = workdir / "run.json"
+  if resumed is not None:
+    state, progress, set_aside = resumed
+    _check_same_stream(progress["stream"], input_pipeline.stream_signature(cfg), workdir)
+    logging.warning("resuming %s from step %d", workdir, progress["step"])
+    metadata = json.loads(run_json.read_text()) if run_json.exists() else {}
+    metadata.setdefault("resumes", []).append({
+        "step": progress["step"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "damaged_steps_set_aside": set_aside})
+    _write_json(run_json, metadata)
+    return state, progress["next_batch"], metadata.get("init_from")
+  init_from = cfg.train.init_from
+  if init_from is None:
+    raise ValueError("this config finetunes pretrained params: set --config.train.init_from to a "
+                     "pretraining workdir (its latest step), a workdir's checkpoints/<step>, or a "
+                     "Hugging Face phi directory")
+  if init_from:
+    params, record = checkpoint.load_init(init_from, model_config, trainer.state_sharding.params)
+    state = trainer.state_from_params(params)
+  else:
+    state, record = trainer.init_state(jax.random.key(int(cfg.train.seed))), None
+  _write_json(run_json, {"config": json.loads(cfg.to_json_best_effort()),
+                         "init_from": record, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         "resumes": []})
+  return state, 0, record
+
+
+def _nonfinite_steps(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+  """The (step, metrics) of `pending` whose loss or gradients were not finite (syncs)."""
+  values = jax.device_get([m for _, m in pending])
+  return [(step, m) for (step, _), m in zip(pending, values) if m["nonfinite"]]
+
+
+def run(cfg: Any, workdir: str | epath.PathLike) -> dict:
+  """Trains up to `cfg.train.steps` steps, resuming from `workdir`'s checkpoints; returns the
+  last logged metrics. Raises Preempted after saving on SIGTERM / a preemption notice."""
   distributed.initialize(cfg.distributed)
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)
   model_config = model_lib.as_model_config(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
   trainer = train_step.make_trainer(cfg, mesh)
-  state = trainer.init_state(jax.random.key(int(cfg.train.seed)))
+  checkpoints = checkpoint.manager(workdir, cfg.checkpoint)
+  try:
+    with _Sigterm() as sigterm:
+      return _train(cfg, workdir, model_config, trainer, checkpoints, sigterm)
+  finally:
+    checkpoints.wait_until_finished()  # an in-flight save was checked: let it complete
+    checkpoints.close()
+
+
+def _train(cfg, workdir, model_config, trainer, checkpoints, sigterm) -> dict:
+  state, next_batch, init_from = _initial_state(cfg, workdir, model_config, trainer, checkpoints)
   start_step, steps, log_every = int(state.step), int(cfg.train.steps), int(cfg.train.log_every)
-  batches = input_pipeline.batches(cfg, trainer.batch_sharding, start_step)
+  if start_step > steps:
+    raise ValueError(f"{workdir} holds a checkpoint at step {start_step}, past "
+                     f"train.steps={steps}; raise train.steps or use another workdir")
+  batches = input_pipeline.batches(cfg, trainer.batch_sharding, next_batch)
+  config = checkpoint.config_item(model_config, cfg, init_from)
+  stream = input_pipeline.stream_signature(cfg)
 
   tokens_per_step = int(cfg.train.global_batch) * int(cfg.train.seq_len)
   flops_per_step = metrics_lib.flops_per_token(model_config, int(cfg.train.seq_len)) * tokens_per_step
   peak = metrics_lib.peak_flops_per_device(model_config.dtype) * jax.device_count()
-  writer = metrics_lib.Writer(workdir, tensorboard=cfg.logging.tensorboard)
+  writer = metrics_lib.Writer(workdir, tensorboard=cfg.logging.tensorboard, start_step=start_step)
   progress = tqdm(total=steps, initial=start_step, desc="train", unit="step",
                   disable=not cfg.logging.progress_bar or jax.process_index() != 0)
-  last: dict = {}
+  last = (metrics_lib.records(workdir) or [{}])[-1]
+  pending: list[tuple[int, dict]] = []  # steps not yet checked for non-finite values
+  skipped = 0  # non-finite steps skipped in this logging window
   window_start, window_steps = time.perf_counter(), 0
-  for step in range(start_step, steps):
-    state, step_metrics = trainer.step(state, next(batches))
-    window_steps += 1
-    progress.update(1)
-    if (step + 1) % log_every == 0 or step + 1 == steps:
-      step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}  # syncs
-      step_time = (time.perf_counter() - window_start) / window_steps
-      last = {
-          "loss": step_metrics["loss"], "learning_rate": step_metrics["learning_rate"],
-          "grad_norm": step_metrics["grad_norm"], "step_time_s": step_time,
-          "tokens_per_second": tokens_per_step / step_time,
-          "mfu": flops_per_step / step_time / peak,
-      }
-      writer.write(step + 1, last)
-      progress.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
-      window_start, window_steps = time.perf_counter(), 0
-  progress.close()
-  writer.close()
-  checkpoint.save_params(workdir, model_config, state.params, step=steps)
+  try:
+    for step in range(start_step, steps):
+      state, step_metrics = trainer.step(state, next(batches))
+      done = step + 1
+      pending.append((done, step_metrics))
+      window_steps += 1
+      progress.update(1)
+      # Every process asks every step: the preemption sync point needs all of them.
+      preempted = checkpoints.reached_preemption(done) or sigterm.received
+      log = done % log_every == 0 or done == steps
+      save = done == steps or preempted or checkpoints.should_save(done)
+      if log or save:  # nothing unchecked is ever logged as good or saved
+        for bad_step, bad in _nonfinite_steps(pending):
+          message = (f"step {bad_step}: loss={float(bad['loss'])}, "
+                     f"grad_norm={float(bad['grad_norm'])} are not finite")
+          if cfg.train.on_nonfinite == "stop":
+            raise NonFiniteError(
+                f"{message}; stopping (train.on_nonfinite='stop'). The checkpoints kept are "
+                f"all from before it (latest: step {checkpoints.latest_step()} in "
+                f"{checkpoints.directory}). Lower optim.learning_rate, or set "
+                f"train.on_nonfinite='skip' to skip such steps")
+          logging.warning("%s; skipped (params and optimizer state unchanged)", message)
+          skipped += 1
+        pending = []
+      if log:
+        step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        step_time = (time.perf_counter() - window_start) / window_steps
+        last = {
+            "loss": step_metrics["loss"], "learning_rate": step_metrics["learning_rate"],
+            "grad_norm": step_metrics["grad_norm"], "step_time_s": step_time,
+            "tokens_per_second": tokens_per_step / step_time,
+            "mfu": flops_per_step / step_time / peak, "nonfinite_steps": skipped,
+        }
+        writer.write(done, last)
+        progress.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
+        window_start, window_steps, skipped = time.perf_counter(), 0, 0
+      if save:
+        checkpoint.save_state(checkpoints, state, {"next_batch": done, "stream": stream}, config)
+      if preempted:
+        checkpoints.wait_until_finished()
+        raise Preempted(f"saved step {done} to {checkpoints.directory} on a preemption notice; "
+                        f"rerun the same command to continue")
+  finally:
+    progress.close()
+    writer.close()
   return last
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax/absl INFO lines would drown the progress bar
-  run(flags.FLAGS.config, flags.FLAGS.workdir)
+  try:
+    run(flags.FLAGS.config, flags.FLAGS.workdir)
+  except Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

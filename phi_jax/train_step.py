@@ -37,6 +37,7 @@ class Trainer:
   state_sharding: Any  # TrainState of NamedShardings
   batch_sharding: NamedSharding
   init_state: Callable[[jax.Array], TrainState]  # rng -> sharded fresh state
+  state_from_params: Callable[[Any], TrainState]  # params -> step 0, fresh optimizer state
   step: Callable[[TrainState, dict], tuple[TrainState, dict]]  # donates the state
   abstract_state: Any  # TrainState of ShapeDtypeStructs carrying shardings
   micro_batches: int
@@ -94,13 +95,20 @@ def _train_step(model_config, optimizer, schedule, micro_batches, seed, loss_chu
       micro_grads, (zeros, jnp.zeros((), jnp.float32)), (jnp.arange(micro_batches), micro))
   grads = jax.tree.map(lambda g: g / total_weight, grad_sum)
 
+  loss, grad_norm = loss_sum / total_weight, optax.global_norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  # A non-finite loss or gradient leaves params and optimizer state as they were; the host stops
+  # or goes on by train.on_nonfinite. Finite steps are unchanged bit for bit.
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                   (params, opt_state), (state.params, state.opt_state))
   metrics = {
-      "loss": loss_sum / total_weight,
-      "grad_norm": optax.global_norm(grads),
+      "loss": loss,
+      "grad_norm": grad_norm,
       "learning_rate": schedule(state.step),
       "tokens": total_weight,
+      "nonfinite": ~finite,
   }
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -113,10 +121,12 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
   configs.check(cfg, mesh.size)
   micro_batches = micro_batch_count(cfg.train)
 
-  def fresh_state(rng):
-    params = model_lib.init(model_config, rng)
+  def state_from_params(params):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params))
+
+  def fresh_state(rng):
+    return state_from_params(model_lib.init(model_config, rng))
 
   abstract = jax.eval_shape(fresh_state, jax.random.key(0))
   param_specs = model_lib.logical_axes(model_config)
@@ -143,12 +153,14 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
   step = jax.jit(with_rules(step_fn), in_shardings=(state_sharding, batch_shardings),
                  out_shardings=(state_sharding, replicated), donate_argnums=(0,))
   init_state = jax.jit(fresh_state, out_shardings=state_sharding)
+  from_params = jax.jit(state_from_params, in_shardings=(state_sharding.params,),
+                        out_shardings=state_sharding)
   abstract_state = jax.tree.map(
       lambda shape, s: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=s),
       abstract, state_sharding)
   return Trainer(mesh=mesh, state_sharding=state_sharding, batch_sharding=batch_sharding,
-                 init_state=init_state, step=step, abstract_state=abstract_state,
-                 micro_batches=micro_batches)
+                 init_state=init_state, state_from_params=from_params, step=step,
+                 abstract_state=abstract_state, micro_batches=micro_batches)
 
 
 def abstract_batch(cfg: Any, batch_sharding: NamedSharding) -> dict:

@@ -50,6 +50,13 @@ def test_inconsistent_configs_are_rejected_with_every_reason():
   cfg.mesh.update(data=1, fsdp=8, tensor=1)
   with pytest.raises(configs.ConfigError, match="d_model=100 is not divisible by mesh.fsdp=8"):
     configs.check(cfg, num_devices=8)
+  cfg = configs.get("tiny")
+  cfg.train.on_nonfinite = "ignore"
+  cfg.checkpoint.keep = -1
+  with pytest.raises(configs.ConfigError) as error:
+    configs.check(cfg, num_devices=8)
+  assert "train.on_nonfinite='ignore' is not one of ['skip', 'stop']" in str(error.value)
+  assert "checkpoint.keep=-1: checkpoint settings are counts" in str(error.value)
 
 
 def test_unknown_model_key_is_named():

@@ -8,7 +8,8 @@ subprocess has a deadline and a failed or hung run takes its peers down with it.
 Meshes: the default (fsdp over all 8 devices) shards params and optimizer state across the two
 processes; data=2 x fsdp=2 x tensor=2 puts the process boundary on the data axis (params
 replicated across processes, sharded over fsdp and tensor within each) and runs tensor
-parallelism under it.
+parallelism under it. That run stops after 2 steps and is resumed, both processes restoring
+their shards of the checkpoint, for the other 2.
 
 Loopback only: the coordinator binds 127.0.0.1 (JAX_COORDINATOR_BIND_ADDRESS). jax 0.10.2 offers
 no setting for gloo's own sockets, which bind the address the machine's hostname resolves to.
@@ -97,7 +98,7 @@ def _run_all(jobs: list[tuple], deadline_s: float) -> None:
   procs = []
   try:
     for label, argv, env, log in jobs:
-      with log.open("w") as f:
+      with log.open("a") as f:
         procs.append((label, log, subprocess.Popen(argv, env=env, cwd=REPO, stdout=f,
                                                    stderr=subprocess.STDOUT)))
     end = time.monotonic() + deadline_s
@@ -125,7 +126,11 @@ def runs(tmp_path_factory) -> Path:
   workdir = tmp_path_factory.mktemp("multihost")
   _run_all(_jobs(workdir, "one_process", 1)
            + _jobs(workdir, "two_processes", 2)
-           + _jobs(workdir, "two_processes_2x2x2", 2, MESH_2x2x2), DEADLINE_S)
+           + _jobs(workdir, "two_processes_2x2x2", 2, MESH_2x2x2 + ("--config.train.steps=2",)),
+           DEADLINE_S)
+  _run_all(_jobs(workdir, "two_processes_2x2x2", 2, MESH_2x2x2), DEADLINE_S / 2)  # resumes at 2
+  resumes = json.loads((workdir / "two_processes_2x2x2" / "run.json").read_text())["resumes"]
+  assert [r["step"] for r in resumes] == [2]
   return workdir
 
 
