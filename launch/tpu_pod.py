@@ -66,6 +66,7 @@ REMOTE_UV = "~/.local/bin/uv"
 REMOTE_LOG = "~/phi_jax_train.log"
 REMOTE_EXIT = "~/phi_jax_train.exit"  # the trainer's exit status, written once it has ended
 STATUS_TAG = "phi_jax-train-status"
+PREEMPTION_EXIT = "143"  # phi_jax.train's status after saving on SIGTERM / a preemption notice
 
 
 class LaunchError(Exception):
@@ -384,6 +385,9 @@ def wait_for_training(g: Gcloud, tpu: Slice, poll_s: float, simulate_preemption:
         if node.ok and node.stdout.strip() in PREEMPTED_NODE_STATES:
           raise Preempted(f"TPU node {tpu.name} is {node.stdout.strip()}")
         continue  # unreachable for another reason; ask again at the next poll
+      saved = [host for host, status in statuses if status == PREEMPTION_EXIT]
+      if saved:  # the trainer checkpointed on a preemption notice and stopped: resume elsewhere
+        raise Preempted(f"the trainer saved and stopped on a preemption notice on {', '.join(saved)}")
       failed = [(host, status) for host, status in statuses if status not in ("0", "running")]
       if failed:
         raise LaunchError(

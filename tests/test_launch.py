@@ -368,3 +368,16 @@ def test_real_run_stops_on_a_failed_queued_resource(tmp_path):
   assert result.returncode == 1
   assert "queued resource phi1-v4 FAILED" in result.stderr
   assert steps == ["create", "describe", "delete"]
+
+
+def test_real_run_resumes_when_the_trainer_saved_on_a_preemption_notice(tmp_path):
+  tag = "phi_jax-train-status"
+  result, steps = run_with_fake_gcloud(tmp_path, {
+      "describe": [[0, "ACTIVE\n"]],
+      "status": [[0, f"{tag} w-0 143\n{tag} w-1 running\n"], [0, f"{tag} w-0 0\n{tag} w-1 0\n"]],
+      "node": [[0, "READY\n"]],
+  })
+  assert result.returncode == 0, result.stderr
+  assert "saved and stopped on a preemption notice on w-0" in result.stdout
+  assert steps == ["create", "describe", "scp", "install", "train", "describe", "status", "delete",
+                   "create", "describe", "scp", "install", "train", "describe", "status", "delete"]
