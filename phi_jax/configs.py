@@ -56,6 +56,10 @@ def base() -> ml_collections.ConfigDict:
       keep_every=0,  # and every step that is a multiple of keep_every, forever (0 = none)
       async_save=True,  # write in background threads while training goes on
   ))
+  # The finetuning stage of the recipe (`finetune_recipe`; the main job's phi-1 analogue):
+  # the paper's CodeExercises values.
+  cfg.finetune = ml_collections.ConfigDict(dict(
+      steps=6_000, global_batch=256, learning_rate=1e-4, warmup_steps=50, weight_decay=0.01))
   # Pretraining recipe of the paper. b1, b2, eps, clipping and the final LR are not in the
   # paper: GPT-3/CodeGen-style defaults.
   cfg.optim = ml_collections.ConfigDict(dict(
@@ -110,15 +114,19 @@ def base() -> ml_collections.ConfigDict:
 
 
 def finetune_recipe(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The paper's CodeExercises finetuning: batch 256, max LR 1e-4, warmup 50, wd 0.01, 6k steps.
+  """Turns a pretraining config into its CodeExercises finetuning: `cfg.finetune`'s steps,
+  batch and optimizer (the paper's: batch 256, max LR 1e-4, warmup 50, wd 0.01, 6k steps) on
+  the phi1_finetune mixture, same model.
 
   It starts from pretrained params: `train.init_from` must be set (phi-1-base -> phi-1 is
   `--config.train.init_from=<pretraining workdir>`); the optimizer and schedule start fresh.
   """
+  finetune = cfg.finetune
   cfg.data.mixture = "phi1_finetune"
-  cfg.train.update(steps=6_000, global_batch=256)
+  cfg.train.update(steps=finetune.steps, global_batch=finetune.global_batch)
   cfg.train.init_from = config_dict.placeholder(str)  # required: train.run names it when unset
-  cfg.optim.update(learning_rate=1e-4, warmup_steps=50, decay_steps=6_000, weight_decay=0.01)
+  cfg.optim.update(learning_rate=finetune.learning_rate, warmup_steps=finetune.warmup_steps,
+                   decay_steps=finetune.steps, weight_decay=finetune.weight_decay)
   return cfg
 
 
