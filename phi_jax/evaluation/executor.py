@@ -50,17 +50,18 @@ def encode(value, other):
 _CONTAINERS = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 
 
-def decode(data, handle):
-  """The inverse of `encode`; `handle(number)` turns a handle number into an object."""
+def decode(data, handle, builtin=None):
+  """The inverse of `encode`; `handle(number)` turns a handle number into an object, and
+  `builtin(name)`, where given, a builtin's name into it (the judge passes e.g. `int` so)."""
   if data is None or type(data) in (bool, int, float, str):
     return data
   if type(data) is not dict:
     raise ValueError(f"malformed value of type {type(data).__name__}")
   tag, payload = data.get("t"), data.get("v")
   if tag in _CONTAINERS and type(payload) is list:
-    return _CONTAINERS[tag](decode(item, handle) for item in payload)
+    return _CONTAINERS[tag](decode(item, handle, builtin) for item in payload)
   if tag == "dict" and type(payload) is list:
-    return {decode(k, handle): decode(v, handle) for k, v in payload}
+    return {decode(k, handle, builtin): decode(v, handle, builtin) for k, v in payload}
   if tag == "int" and type(payload) is str:
     return int(payload, 16)
   if tag == "complex" and type(payload) is list and len(payload) == 2:
@@ -69,6 +70,8 @@ def decode(data, handle):
     return bytes.fromhex(payload)
   if tag == "handle" and type(payload) is int:
     return handle(payload)
+  if tag == "builtin" and type(payload) is str and builtin is not None:
+    return builtin(payload)
   raise ValueError(f"malformed value tagged {tag!r}")
 
 
@@ -131,8 +134,8 @@ def main() -> None:
     if op == "getattr":
       return {"ok": encode(getattr(target, request["name"]), hold)}
     if op == "call":
-      args = decode(request["args"], handles.__getitem__)
-      kwargs = decode(request["kwargs"], handles.__getitem__)
+      args = decode(request["args"], handles.__getitem__, lambda name: getattr(builtins, name))
+      kwargs = decode(request["kwargs"], handles.__getitem__, lambda name: getattr(builtins, name))
       return {"ok": encode(target(*args, **kwargs), hold)}
     raise ValueError(f"unknown request {op!r}")
 

@@ -131,6 +131,9 @@ class Handle:
 def _encode_arg(value):
   if isinstance(value, Handle):
     return {"t": "handle", "v": value._number}
+  name = getattr(value, "__name__", None)
+  if isinstance(name, str) and getattr(builtins, name, None) is value:  # int, str, len, ...
+    return {"t": "builtin", "v": name}
   raise TypeError(f"a {type(value).__name__} cannot be passed into the sandbox (plain data only)")
 
 
@@ -155,7 +158,7 @@ def _value(channel: Channel, answer: dict):
 
 
 def free_names(source: str) -> list[str]:
-  """Names the test code reads but never binds and that are not builtins, in first-use order."""
+  """Names the code reads but never binds, in first-use order."""
   tree = ast.parse(source)
   bound, loaded = set(), []
   for node in ast.walk(tree):
@@ -169,23 +172,33 @@ def free_names(source: str) -> list[str]:
       bound.update((a.asname or a.name).split(".")[0] for a in node.names)
     elif isinstance(node, ast.ExceptHandler) and node.name:
       bound.add(node.name)
-  seen = bound | set(dir(builtins))
-  return [n for n in dict.fromkeys(loaded) if n not in seen]
+  return [n for n in dict.fromkeys(loaded) if n not in bound]
 
 
-def judge(channel: Channel, program: str, test: str) -> tuple[str, str]:
-  """(status, detail): runs `program` in the sandbox, then `test` here. status is 'passed',
-  'failed' or 'timeout'."""
+def judge(channel: Channel, program: str, test: str, *, prelude: str = "",
+          entry_point: str = "") -> tuple[str, str]:
+  """(status, detail): runs `program` in the sandbox, then `prelude` and `test` here; status is
+  'passed', 'failed' or 'timeout'.
+
+  Names resolve as follows: what `prelude` (trusted code, e.g. HumanEval's prompt with its
+  helper functions) or `test` defines is the judge's own; `entry_point` always comes from the
+  program, even when it shadows a builtin (MBPP has a `sum`); other free names are builtins and
+  standard-library modules of the judge when they are such, else fetched from the program.
+  So a program that redefines a helper, a builtin or `math` does not change what the test uses.
+  """
   try:
     _result(channel, {"op": "exec", "source": program, "filename": "<program>"})
     namespace = {"__name__": "__judge__", "__builtins__": builtins}
-    for name in free_names(test):
-      if name in sys.stdlib_module_names:  # the test's own modules, never the program's
-        namespace[name] = importlib.import_module(name)
-        continue
+    exec(compile(prelude, "<prelude>", "exec"), namespace)
+    local = set(namespace) | set(dir(builtins)) | set(sys.stdlib_module_names)
+    remote = [n for n in free_names(prelude + "\n" + test) if n not in local]
+    for name in dict.fromkeys(([entry_point] if entry_point else []) + remote):
       answer = channel.ask({"op": "get", "name": name})
       if "missing" not in answer:  # else the test's NameError fails it
         namespace[name] = _value(channel, answer)
+    for name in free_names(test):
+      if name in sys.stdlib_module_names and name not in namespace:
+        namespace[name] = importlib.import_module(name)
     exec(compile(test, "<test>", "exec"), namespace)
   except SandboxLost as lost:
     return lost.status, lost.detail

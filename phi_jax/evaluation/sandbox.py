@@ -83,8 +83,12 @@ class Result:
 
 @dataclasses.dataclass(frozen=True)
 class Job:
+  """One run: see `run` for the fields."""
+
   program: str
   test: str
+  prelude: str = ""
+  entry_point: str = ""
 
 
 def check_available(isolation: str = "bwrap") -> None:
@@ -233,17 +237,17 @@ def _kill_tree(process: subprocess.Popen, info_fd: int, isolation: str) -> None:
   process.wait()
 
 
-def run(program: str, timeout_s: float, *, test: str, limits: Limits = Limits(),
-        isolation: str = "bwrap") -> Result:
-  """Runs `program` in a fresh sandbox and `test` against it (see `judge`); `passed` only if the
-  whole test ran without an exception within `timeout_s` seconds of the sandbox's start."""
+def run(program: str, timeout_s: float, *, test: str, prelude: str = "", entry_point: str = "",
+        limits: Limits = Limits(), isolation: str = "bwrap") -> Result:
+  """Runs `program` in a fresh sandbox and the trusted `prelude` + `test` against it here
+  (`judge.judge` says how names resolve); `passed` only if the whole test ran without an
+  exception within `timeout_s` seconds of the sandbox's start."""
   check_available(isolation)
   with _uids.lease() as uid:
-    return _run(program, test, timeout_s, limits, isolation, uid)
+    return _run(Job(program, test, prelude, entry_point), timeout_s, limits, isolation, uid)
 
 
-def _run(program: str, test: str, timeout_s: float, limits: Limits, isolation: str,
-         uid: int) -> Result:
+def _run(job: Job, timeout_s: float, limits: Limits, isolation: str, uid: int) -> Result:
   start = time.monotonic()
   request_r, request_w = os.pipe()
   answer_r, answer_w = os.pipe()
@@ -279,7 +283,8 @@ def _run(program: str, test: str, timeout_s: float, limits: Limits, isolation: s
           f"the sandbox did not start (exit status {process.returncode}): "
           f"{b''.join(kept).decode(errors='replace')[-2000:]}")
     channel.deadline = time.monotonic() + timeout_s
-    status, detail = judge_lib.judge(channel, program, test)
+    status, detail = judge_lib.judge(channel, job.program, job.test, prelude=job.prelude,
+                                     entry_point=job.entry_point)
   finally:
     if process.returncode is None:
       _kill_tree(process, info_r, isolation)
@@ -302,7 +307,9 @@ def run_many(jobs: Sequence[Job], timeout_s: float, *, workers: int = 0,
   workers = workers or os.cpu_count() or 1
   if isolation != "bwrap":
     logging.warning("running %d programs WITHOUT A SANDBOX (isolation=%r)", len(jobs), isolation)
+  def one(job: Job) -> Result:
+    with _uids.lease() as uid:
+      return _run(job, timeout_s, limits, isolation, uid)
+
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    return list(pool.map(
-        lambda job: run(job.program, timeout_s, test=job.test, limits=limits,
-                        isolation=isolation), jobs))
+    return list(pool.map(one, jobs))
