@@ -36,7 +36,6 @@ from __future__ import annotations
 import ast
 import builtins
 import dataclasses
-import json
 import math
 import textwrap
 from pathlib import Path

@@ -1,0 +1,183 @@
+"""Autoregressive sampling with a KV cache: greedy, temperature, top-k, top-p.
+
+    decoder = decode.Decoder(model_config, params, decode.SamplingConfig(max_new_tokens=256))
+    new_tokens = decoder.generate([[5, 6, 7], [8, 9]], stop=lambda row: ...)
+
+Prompts of different lengths are left-padded to a shape bucket (a multiple of
+`SamplingConfig.prompt_bucket`), rows to a multiple of the data-parallel devices, so one
+compiled prefill and one compiled decode chunk serve every batch of a bucket. The prefill fills
+the cache with the prompts; each decode chunk is one jitted `lax.while_loop` of up to
+`chunk_tokens` steps that stops early once every row is done (end-of-text, or marked done by the
+host's `stop` check, which runs between chunks so stop *strings* can end rows). Params, cache
+and tokens are sharded by `phi_jax.sharding`'s logical-axis rules on the given mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from phi_jax import model as model_lib
+from phi_jax import sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How tokens are drawn; `temperature=0` is greedy (argmax)."""
+
+  temperature: float = 0.0
+  top_k: int = 0  # keep the k most likely tokens (0 = all)
+  top_p: float = 1.0  # keep the smallest set of tokens with this much probability (1 = all)
+  max_new_tokens: int = 256
+  eos_id: int = 1  # <|endoftext|> ends a row
+  pad_id: int = 0
+  prompt_bucket: int = 64  # prompt lengths round up to a multiple of this (one compile each)
+  chunk_tokens: int = 64  # decode steps per compiled chunk between host stop checks
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+      raise ValueError(f"sampling needs temperature >= 0, top_k >= 0, 0 < top_p <= 1: {self}")
+    if self.max_new_tokens < 1 or self.prompt_bucket < 1 or self.chunk_tokens < 1:
+      raise ValueError(f"max_new_tokens, prompt_bucket and chunk_tokens must be >= 1: {self}")
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "SamplingConfig":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+      if key not in fields:
+        close = difflib.get_close_matches(key, sorted(fields), n=1)
+        raise KeyError(f"unknown sampling key '{key}'" + (f"; did you mean '{close[0]}'?" if close
+                                                          else f"; valid keys: {sorted(fields)}"))
+    return cls(**dict(values))
+
+
+def sample_logits(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> jax.Array:
+  """One token per row from fp32 logits [batch, vocab]."""
+  if sampling.temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / sampling.temperature
+  if sampling.top_k:
+    kth = jax.lax.top_k(logits, min(sampling.top_k, logits.shape[-1]))[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if sampling.top_p < 1.0:
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    # Keep a token while the mass before it is < top_p (the most likely one always stays).
+    kept = (jnp.cumsum(probs, axis=-1) - probs) < sampling.top_p
+    threshold = jnp.min(jnp.where(kept, ordered, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def _round_up(value: int, multiple: int) -> int:
+  return max(multiple, math.ceil(value / multiple) * multiple)
+
+
+class Decoder:
+  """Compiled prefill + decode chunks for one (model, params, sampling, mesh)."""
+
+  def __init__(self, config: Any, params: Any, sampling: SamplingConfig = SamplingConfig(),
+               mesh: jax.sharding.Mesh | None = None):
+    self.config = model_lib.as_model_config(config)
+    self.sampling = sampling
+    self.mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+    self.rows_multiple = sharding.data_parallel_size(self.mesh)
+    param_sharding = sharding.logical_sharding(model_lib.logical_axes(self.config), self.mesh)
+    self.params = jax.device_put(params, param_sharding)
+    cache_sharding = sharding.logical_sharding(model_lib.cache_logical_axes(), self.mesh)
+    rows = NamedSharding(self.mesh, P(("data", "fsdp")))
+    tokens = sharding.batch_sharding(self.mesh)
+    replicated = NamedSharding(self.mesh, P())
+    self._prefill = jax.jit(
+        self._prefill_fn, static_argnums=(4,),
+        in_shardings=(param_sharding, tokens, rows, replicated),
+        out_shardings=(cache_sharding, rows))
+    self._chunk = jax.jit(
+        self._chunk_fn, static_argnums=(5,), donate_argnums=(1,),
+        in_shardings=(param_sharding, cache_sharding, rows, rows, replicated),
+        out_shardings=(cache_sharding, tokens, rows, rows, replicated))
+
+  def _traced(self, fn, *args):
+    with sharding.activation_rules(self.mesh):
+      return fn(*args)
+
+  def _prefill_fn(self, params, prompts, start, rng, cache_len):
+    """Fills a fresh cache with the left-padded prompts; samples each row's first new token."""
+    def run():
+      cache = model_lib.init_cache(self.config, prompts.shape[0], cache_len, start)
+      logits, cache_out = model_lib.forward_with_cache(self.config, params, prompts, cache)
+      return cache_out, sample_logits(logits[:, -1], jax.random.fold_in(rng, 0), self.sampling)
+    return self._traced(run)
+
+  def _chunk_fn(self, params, cache, last, done, rng, steps):
+    """Up to `steps` decode steps. `last` holds each row's newest sampled token, not yet emitted
+    nor in the cache; a step emits it (or ends the row at end-of-text), feeds it, and samples
+    the next. Returns (cache, emitted [batch, steps] (-1 where nothing was), done, last, steps
+    taken)."""
+    sampling = self.sampling
+
+    def step(carry):
+      cache, last, done, out, i = carry
+      done = done | (last == sampling.eos_id)
+      out = out.at[:, i].set(jnp.where(done, -1, last))
+      # Finished rows feed padding; whatever they sample is never emitted.
+      logits, cache = model_lib.forward_with_cache(
+          self.config, params, jnp.where(done, sampling.pad_id, last)[:, None], cache)
+      token = sample_logits(logits[:, -1], jax.random.fold_in(rng, i), sampling)
+      return cache, token, done, out, i + 1
+
+    def run():
+      out = jnp.full((last.shape[0], steps), -1, jnp.int32)
+      carry = (cache, last, done, out, jnp.zeros((), jnp.int32))
+      carry = jax.lax.while_loop(lambda c: (c[4] < steps) & ~jnp.all(c[2]), step, carry)
+      cache_out, last_out, done_out, out, taken = carry
+      return cache_out, out, done_out, last_out, taken
+    return self._traced(run)
+
+  def generate(self, prompts: Sequence[Sequence[int]], *, rng: jax.Array | None = None,
+               stop: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
+    """New tokens for each prompt: at most `max_new_tokens`, ending before end-of-text, or
+    soon after `stop(tokens so far)` (checked between chunks) says so: the caller trims at its
+    stop string. Rows are independent: a row's tokens do not depend on the other prompts."""
+    sampling = self.sampling
+    if not prompts or any(len(p) == 0 for p in prompts):
+      raise ValueError("generate needs at least one prompt, each of at least one token")
+    n_rows = _round_up(len(prompts), self.rows_multiple)
+    prompt_len = _round_up(max(len(p) for p in prompts), sampling.prompt_bucket)
+    cache_len = _round_up(prompt_len + sampling.max_new_tokens, sampling.prompt_bucket)
+    if prompt_len + sampling.max_new_tokens > self.config.max_len:
+      raise ValueError(
+          f"prompt bucket {prompt_len} + max_new_tokens {sampling.max_new_tokens} exceeds the "
+          f"model's max_len {self.config.max_len}: shorten the prompts or max_new_tokens")
+    batch = np.full((n_rows, prompt_len), sampling.pad_id, np.int32)
+    start = np.full((n_rows,), prompt_len - 1, np.int32)  # padding rows: one pad token
+    for row, prompt in enumerate(prompts):
+      batch[row, prompt_len - len(prompt):] = prompt
+      start[row] = prompt_len - len(prompt)
+    rng = jax.random.key(sampling.seed) if rng is None else rng
+
+    cache, last = self._prefill(self.params, batch, start, rng, cache_len)
+    done = np.arange(n_rows) >= len(prompts)
+    produced = [[] for _ in prompts]
+    total = 0
+    while total < sampling.max_new_tokens and not done.all():
+      steps = min(sampling.chunk_tokens, sampling.max_new_tokens - total)
+      chunk_rng = jax.random.fold_in(rng, total + 1)
+      cache, out, done_dev, last, taken = self._chunk(
+          self.params, cache, last, jnp.asarray(done), chunk_rng, steps)
+      out, done = np.asarray(out), np.array(done_dev)
+      taken = int(taken)
+      total += taken
+      for row in range(len(prompts)):
+        produced[row] += [int(t) for t in out[row, :taken] if t >= 0]
+        if not done[row] and stop is not None and stop(produced[row]):
+          done[row] = True
+    return produced
