@@ -143,10 +143,10 @@ class Decoder:
     return self._traced(run)
 
   def generate(self, prompts: Sequence[Sequence[int]], *, rng: jax.Array | None = None,
-               stop: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
+               stop: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
     """New tokens for each prompt: at most `max_new_tokens`, ending before end-of-text, or
-    soon after `stop(tokens so far)` (checked between chunks) says so: the caller trims at its
-    stop string. Rows are independent: a row's tokens do not depend on the other prompts."""
+    soon after `stop(row, its new tokens so far)` (checked between chunks) says so: the caller
+    trims at its stop string. Rows are independent: a row's tokens do not depend on the other prompts."""
     sampling = self.sampling
     if not prompts or any(len(p) == 0 for p in prompts):
       raise ValueError("generate needs at least one prompt, each of at least one token")
@@ -178,6 +178,32 @@ class Decoder:
       total += taken
       for row in range(len(prompts)):
         produced[row] += [int(t) for t in out[row, :taken] if t >= 0]
-        if not done[row] and stop is not None and stop(produced[row]):
+        if not done[row] and stop is not None and stop(row, produced[row]):
           done[row] = True
     return produced
+
+
+def truncate(text: str, stop: Sequence[str]) -> str:
+  """`text` up to the first occurrence of any stop string."""
+  return text[:min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))]
+
+
+def generate_text(decoder: Decoder, vocab: Any, prompts: Sequence[str], *,
+                  stop: Sequence[str] = (), rng: jax.Array | None = None) -> list[str]:
+  """The text each prompt is continued with, cut before the first stop string.
+
+  vocab: anything with `encode(str) -> ids` and `decode(ids) -> str` (a seqio vocabulary). The
+  continuation is decoded together with its prompt and the prompt's text removed, so that
+  tokenizers which decode a leading piece differently on its own cannot change it.
+  """
+  encoded = [list(vocab.encode(p)) for p in prompts]
+
+  def continuation(prompt: list[int], new: list[int]) -> str:
+    head, whole = vocab.decode(prompt), vocab.decode(prompt + new)
+    return whole[len(head):] if whole.startswith(head) else vocab.decode(new)
+
+  outputs = decoder.generate(
+      encoded, rng=rng,
+      stop=(lambda row, new: any(s in continuation(encoded[row], new) for s in stop))
+      if stop else None)
+  return [truncate(continuation(p, new), stop) for p, new in zip(encoded, outputs)]

@@ -28,7 +28,6 @@ import re
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Iterable
 
 # The files as of google-research commit 30adf0ec (the 2022 revision), with their sha256.
 _MBPP_COMMIT = "30adf0ec5f35f9609c2f1d896005e184195d9146"
@@ -225,8 +224,3 @@ def load(benchmark: str, *, mbpp_path: str | os.PathLike | None = None, split: s
     return mbpp(mbpp_path, split=split, prompt_format=mbpp_prompt_format)
   raise ValueError(f"unknown benchmark {benchmark!r}; choose humaneval or mbpp")
 
-
-def truncate(completion: str, stop: Iterable[str]) -> str:
-  """The completion up to the first stop sequence."""
-  cut = min((i for i in (completion.find(s) for s in stop) if i >= 0), default=len(completion))
-  return completion[:cut]

@@ -73,11 +73,14 @@ def summarize(scored: Sequence[Mapping[str, Any]], ks: Iterable[int] = pass_at_k
           "results": dict(sorted(outcomes.items()))}
 
 
-def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
-  """Writes rows atomically: the file appears complete or not at all."""
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+  """Writes `text` so that the file appears complete or not at all."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
+    f.write(text)
   os.replace(f.name, path)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
+  write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
