@@ -153,8 +153,10 @@ def _value(channel: Channel, answer: dict):
   if type(error) is not dict:
     channel.lost = SandboxLost("failed", "malformed answer")
     raise channel.lost
-  kind = _EXCEPTIONS.get(str(error.get("type")), RemoteError)
-  raise kind(f"{error.get('type')}: {error.get('message')}"[:2000])
+  kind = _EXCEPTIONS.get(str(error.get("type")))
+  if kind is None:
+    raise RemoteError(f"{error.get('type')}: {error.get('message')}"[:2000])
+  raise kind(str(error.get("message"))[:2000])
 
 
 def free_names(source: str) -> list[str]:
