@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -59,30 +60,92 @@ class SamplingConfig:
     return cls(**dict(values))
 
 
-def sample_logits(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> jax.Array:
-  """One token per row from fp32 logits [batch, vocab]."""
-  if sampling.temperature == 0.0:
+def sampling_knobs(sampling: SamplingConfig) -> dict:
+  """The sampling settings as traced scalars: changing them never recompiles."""
+  return {"temperature": np.float32(sampling.temperature), "top_k": np.int32(sampling.top_k),
+          "top_p": np.float32(sampling.top_p), "eos_id": np.int32(sampling.eos_id),
+          "pad_id": np.int32(sampling.pad_id)}
+
+
+def sample_logits(logits: jax.Array, rng: jax.Array, knobs: Mapping[str, Any]) -> jax.Array:
+  """One token per row from fp32 logits [batch, vocab]; `knobs` as made by `_knobs` (greedy
+  when temperature is 0; top-k and top-p both filter when set)."""
+  def greedy():
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  logits = logits / sampling.temperature
-  if sampling.top_k:
-    kth = jax.lax.top_k(logits, min(sampling.top_k, logits.shape[-1]))[0][:, -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  if sampling.top_p < 1.0:
-    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+
+  def sample():
+    scaled = logits / knobs["temperature"]
+    ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
+    vocab = logits.shape[-1]
+    top_k = jnp.where(knobs["top_k"] > 0, jnp.minimum(knobs["top_k"], vocab), vocab)
+    ordered = jnp.where(jnp.arange(vocab) < top_k, ordered, -jnp.inf)
     probs = jax.nn.softmax(ordered, axis=-1)
     # Keep a token while the mass before it is < top_p (the most likely one always stays).
-    kept = (jnp.cumsum(probs, axis=-1) - probs) < sampling.top_p
+    kept = (jnp.cumsum(probs, axis=-1) - probs) < knobs["top_p"]
     threshold = jnp.min(jnp.where(kept, ordered, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < threshold, -jnp.inf, logits)
-  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    filtered = jnp.where(scaled < threshold, -jnp.inf, scaled)
+    return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+
+  return jax.lax.cond(knobs["temperature"] > 0, sample, greedy)
 
 
 def _round_up(value: int, multiple: int) -> int:
   return max(multiple, math.ceil(value / multiple) * multiple)
 
 
+def _prefill(config, mesh, params, prompts, start, rng, knobs, cache_len):
+  """Fills a fresh cache with the left-padded prompts; samples each row's first new token."""
+  with sharding.activation_rules(mesh):
+    cache = model_lib.init_cache(config, prompts.shape[0], cache_len, start)
+    logits, cache = model_lib.forward_with_cache(config, params, prompts, cache)
+    return cache, sample_logits(logits[:, -1], jax.random.fold_in(rng, 0), knobs)
+
+
+def _chunk(config, mesh, params, cache, last, done, rng, knobs, limit, steps):
+  """Up to min(`steps`, `limit`) decode steps. `last` holds each row's newest sampled token, not
+  yet emitted nor in the cache; a step emits it (or ends the row at end-of-text), feeds it, and
+  samples the next. Returns (cache, emitted [batch, steps] (-1 where nothing was), done, last,
+  steps taken)."""
+  def step(carry):
+    cache, last, done, out, i = carry
+    done = done | (last == knobs["eos_id"])
+    out = out.at[:, i].set(jnp.where(done, -1, last))
+    # Finished rows feed padding; whatever they sample is never emitted.
+    logits, cache = model_lib.forward_with_cache(
+        config, params, jnp.where(done, knobs["pad_id"], last)[:, None], cache)
+    token = sample_logits(logits[:, -1], jax.random.fold_in(rng, i), knobs)
+    return cache, token, done, out, i + 1
+
+  with sharding.activation_rules(mesh):
+    out = jnp.full((last.shape[0], steps), -1, jnp.int32)
+    carry = (cache, last, done, out, jnp.zeros((), jnp.int32))
+    carry = jax.lax.while_loop(
+        lambda c: (c[4] < jnp.minimum(steps, limit)) & ~jnp.all(c[2]), step, carry)
+    cache, last, done, out, taken = carry
+    return cache, out, done, last, taken
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(config: model_lib.ModelConfig, mesh: jax.sharding.Mesh):
+  """The jitted prefill and chunk for a model and mesh, shared by every Decoder of them (XLA
+  compiles each once per shape: rows, prompt bucket, cache length, chunk size)."""
+  params = sharding.logical_sharding(model_lib.logical_axes(config), mesh)
+  cache = sharding.logical_sharding(model_lib.cache_logical_axes(), mesh)
+  rows = NamedSharding(mesh, P(("data", "fsdp")))
+  tokens = sharding.batch_sharding(mesh)
+  replicated = NamedSharding(mesh, P())
+  prefill = jax.jit(functools.partial(_prefill, config, mesh), static_argnums=(5,),
+                    in_shardings=(params, tokens, rows, replicated, replicated),
+                    out_shardings=(cache, rows))
+  chunk = jax.jit(functools.partial(_chunk, config, mesh), static_argnums=(7,),
+                  donate_argnums=(1,),
+                  in_shardings=(params, cache, rows, rows, replicated, replicated, replicated),
+                  out_shardings=(cache, tokens, rows, rows, replicated))
+  return params, prefill, chunk
+
+
 class Decoder:
-  """Compiled prefill + decode chunks for one (model, params, sampling, mesh)."""
+  """Generation for one (model, params, sampling settings, mesh)."""
 
   def __init__(self, config: Any, params: Any, sampling: SamplingConfig = SamplingConfig(),
                mesh: jax.sharding.Mesh | None = None):
@@ -90,57 +153,8 @@ class Decoder:
     self.sampling = sampling
     self.mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     self.rows_multiple = sharding.data_parallel_size(self.mesh)
-    param_sharding = sharding.logical_sharding(model_lib.logical_axes(self.config), self.mesh)
+    param_sharding, self._prefill, self._chunk = _compiled(self.config, self.mesh)
     self.params = jax.device_put(params, param_sharding)
-    cache_sharding = sharding.logical_sharding(model_lib.cache_logical_axes(), self.mesh)
-    rows = NamedSharding(self.mesh, P(("data", "fsdp")))
-    tokens = sharding.batch_sharding(self.mesh)
-    replicated = NamedSharding(self.mesh, P())
-    self._prefill = jax.jit(
-        self._prefill_fn, static_argnums=(4,),
-        in_shardings=(param_sharding, tokens, rows, replicated),
-        out_shardings=(cache_sharding, rows))
-    self._chunk = jax.jit(
-        self._chunk_fn, static_argnums=(5,), donate_argnums=(1,),
-        in_shardings=(param_sharding, cache_sharding, rows, rows, replicated),
-        out_shardings=(cache_sharding, tokens, rows, rows, replicated))
-
-  def _traced(self, fn, *args):
-    with sharding.activation_rules(self.mesh):
-      return fn(*args)
-
-  def _prefill_fn(self, params, prompts, start, rng, cache_len):
-    """Fills a fresh cache with the left-padded prompts; samples each row's first new token."""
-    def run():
-      cache = model_lib.init_cache(self.config, prompts.shape[0], cache_len, start)
-      logits, cache_out = model_lib.forward_with_cache(self.config, params, prompts, cache)
-      return cache_out, sample_logits(logits[:, -1], jax.random.fold_in(rng, 0), self.sampling)
-    return self._traced(run)
-
-  def _chunk_fn(self, params, cache, last, done, rng, steps):
-    """Up to `steps` decode steps. `last` holds each row's newest sampled token, not yet emitted
-    nor in the cache; a step emits it (or ends the row at end-of-text), feeds it, and samples
-    the next. Returns (cache, emitted [batch, steps] (-1 where nothing was), done, last, steps
-    taken)."""
-    sampling = self.sampling
-
-    def step(carry):
-      cache, last, done, out, i = carry
-      done = done | (last == sampling.eos_id)
-      out = out.at[:, i].set(jnp.where(done, -1, last))
-      # Finished rows feed padding; whatever they sample is never emitted.
-      logits, cache = model_lib.forward_with_cache(
-          self.config, params, jnp.where(done, sampling.pad_id, last)[:, None], cache)
-      token = sample_logits(logits[:, -1], jax.random.fold_in(rng, i), sampling)
-      return cache, token, done, out, i + 1
-
-    def run():
-      out = jnp.full((last.shape[0], steps), -1, jnp.int32)
-      carry = (cache, last, done, out, jnp.zeros((), jnp.int32))
-      carry = jax.lax.while_loop(lambda c: (c[4] < steps) & ~jnp.all(c[2]), step, carry)
-      cache_out, last_out, done_out, out, taken = carry
-      return cache_out, out, done_out, last_out, taken
-    return self._traced(run)
 
   def generate(self, prompts: Sequence[Sequence[int]], *, rng: jax.Array | None = None,
                stop: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
@@ -164,15 +178,16 @@ class Decoder:
       start[row] = prompt_len - len(prompt)
     rng = jax.random.key(sampling.seed) if rng is None else rng
 
-    cache, last = self._prefill(self.params, batch, start, rng, cache_len)
+    knobs = sampling_knobs(sampling)
+    cache, last = self._prefill(self.params, batch, start, rng, knobs, cache_len)
     done = np.arange(n_rows) >= len(prompts)
     produced = [[] for _ in prompts]
     total = 0
     while total < sampling.max_new_tokens and not done.all():
-      steps = min(sampling.chunk_tokens, sampling.max_new_tokens - total)
       chunk_rng = jax.random.fold_in(rng, total + 1)
       cache, out, done_dev, last, taken = self._chunk(
-          self.params, cache, last, jnp.asarray(done), chunk_rng, steps)
+          self.params, cache, last, done, chunk_rng, knobs,
+          np.int32(sampling.max_new_tokens - total), sampling.chunk_tokens)
       out, done = np.asarray(out), np.array(done_dev)
       taken = int(taken)
       total += taken
