@@ -29,11 +29,6 @@ from phi_jax.evaluation import sandbox
 from phi_jax.evaluation import scoring
 
 
-def sandbox_limits(cfg: Any) -> sandbox.Limits:
-  return sandbox.Limits(memory_bytes=int(cfg.eval.memory_mb) << 20,
-                        processes=int(cfg.eval.processes))
-
-
 def problems(cfg: Any, benchmark: str, *, split: str | None = None) -> list[benchmarks.Problem]:
   return benchmarks.load(benchmark, mbpp_path=cfg.eval.mbpp_path or None,
                          split=split or cfg.eval.mbpp_split,
@@ -44,9 +39,7 @@ def score_file(cfg: Any, benchmark: str, samples_path: str | Path) -> dict:
   """Scores a sample file; writes SAMPLES_results.jsonl; returns the summary."""
   samples = scoring.read_samples(samples_path)
   # Samples may name any task of the benchmark, so MBPP is read whole.
-  scored = scoring.score(samples, problems(cfg, benchmark, split="all"),
-                         timeout_s=float(cfg.eval.timeout_s), workers=int(cfg.eval.workers),
-                         limits=sandbox_limits(cfg), isolation=cfg.eval.isolation)
+  scored = scoring.score_with_config(samples, problems(cfg, benchmark, split="all"), cfg.eval)
   scoring.write_jsonl(f"{samples_path}_results.jsonl", scored)
   return scoring.summarize(scored)
 

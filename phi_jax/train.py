@@ -23,6 +23,7 @@ from phi_jax import metrics as metrics_lib
 from phi_jax import model as model_lib
 from phi_jax import sharding
 from phi_jax import train_step
+from phi_jax.evaluation import in_training
 
 
 def run(cfg: Any, workdir: str | Path) -> dict:
@@ -35,6 +36,7 @@ def run(cfg: Any, workdir: str | Path) -> dict:
   state = trainer.init_state(jax.random.key(int(cfg.train.seed)))
   start_step, steps, log_every = int(state.step), int(cfg.train.steps), int(cfg.train.log_every)
   batches = input_pipeline.batches(cfg, trainer.batch_sharding, start_step)
+  evaluator = in_training.make_evaluator(cfg, trainer)  # None unless eval.every_steps > 0
 
   tokens_per_step = int(cfg.train.global_batch) * int(cfg.train.seq_len)
   flops_per_step = metrics_lib.flops_per_token(model_config, int(cfg.train.seq_len)) * tokens_per_step
@@ -60,6 +62,9 @@ def run(cfg: Any, workdir: str | Path) -> dict:
       writer.write(step + 1, last)
       progress.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
       window_start, window_steps = time.perf_counter(), 0
+    if evaluator is not None and evaluator.due(step + 1):
+      writer.write(step + 1, evaluator(state.params))
+      window_start, window_steps = time.perf_counter(), 0  # eval time is not step time
   progress.close()
   writer.close()
   checkpoint.save_params(workdir, model_config, state.params, step=steps)

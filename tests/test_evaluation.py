@@ -41,8 +41,9 @@ def test_humaneval_canonical_solutions_pass_and_empty_bodies_fail(humaneval):
 
 
 def test_mbpp_reference_solutions_pass(shared_data):
-  problems = benchmarks.mbpp(shared_data / "mbpp", split="test")
-  assert len(problems) == 500
+  """Every 4th task of the test split here (all 974 pass: bench/sandbox_throughput.py)."""
+  problems = benchmarks.mbpp(shared_data / "mbpp", split="test")[::4]
+  assert len(problems) == 125
   scored = scoring.score([{"task_id": p.task_id, "completion": p.canonical_solution}
                           for p in problems], problems, timeout_s=20)
   assert [(r["task_id"], r["result"]) for r in scored if not r["passed"]] == []

@@ -62,6 +62,15 @@ def score(samples: Sequence[Mapping[str, Any]], problems: Iterable[benchmarks.Pr
           for sample, r in zip(samples, results)]
 
 
+def score_with_config(samples: Sequence[Mapping[str, Any]],
+                      problems: Iterable[benchmarks.Problem], eval_cfg: Any) -> list[dict]:
+  """`score` with the settings of a run config's `eval` section."""
+  limits = sandbox.Limits(memory_bytes=int(eval_cfg.memory_mb) << 20,
+                          processes=int(eval_cfg.processes))
+  return score(samples, problems, timeout_s=float(eval_cfg.timeout_s),
+               workers=int(eval_cfg.workers), limits=limits, isolation=eval_cfg.isolation)
+
+
 def summarize(scored: Sequence[Mapping[str, Any]], ks: Iterable[int] = pass_at_k.DEFAULT_KS
               ) -> dict:
   """pass@k (where every task has enough samples), counts of samples and of results."""
