@@ -1,8 +1,10 @@
 """The sandbox side of a run, and the plain-data wire format both sides speak.
 
-Inside the sandbox this file runs as `python -I -c <this source> LIMITS_JSON IN_FD OUT_FD`: it
-lowers its rlimits, says it is ready, then serves requests from the judge on IN_FD and answers
-on OUT_FD (each message: 4-byte big-endian length + JSON). Requests: `exec` a source into the program's namespace, `get` a global, `call` a
+Inside the sandbox this file runs as `python -I -S -c <this source> LIMITS_JSON IN_FD OUT_FD
+SITE_DIRS_JSON`: it lowers its rlimits, puts the site-packages directories on sys.path (without
+the `site` module's .pth processing, which would triple the start-up time), says it is ready,
+then serves requests from the judge on IN_FD and answers on OUT_FD (each message: 4-byte
+big-endian length + JSON). Requests: `exec` a source into the program's namespace, `get` a global, `call` a
 held object, `getattr` of a held object. Answers carry only plain data (None, bool, int, float,
 complex, str, bytes, list, tuple, dict, set, frozenset); anything else stays in the sandbox and
 crosses as an opaque handle number. The judge compares values with its own `==`, so an object
@@ -112,6 +114,7 @@ def main() -> None:
   for name, value in limits.items():  # hard limits: an unprivileged process cannot raise them
     resource.setrlimit(getattr(resource, name), (int(value), int(value)))
   requests, answers = int(sys.argv[2]), int(sys.argv[3])
+  sys.path.extend(json.loads(sys.argv[4]))
   sys.stdin = open(os.devnull)
   sys.stdout.reconfigure(line_buffering=True)  # what a killed program printed still shows
   namespace = {"__name__": "__main__", "__builtins__": builtins}

@@ -33,6 +33,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -156,7 +157,8 @@ def _python_roots() -> list[str]:
   return [os.path.realpath(r) for r in roots if os.path.isdir(r)]
 
 
-def _mount_args(tmpfs_bytes: int) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def _mount_args(tmpfs_bytes: int) -> tuple[str, ...]:
   args: list[str] = []
   for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"):
     if os.path.islink(top):
@@ -181,7 +183,7 @@ def _mount_args(tmpfs_bytes: int) -> list[str]:
   args += ["--proc", "/proc", "--dev", "/dev",
            "--perms", "1777", "--size", str(tmpfs_bytes), "--tmpfs", "/tmp",
            "--chdir", "/tmp", "--remount-ro", "/"]
-  return args
+  return tuple(args)
 
 
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
@@ -191,8 +193,10 @@ _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8
 
 def _command(isolation: str, uid: int, limits: Limits, timeout_s: float, fds: tuple[int, int],
              info_fd: int) -> list[str]:
-  python = [sys.executable, "-I", "-c", _EXECUTOR_SOURCE,
-            json.dumps(_rlimits(limits, timeout_s)), str(fds[0]), str(fds[1])]
+  import site
+  python = [sys.executable, "-I", "-S", "-c", _EXECUTOR_SOURCE,
+            json.dumps(_rlimits(limits, timeout_s)), str(fds[0]), str(fds[1]),
+            json.dumps(site.getsitepackages())]
   if isolation == "unsafe-no-sandbox":
     return python
   env = [arg for name, value in _ENV.items() for arg in ("--setenv", name, value)]
@@ -301,10 +305,10 @@ def _run(job: Job, timeout_s: float, limits: Limits, isolation: str, uid: int) -
 
 def run_many(jobs: Sequence[Job], timeout_s: float, *, workers: int = 0,
              limits: Limits = Limits(), isolation: str = "bwrap") -> list[Result]:
-  """Runs every job, `workers` at a time (0: one per CPU core), each in its own sandbox;
-  results in the order of `jobs`."""
+  """Runs every job, `workers` at a time, each in its own sandbox; results in the order of `jobs`.
+  workers=0: two per CPU core (a run spends much of its time starting and ending processes)."""
   check_available(isolation)
-  workers = workers or os.cpu_count() or 1
+  workers = workers or 2 * (os.cpu_count() or 1)
   if isolation != "bwrap":
     logging.warning("running %d programs WITHOUT A SANDBOX (isolation=%r)", len(jobs), isolation)
   def one(job: Job) -> Result:
