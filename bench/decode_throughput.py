@@ -25,6 +25,7 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -105,10 +106,10 @@ def main(argv=None):
       "versions": {"jax": jax.__version__, "torch": torch.__version__,
                    "transformers": transformers.__version__},
   }
-  print(json.dumps(report, indent=2))
+  text = json.dumps(report, indent=2)
+  print(text)
   if args.out:
-    with open(args.out, "w") as f:
-      json.dump(report, f, indent=2)
+    Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 
 
 def main(argv=None):
@@ -76,10 +77,10 @@ def main(argv=None):
       "mbpp_tasks": len(mbpp), "mbpp_time_s": mbpp_time,
       "mbpp_failures": [(r["task_id"], r["result"]) for r in mbpp_scored if not r["passed"]],
   }
-  print(json.dumps(report, indent=2))
+  text = json.dumps(report, indent=2)
+  print(text)
   if args.out:
-    with open(args.out, "w") as f:
-      json.dump(report, f, indent=2)
+    Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -96,10 +96,12 @@ def base() -> ml_collections.ConfigDict:
       samples_per_task=1,  # n of pass@k; the paper's pass@1 is greedy with n = 1
       batch_size=8,  # prompts decoded together
       timeout_s=10.0,  # wall clock per program, counted from the sandbox's start
-      workers=0,  # sandboxes running at once (0 = two per CPU core)
+      workers=0,  # sandboxes running at once (0 = one per CPU core)
       isolation="bwrap",  # "unsafe-no-sandbox" only inside a container that already isolates
+      # A sandbox's memory is at most processes x memory_mb; hostile code can take that much
+      # in each of `workers` sandboxes at once.
       memory_mb=1024,  # address space of each sandboxed process
-      processes=16,  # processes + threads per sandbox (RLIMIT_NPROC of its own uid)
+      processes=4,  # processes + threads per sandbox (RLIMIT_NPROC of its own uid)
       mbpp_path="",  # mbpp.jsonl or its dir; "" = shared/data/mbpp, else a checked download
       mbpp_split="test",  # prompt | test | validation | train
       mbpp_prompt_format="docstring",  # docstring | three_shot (evaluation.benchmarks)

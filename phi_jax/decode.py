@@ -15,7 +15,6 @@ and tokens are sharded by `phi_jax.sharding`'s logical-axis rules on the given m
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
 from typing import Any, Callable, Mapping, Sequence
@@ -51,13 +50,7 @@ class SamplingConfig:
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "SamplingConfig":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key in values:
-      if key not in fields:
-        close = difflib.get_close_matches(key, sorted(fields), n=1)
-        raise KeyError(f"unknown sampling key '{key}'" + (f"; did you mean '{close[0]}'?" if close
-                                                          else f"; valid keys: {sorted(fields)}"))
-    return cls(**dict(values))
+    return model_lib.dataclass_from_dict(cls, values, "sampling")
 
 
 def sampling_knobs(sampling: SamplingConfig) -> dict:

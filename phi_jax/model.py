@@ -83,13 +83,18 @@ class ModelConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
     """Builds a config from a mapping (e.g. `cfg.model` of a ConfigDict), naming any unknown key."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key in values:
-      if key not in fields:
-        close = difflib.get_close_matches(key, sorted(fields), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {sorted(fields)}"
-        raise KeyError(f"unknown model config key '{key}'{hint}")
-    return cls(**dict(values))
+    return dataclass_from_dict(cls, values, "model config")
+
+
+def dataclass_from_dict(cls, values: Mapping[str, Any], what: str):
+  """`cls(**values)` for a dataclass, naming an unknown key and the closest known one."""
+  fields = {f.name for f in dataclasses.fields(cls)}
+  for key in values:
+    if key not in fields:
+      close = difflib.get_close_matches(key, sorted(fields), n=1)
+      hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {sorted(fields)}"
+      raise KeyError(f"unknown {what} key '{key}'{hint}")
+  return cls(**dict(values))
 
 
 def _check_choice(name: str, value: str, choices: Mapping[str, Any]) -> None:

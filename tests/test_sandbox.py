@@ -312,6 +312,13 @@ def test_values_cross_as_plain_data_only():
   assert result.passed, result
 
 
+def test_unsafe_mode_keeps_the_judge():
+  """Without isolation (inside a container that provides it) the verdict is still the judge's."""
+  ok = sandbox.run("def add(a, b):\n  return a + b\n", 10, test=TEST, isolation="unsafe-no-sandbox")
+  exit_early = sandbox.run("import os\nos._exit(0)\n", 10, test=TEST, isolation="unsafe-no-sandbox")
+  assert ok.passed and not exit_early.passed
+
+
 def test_missing_bubblewrap_names_the_install_command(monkeypatch):
   monkeypatch.setattr(sandbox.shutil, "which", lambda tool: None)
   with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install -y bubblewrap"):

@@ -64,8 +64,9 @@ class SandboxUnavailable(RuntimeError):
 class Limits:
   """Per-run resource limits."""
 
+  # A run's memory is at most processes x memory_bytes (+ tmpfs_bytes): 4 GiB by default.
   memory_bytes: int = 1 << 30  # address space of each process
-  processes: int = 16  # processes + threads of the run's uid
+  processes: int = 4  # processes + threads of the run's uid
   file_bytes: int = 16 << 20  # largest file a program may write
   open_files: int = 64
   tmpfs_bytes: int = 64 << 20  # the writable /tmp
@@ -305,10 +306,10 @@ def _run(job: Job, timeout_s: float, limits: Limits, isolation: str, uid: int) -
 
 def run_many(jobs: Sequence[Job], timeout_s: float, *, workers: int = 0,
              limits: Limits = Limits(), isolation: str = "bwrap") -> list[Result]:
-  """Runs every job, `workers` at a time, each in its own sandbox; results in the order of `jobs`.
-  workers=0: two per CPU core (a run spends much of its time starting and ending processes)."""
+  """Runs every job, `workers` at a time (0: one per CPU core), each in its own sandbox;
+  results in the order of `jobs`. Hostile programs can take workers x Limits' per-run memory."""
   check_available(isolation)
-  workers = workers or 2 * (os.cpu_count() or 1)
+  workers = workers or os.cpu_count() or 1
   if isolation != "bwrap":
     logging.warning("running %d programs WITHOUT A SANDBOX (isolation=%r)", len(jobs), isolation)
   def one(job: Job) -> Result:
