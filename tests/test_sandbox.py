@@ -163,6 +163,25 @@ PROBES = {
         "  def __eq__(self, other): return True\n"
         "def add(a, b):\n"
         "  return Weird()\n"),
+    # The program owns the executor: these patch its encoder to send the judge hostile data.
+    "stall_the_judge_with_colliding_hashes": (
+        "import sys\n"
+        "executor = sys.modules['__main__']\n"
+        "plain = executor.encode\n"
+        "def encode(value, other):\n"
+        "  if value == 'collide':\n"
+        "    return {'t': 'set', 'v': [k * (2 ** 61 - 1) for k in range(300_000)]}\n"
+        "  return plain(value, other)\n"
+        "executor.encode = encode\n"
+        "def add(a, b):\n"
+        "  return 'collide'\n"),
+    "stall_the_judge_with_deep_nesting": (
+        "import struct, sys\n"
+        "executor = sys.modules['__main__']\n"
+        "body = b'{\"ok\": ' + b'[' * 200_000 + b']' * 200_000 + b'}'\n"
+        "def add(a, b):\n"
+        "  executor.pack = lambda message: struct.pack('>I', len(body)) + body\n"
+        "  return 0\n"),
     "patch_the_checker_and_builtins": (
         "import builtins, sys\n"
         "builtins.AssertionError = type('Nothing', (BaseException,), {})\n"
