@@ -3,13 +3,15 @@
 Every probe is bounded by construction, so that a sandbox bug cannot take the machine down:
 forks are capped at a few hundred and made one after another, memory grabs at 3 GiB, disk
 writes at 256 MiB, sleepers at 30 s, output loops by the run's timeout; network probes target
-only a listener this test opens on 127.0.0.1; files are only touched under a canary directory
-this test creates. faulthandler ends the test process if anything hangs past 10 minutes.
+only a listener this test opens on 127.0.0.1; probes write only under a canary directory this
+test creates (and paths that must not exist); the test itself also leaves a secret in the host's
+home directory for the probes to look for, removed afterwards. faulthandler ends the test
+process if anything hangs past 10 minutes.
 
 Each probe defines `add` wrongly (it returns 0), and the test asserts add(1, 2) == 3: a probe
 passes only by forging the verdict. After the runs: no probe passed, the canary directory and
-host secret are untouched, the loopback listener saw no connection, the secret token appears in
-no output, and no process of a sandbox uid is left.
+host secrets are untouched, nothing was written outside, the loopback listener saw no
+connection, the secret token appears in no output, and no process of a sandbox uid is left.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ PROBES = {
         "print('setuid', libc.setuid(0))\n"),
     "write_outside_tmp": (
         "import os\n"
-        "for path in ('CANARY/written', '/root/pwned', '/usr/pwned', '/etc/pwned', '/pwned',\n"
+        "for path in ('CANARY/written', 'HOME/pwned', '/usr/pwned', '/etc/pwned', '/pwned',\n"
         "             '/dev/shm/pwned', '/proc/pwned', os.path.expanduser('~/../pwned')):\n"
         "  try:\n"
         "    open(path, 'w').write('x'); print('wrote', path)\n"
@@ -82,7 +84,7 @@ PROBES = {
     "read_host_secrets": (
         "import os, glob\n"
         "print('env', dict(os.environ))\n"
-        "for path in ['SECRET_FILE', 'CANARY/secret', '/etc/shadow', '/proc/1/environ',\n"
+        "for path in ['SECRET_FILE', 'ROOT_SECRET', 'CANARY/secret', '/etc/shadow', '/proc/1/environ',\n"
         "             *glob.glob('/root/*'), *glob.glob('/home/*/*'), *glob.glob('/proc/*/environ')]:\n"
         "  try: print(path, open(path).read()[:200])\n"
         "  except OSError as e: print('unreadable', path, type(e).__name__)\n"),
@@ -211,6 +213,10 @@ def host(tmp_path_factory):
   secret_file = tmp_path_factory.mktemp("secret") / "secret"
   secret_file.write_text(token)
   os.chmod(secret_file, 0o644)
+  # A world-readable secret in the host's home (root's when run as root, as in CI).
+  root_secret = Path.home() / f".phi_sandbox_secret_{secrets.token_hex(6)}"
+  root_secret.write_text(token)
+  os.chmod(root_secret, 0o644)
   listener = socket.socket()
   listener.bind(("127.0.0.1", 0))
   listener.listen()
@@ -228,8 +234,10 @@ def host(tmp_path_factory):
   thread.start()
   os.environ["PHI_SANDBOX_TEST_SECRET"] = token  # the sandbox's environment must not carry it
   yield {"canary": canary, "token": token, "secret_file": secret_file,
-         "port": listener.getsockname()[1], "connections": connections}
+         "root_secret": root_secret, "port": listener.getsockname()[1],
+         "connections": connections}
   os.environ.pop("PHI_SANDBOX_TEST_SECRET")
+  root_secret.unlink()
   stop.set()
   thread.join()
   listener.close()
@@ -259,7 +267,9 @@ def probe_results(host):
   jobs = []
   for program in PROBES.values():
     for key, value in (("CANARY", str(host["canary"])), ("SECRET_FILE", str(host["secret_file"])),
-                       ("PORT", str(host["port"])), ("TOKEN", host["token"])):
+                       ("ROOT_SECRET", str(host["root_secret"])), ("HOME", str(Path.home())),
+                       ("PORT", str(host["port"])),
+                       ("TOKEN", host["token"])):
       program = program.replace(key, value)
     jobs.append(sandbox.Job(program + ("" if "def add" in program else WRONG_ADD), TEST,
                             entry_point="add"))
@@ -280,6 +290,9 @@ def test_probe_is_contained(name, probe_results, host):
   assert sorted(p.name for p in host["canary"].iterdir()) == ["secret", "victim"]
   assert (host["canary"] / "victim").read_text() == "victim"
   assert host["connections"] == []
+  assert host["root_secret"].read_text() == host["token"]
+  for path in ("/pwned", "/usr/pwned", "/etc/pwned", Path.home() / "pwned"):
+    assert not os.path.exists(path)
   assert len(result.output) <= sandbox.Limits().output_bytes
 
 
