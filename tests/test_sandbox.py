@@ -29,6 +29,10 @@ import pytest
 from phi_jax.evaluation import sandbox
 
 TEST = "assert add(1, 2) == 3\n"
+# Probes that need another test than TEST: ones asking only for a true or an unequal result
+# (HumanEval/61 has the former).
+PROBE_TESTS = {"forge_a_truthy_result": "assert add(1, 2)\n",
+               "forge_an_unequal_result": "assert add(1, 2) != 0\nassert add(2, 2) != 5\n"}
 WRONG_ADD = "\ndef add(a, b):\n  return 0\n"
 
 # name -> program; CANARY (a host directory), SECRET_FILE, PORT and TOKEN are substituted.
@@ -184,6 +188,12 @@ PROBES = {
         "def add(a, b):\n"
         "  executor.pack = lambda message: struct.pack('>I', len(body)) + body\n"
         "  return 0\n"),
+    "forge_a_truthy_result": (
+        "class Yes:\n"
+        "  def __bool__(self): return True\n"
+        "def add(a, b):\n"
+        "  return Yes()\n"),
+    "forge_an_unequal_result": "def add(a, b):\n  return object()\n",
     "patch_the_checker_and_builtins": (
         "import builtins, sys\n"
         "builtins.AssertionError = type('Nothing', (BaseException,), {})\n"
@@ -265,14 +275,14 @@ def _sandbox_processes() -> list[int]:
 @pytest.fixture(scope="module")
 def probe_results(host):
   jobs = []
-  for program in PROBES.values():
+  for name, program in PROBES.items():
     for key, value in (("CANARY", str(host["canary"])), ("SECRET_FILE", str(host["secret_file"])),
                        ("ROOT_SECRET", str(host["root_secret"])), ("HOME", str(Path.home())),
                        ("PORT", str(host["port"])),
                        ("TOKEN", host["token"])):
       program = program.replace(key, value)
-    jobs.append(sandbox.Job(program + ("" if "def add" in program else WRONG_ADD), TEST,
-                            entry_point="add"))
+    jobs.append(sandbox.Job(program + ("" if "def add" in program else WRONG_ADD),
+                            PROBE_TESTS.get(name, TEST), entry_point="add"))
   start = time.monotonic()
   results = sandbox.run_many(jobs, timeout_s=5, workers=4)
   assert time.monotonic() - start < 300
@@ -339,7 +349,10 @@ def test_values_cross_as_plain_data_only():
           "assert f(set) == {1, frozenset({2})} and f(dict) == {(1, 2): [3]}\n"
           "assert f(str) == 'str'\n"
           "o = f(object)\n"
-          "assert o != o.__class__ and o == o\n")
+          "for compare in (lambda: o == o, lambda: o != 1, lambda: o < 1, lambda: bool(o)):\n"
+          "  try: compare()\n"
+          "  except TypeError: pass\n"
+          "  else: raise AssertionError('a handle compared')\n")
   result = sandbox.run(program, 10, test=test)
   assert result.passed, result
 

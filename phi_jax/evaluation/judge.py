@@ -106,8 +106,9 @@ class Channel:
 
 
 class Handle:
-  """An object that stays in the sandbox. Equal only to itself; calls and attribute reads go
-  to the sandbox and come back as plain data or further handles."""
+  """An object that stays in the sandbox. It cannot be compared or tested for truth (so no
+  `assert candidate(x) == y`, `!= y` or `assert candidate(x)` holds for a forged object); calls
+  and attribute reads go to the sandbox and come back as plain data or further handles."""
 
   __slots__ = ("_channel", "_number")
 
@@ -123,6 +124,13 @@ class Handle:
     if name.startswith("__"):
       raise AttributeError(name)
     return _result(self._channel, {"op": "getattr", "target": self._number, "name": name})
+
+  def _refuse(self, *args):
+    raise TypeError("an object of the sandboxed program cannot be compared or tested for truth "
+                    "here (plain data only)")
+
+  __bool__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _refuse
+  __hash__ = object.__hash__
 
   def __repr__(self) -> str:
     return f"<sandboxed object #{self._number}>"
