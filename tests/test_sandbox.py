@@ -202,6 +202,13 @@ PROBES = {
         "sys.modules['builtins'].__dict__['print'] = lambda *a: None\n"
         "def add(a, b):\n"
         "  return 0\n"),
+    "nested_namespaces_and_ptrace": (
+        "import ctypes, subprocess\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "for flag in (0x10000000, 0x00020000, 0x40000000):  # user, mount, network\n"
+        "  print('unshare', hex(flag), libc.unshare(flag), ctypes.get_errno())\n"
+        "print('ptrace', libc.ptrace(0, 0, 0, 0))\n"
+        "print(subprocess.run('unshare -r id', shell=True, capture_output=True, text=True))\n"),
     "exec_setuid_and_mount": (
         "import subprocess\n"
         "for cmd in ('su -c id root', 'mount -t tmpfs none /mnt', 'chroot / id'):\n"
@@ -328,6 +335,9 @@ def test_probes_met_the_walls_they_aimed_at(probe_results):
   assert results["infinite_output"].status == "timeout"
   assert results["swallow_the_timeout"].status == "timeout"
   assert "PHI_SANDBOX_TEST_SECRET" not in out["read_host_secrets"]
+  if sandbox.seccomp.program() is not None:
+    assert out["nested_namespaces_and_ptrace"].count(" -1 1") == 3  # EPERM from the filter
+    assert "ptrace -1" in out["nested_namespaces_and_ptrace"]
 
 
 def test_a_correct_program_passes_and_a_wrong_one_fails():
@@ -335,6 +345,20 @@ def test_a_correct_program_passes_and_a_wrong_one_fails():
   wrong = sandbox.run("def add(a, b):\n  return a - b\n", 10, test=TEST)
   assert (ok.passed, ok.status) == (True, "passed")
   assert (wrong.passed, wrong.status) == (False, "failed") and "AssertionError" in wrong.detail
+
+
+def test_programs_may_use_threads_subprocesses_and_forks():
+  program = ("import os, subprocess, threading\n"
+             "box = []\n"
+             "t = threading.Thread(target=box.append, args=(1,)); t.start(); t.join()\n"
+             "pid = os.fork()\n"
+             "if pid == 0: os._exit(2)\n"
+             "status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])\n"
+             "echo = subprocess.run(['echo', '3'], capture_output=True, text=True).stdout\n"
+             "def add(a, b):\n"
+             "  return box[0] + status + int(echo) - 3 + a + b - 3\n")
+  result = sandbox.run(program, 10, test=TEST)
+  assert result.passed, result
 
 
 def test_values_cross_as_plain_data_only():

@@ -16,6 +16,8 @@ Each run is a fresh process tree in its own bubblewrap sandbox:
   and every other path do not exist inside. The environment is cleared.
 * rlimits (hard, set before any program text arrives): address space, processes, CPU seconds,
   file size, open files, no core dumps.
+* a seccomp filter (`seccomp.py`): no new namespaces (so no nested user namespace), mounts,
+  ptrace, keyrings, bpf, perf events, userfaultfd or io_uring.
 * the wall-clock timeout kills the sandbox's init process, which takes every process of its pid
   namespace with it, daemonized grandchildren included; bubblewrap's --die-with-parent does the
   same if this process dies.
@@ -49,6 +51,7 @@ from typing import Iterator, Sequence
 
 from phi_jax.evaluation import executor
 from phi_jax.evaluation import judge as judge_lib
+from phi_jax.evaluation import seccomp
 
 ISOLATIONS = ("bwrap", "unsafe-no-sandbox")
 INSTALL_HINT = "install bubblewrap, e.g. `apt-get install -y bubblewrap` (Debian/Ubuntu)"
@@ -193,7 +196,7 @@ _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8
 
 
 def _command(isolation: str, uid: int, limits: Limits, timeout_s: float, fds: tuple[int, int],
-             info_fd: int) -> list[str]:
+             info_fd: int, seccomp_fd: int | None) -> list[str]:
   import site
   python = [sys.executable, "-I", "-S", "-c", _EXECUTOR_SOURCE,
             json.dumps(_rlimits(limits, timeout_s)), str(fds[0]), str(fds[1]),
@@ -203,6 +206,8 @@ def _command(isolation: str, uid: int, limits: Limits, timeout_s: float, fds: tu
   env = [arg for name, value in _ENV.items() for arg in ("--setenv", name, value)]
   common = ["bwrap", "--die-with-parent", "--new-session", "--clearenv", *env,
             "--info-fd", str(info_fd), *_mount_args(limits.tmpfs_bytes)]
+  if seccomp_fd is not None:
+    common += ["--seccomp", str(seccomp_fd)]
   namespaces = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
                 "--unshare-cgroup-try"]
   if os.geteuid() != 0:  # bubblewrap's user namespace makes the process unprivileged
@@ -214,6 +219,17 @@ def _command(isolation: str, uid: int, limits: Limits, timeout_s: float, fds: tu
           "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP",
           "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
           "--bounding-set=-all", "--", *python]
+
+
+def _seccomp_fd() -> int | None:
+  """A pipe holding the seccomp filter for bubblewrap to read, or None where there is none."""
+  filter_program = seccomp.program()
+  if filter_program is None:
+    return None
+  read, write = os.pipe()
+  os.write(write, filter_program)  # a few hundred bytes: fits the pipe's buffer
+  os.close(write)
+  return read
 
 
 def _drain(fd: int, keep: int, kept: list[bytes]) -> None:
@@ -259,9 +275,12 @@ def _run(job: Job, timeout_s: float, limits: Limits, isolation: str, uid: int) -
   output_r, output_w = os.pipe()
   info_r, info_w = os.pipe()
   child_fds = (request_r, answer_w, output_w, info_w)
+  seccomp_fd = _seccomp_fd() if isolation == "bwrap" else None
+  if seccomp_fd is not None:
+    child_fds += (seccomp_fd,)
   try:
     process = subprocess.Popen(
-        _command(isolation, uid, limits, timeout_s, (request_r, answer_w), info_w),
+        _command(isolation, uid, limits, timeout_s, (request_r, answer_w), info_w, seccomp_fd),
         stdin=subprocess.DEVNULL, stdout=output_w, stderr=output_w, pass_fds=child_fds,
         env=_ENV if isolation == "unsafe-no-sandbox" else None,
         start_new_session=isolation == "unsafe-no-sandbox")
