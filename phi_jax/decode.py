@@ -153,7 +153,8 @@ class Decoder:
                stop: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
     """New tokens for each prompt: at most `max_new_tokens`, ending before end-of-text, or
     soon after `stop(row, its new tokens so far)` (checked between chunks) says so: the caller
-    trims at its stop string. Rows are independent: a row's tokens do not depend on the other prompts."""
+    trims at its stop string. Rows are independent: a row's tokens do not depend on the other
+    prompts."""
     sampling = self.sampling
     if not prompts or any(len(p) == 0 for p in prompts):
       raise ValueError("generate needs at least one prompt, each of at least one token")

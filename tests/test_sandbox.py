@@ -81,15 +81,17 @@ PROBES = {
         "  except OSError as e: print('no network', host, e)\n"),
     "udp_and_raw_sockets": (
         "import socket\n"
-        "try: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'TOKEN', ('127.0.0.1', PORT))\n"
+        "udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "try: udp.sendto(b'TOKEN', ('127.0.0.1', PORT))\n"
         "except OSError as e: print('udp', e)\n"
         "try: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n"
         "except OSError as e: print('raw', e)\n"),
     "read_host_secrets": (
         "import os, glob\n"
         "print('env', dict(os.environ))\n"
-        "for path in ['SECRET_FILE', 'ROOT_SECRET', 'CANARY/secret', '/etc/shadow', '/proc/1/environ',\n"
-        "             *glob.glob('/root/*'), *glob.glob('/home/*/*'), *glob.glob('/proc/*/environ')]:\n"
+        "for path in ['SECRET_FILE', 'ROOT_SECRET', 'CANARY/secret', '/etc/shadow',\n"
+        "             '/proc/1/environ', *glob.glob('/root/*'), *glob.glob('/home/*/*'),\n"
+        "             *glob.glob('/proc/*/environ')]:\n"
         "  try: print(path, open(path).read()[:200])\n"
         "  except OSError as e: print('unreadable', path, type(e).__name__)\n"),
     "read_benchmark_answers": (
@@ -124,7 +126,8 @@ PROBES = {
         "  try:\n"
         "    with open(path, 'wb') as f:\n"
         "      for _ in range(256): f.write(chunk); written += 1\n"
-        "  except OSError as e: print('disk refused', path, 'after', written, 'MiB', type(e).__name__)\n"),
+        "  except OSError as e:\n"
+        "    print('disk refused', path, 'after', written, 'MiB', type(e).__name__)\n"),
     "infinite_output": "import sys\nwhile True:\n  sys.stdout.write('x' * 65536)\n",
     "swallow_the_timeout": (
         "def add(a, b):\n"
@@ -326,7 +329,8 @@ def test_probes_met_the_walls_they_aimed_at(probe_results):
   assert "fork refused after" in out["fork_loop"]
   made = int(out["fork_loop"].split("fork refused after")[1].split()[0])
   assert made < sandbox.Limits().processes
-  assert "disk refused /tmp/fill" in out["disk_fill"] and "disk refused /dev/shm/fill" in out["disk_fill"]
+  assert "disk refused /tmp/fill" in out["disk_fill"]
+  assert "disk refused /dev/shm/fill" in out["disk_fill"]
   assert "answers hidden" in out["read_benchmark_answers"]
   assert "(1, 'lo')" in out["network_connect_to_host_loopback"]
   assert out["network_connect_to_host_loopback"].count("no network") == 2
@@ -365,7 +369,8 @@ def test_values_cross_as_plain_data_only():
   program = ("import collections\n"
              "def f(kind):\n"
              "  return {'tuple': (1, 2.5, 'x', None, True, b'b', 3j, 1 << 80),\n"
-             "          'set': {1, frozenset({2})}, 'dict': collections.OrderedDict({(1, 2): [3]}),\n"
+             "          'set': {1, frozenset({2})},\n"
+             "          'dict': collections.OrderedDict({(1, 2): [3]}),\n"
              "          'str': kind.__name__, 'object': object()}[kind.__name__]\n"
              "class int2(int): pass\n")
   test = ("assert f(tuple) == (1, 2.5, 'x', None, True, b'b', 3j, 1 << 80)\n"

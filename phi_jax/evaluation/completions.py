@@ -16,7 +16,8 @@ def sample(decoder: decode.Decoder, vocab: Any, problems: Sequence[benchmarks.Pr
   """`samples_per_task` completions of every problem as `{"task_id", "completion"}` rows, in
   problem order; each cut at the problem's stop strings."""
   if samples_per_task < 1 or batch_size < 1:
-    raise ValueError(f"samples_per_task={samples_per_task} and batch_size={batch_size} must be >= 1")
+    raise ValueError(f"samples_per_task={samples_per_task} and batch_size={batch_size} "
+                     "must be >= 1")
   stops = {p.stop for p in problems}
   if len(stops) > 1:
     raise ValueError("problems with different stop strings cannot be sampled together")

@@ -4,8 +4,8 @@ Inside the sandbox this file runs as `python -I -S -c <this source> LIMITS_JSON 
 SITE_DIRS_JSON`: it lowers its rlimits, puts the site-packages directories on sys.path (without
 the `site` module's .pth processing, which would triple the start-up time), says it is ready,
 then serves requests from the judge on IN_FD and answers on OUT_FD (each message: 4-byte
-big-endian length + JSON). Requests: `exec` a source into the program's namespace, `get` a global, `call` a
-held object, `getattr` of a held object. Answers carry only plain data (None, bool, int, float,
+big-endian length + JSON). Requests: `exec` a source into the program's namespace, `get` a
+global, `call` a held object, `getattr` of a held object. Answers carry only plain data (None, bool, int, float,
 complex, str, bytes, list, tuple, dict, set, frozenset); anything else stays in the sandbox and
 crosses as an opaque handle number. The judge compares values with its own `==`, so an object
 whose `__eq__` always says True never reaches it.

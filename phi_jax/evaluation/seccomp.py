@@ -27,7 +27,8 @@ _X32_BIT = 0x40000000
 # Offsets in struct seccomp_data: nr, arch, then args[0] (its low 32 bits, little-endian).
 _NR, _ARCH, _ARG0 = 0, 4, 16
 # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
-_CLONE_NEW = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+_CLONE_NEW = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000
+              | 0x40000000)
 
 _BLOCKED = ("unshare", "setns", "mount", "umount2", "pivot_root", "ptrace", "keyctl", "add_key",
             "request_key", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup",
