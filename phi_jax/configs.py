@@ -14,6 +14,7 @@ from pathlib import Path
 import ml_collections
 from ml_collections import config_dict
 
+from phi_jax.decode import SamplingConfig
 from phi_jax.model import ModelConfig
 
 # A checkout's `configs/`; a non-editable install (Colab, TPU VMs) carries the same files as
@@ -110,6 +111,34 @@ def base() -> ml_collections.ConfigDict:
       enabled=False, coordinator_address="", num_processes=0, process_id=-1,
       cpu_collectives="gloo"))
   cfg.logging = ml_collections.ConfigDict(dict(tensorboard=True, progress_bar=True))
+  # Text generation (phi_jax.decode.SamplingConfig): `python -m phi_jax.generate` and benchmark
+  # sampling. temperature 0 = greedy; eos_id is replaced by the tokenizer's end-of-text id.
+  cfg.sampling = ml_collections.ConfigDict(dataclasses.asdict(SamplingConfig()))
+  cfg.sampling.max_new_tokens = 512
+  # Benchmarks (python -m phi_jax.evaluate) and evaluation during training.
+  cfg.eval = ml_collections.ConfigDict(dict(
+      tokenizer="",  # SentencePiece .model or tokenizer.json (or its dir); "" = data.dir's
+      samples_per_task=1,  # n of pass@k; the paper's pass@1 is greedy with n = 1
+      batch_size=8,  # prompts decoded together
+      timeout_s=10.0,  # wall clock per program, counted from the sandbox's start
+      workers=0,  # sandboxes running at once (0 = one per CPU core)
+      isolation="bwrap",  # "unsafe-no-sandbox" only inside a container that already isolates
+      # A sandbox's memory is at most processes x memory_mb; hostile code can take that much
+      # in each of `workers` sandboxes at once.
+      memory_mb=1024,  # address space of each sandboxed process
+      processes=4,  # processes + threads per sandbox (RLIMIT_NPROC of its own uid)
+      mbpp_path="",  # mbpp.jsonl or its dir; "" = shared/data/mbpp, else a checked download
+      mbpp_split="test",  # prompt | test | validation | train
+      mbpp_prompt_format="docstring",  # docstring | three_shot (evaluation.benchmarks)
+      max_problems=0,  # evaluate only the first N problems of a benchmark (0 = all of them)
+      # During training (phi_jax.train): every `every_steps` steps (0 = never), the loss on
+      # `loss_batches` held-out batches (data.split's validation counterpart) and greedy pass@1
+      # on the first `humaneval_problems` HumanEval problems (0 = skip; needs a tokenizer).
+      every_steps=0,
+      loss_batches=4,
+      humaneval_problems=16,
+      humaneval_max_new_tokens=256,
+  ))
   return cfg
 
 
@@ -128,6 +157,11 @@ def finetune_recipe(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   cfg.optim.update(learning_rate=finetune.learning_rate, warmup_steps=finetune.warmup_steps,
                    decay_steps=finetune.steps, weight_decay=finetune.weight_decay)
   return cfg
+
+
+def path(name: str) -> Path:
+  """The file of config `name` (e.g. for a CLI's default --config)."""
+  return _CONFIG_DIR / f"{name}.py"
 
 
 def names() -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import flax
 import flax.linen as nn
 
 from phi_jax import attention as attention_lib
@@ -83,13 +84,18 @@ class ModelConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
     """Builds a config from a mapping (e.g. `cfg.model` of a ConfigDict), naming any unknown key."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key in values:
-      if key not in fields:
-        close = difflib.get_close_matches(key, sorted(fields), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {sorted(fields)}"
-        raise KeyError(f"unknown model config key '{key}'{hint}")
-    return cls(**dict(values))
+    return dataclass_from_dict(cls, values, "model config")
+
+
+def dataclass_from_dict(cls, values: Mapping[str, Any], what: str):
+  """`cls(**values)` for a dataclass, naming an unknown key and the closest known one."""
+  fields = {f.name for f in dataclasses.fields(cls)}
+  for key in values:
+    if key not in fields:
+      close = difflib.get_close_matches(key, sorted(fields), n=1)
+      hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {sorted(fields)}"
+      raise KeyError(f"unknown {what} key '{key}'{hint}")
+  return cls(**dict(values))
 
 
 def _check_choice(name: str, value: str, choices: Mapping[str, Any]) -> None:
@@ -164,11 +170,14 @@ class Linear(nn.Module):
 
 
 class Attention(nn.Module):
+  """Self-attention; with `kv` (this layer's cache slice) and `slots` (see `KVCache`) it writes
+  this chunk's keys and values into the cache and attends over the whole cache instead."""
+
   config: ModelConfig
   deterministic: bool
 
   @nn.compact
-  def __call__(self, h, segment_ids, positions):
+  def __call__(self, h, segment_ids, positions, kv=None, slots=None):
     cfg = self.config
 
     def project(name, n_heads):
@@ -185,6 +194,17 @@ class Attention(nn.Module):
     q = _constrain(q, ("batch", "length", "heads", "kv"))
     k = _constrain(k, ("batch", "length", "heads", "kv"))
     v = _constrain(v, ("batch", "length", "heads", "kv"))
+    dense = Linear(cfg, (cfg.d_model,), ("heads", "kv", "embed"), in_dims=2, name="dense")
+
+    if kv is not None:
+      index, start = slots
+      kv = {name: _constrain(jax.lax.dynamic_update_slice(
+                kv[name], new.astype(kv[name].dtype), (0, index, 0, 0)), CACHE_AXES[1:])
+            for name, new in (("k", k), ("v", v))}
+      out = attention_lib.masked_attention(
+          q, kv["k"].astype(q.dtype), kv["v"].astype(q.dtype),
+          cache_mask(start, index, q.shape[1], kv["k"].shape[1]))
+      return dense(_constrain(out, ("batch", "length", "heads", "kv"))), kv
 
     dropout_rate = 0.0 if self.deterministic else cfg.attn_dropout
     dropout_rng = self.make_rng("dropout") if dropout_rate > 0 else None
@@ -192,7 +212,7 @@ class Attention(nn.Module):
         q, k, v, segment_ids=segment_ids if cfg.mask_packed_segments else None,
         dropout_rate=dropout_rate, dropout_rng=dropout_rng)
     out = _constrain(out, ("batch", "length", "heads", "kv"))
-    return Linear(cfg, (cfg.d_model,), ("heads", "kv", "embed"), in_dims=2, name="dense")(out)
+    return dense(out), None
 
 
 class Mlp(nn.Module):
@@ -221,14 +241,14 @@ class Block(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x, segment_ids, positions):
+  def __call__(self, x, segment_ids, positions, kv=None, slots=None):
     cfg = self.config
     h = _layer_norm(cfg, "input_layernorm")(x)
-    attn = Attention(cfg, self.deterministic, name="attn")(h, segment_ids, positions)
+    attn, kv = Attention(cfg, self.deterministic, name="attn")(h, segment_ids, positions, kv, slots)
     mlp = Mlp(cfg, name="mlp")(h)
     drop = nn.Dropout(cfg.resid_dropout, deterministic=self.deterministic)
     x = x + drop(attn) + drop(mlp)
-    return _constrain(x, ("batch", "length", "embed")), None
+    return _constrain(x, ("batch", "length", "embed")), kv
 
 
 class Phi(nn.Module):
@@ -238,7 +258,7 @@ class Phi(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, segment_ids, positions, deterministic: bool = True,
-               return_hidden: bool = False):
+               return_hidden: bool = False, kv=None, slots=None):
     cfg = self.config
     dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
     x = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
@@ -250,17 +270,19 @@ class Phi(nn.Module):
     block = Block
     if REMAT_POLICIES[cfg.remat] is not None:
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-    stack = nn.scan(
+    stack = nn.scan(  # the cache's layer axis is scanned along with the params'
         block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers, unroll=cfg.scan_unroll,
+        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.n_layers,
+        unroll=cfg.scan_unroll,
         metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = stack(cfg, deterministic, name="layers")(x, segment_ids, positions)
+    x, kv = stack(cfg, deterministic, name="layers")(x, segment_ids, positions, kv, slots)
 
     x = _layer_norm(cfg, "final_layernorm")(x)
     if return_hidden:
       return x
     logits = Linear(cfg, (cfg.vocab_size,), ("embed", "vocab"), name="lm_head")(x)
-    return _constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    logits = _constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    return logits if kv is None else (logits, kv)
 
 
 def _inputs(tokens, segment_ids, positions):
@@ -317,3 +339,57 @@ def forward(config: Any, params: Params, tokens: jax.Array, *, segment_ids: jax.
     raise ValueError("forward(deterministic=False) needs rng= for dropout")
   return Phi(config).apply({"params": params}, tokens, segment_ids, positions,
                            deterministic=deterministic, return_hidden=return_hidden, rngs=rngs)
+
+
+# Logical axes of the cached keys/values: [layers, batch, cache length, kv heads, head dim].
+CACHE_AXES = ("layers", "batch", "length", "heads", "kv")
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer for `generate`-style decoding, one slot per token.
+
+  Rows are left-padded: row b's tokens occupy slots start[b] .. index-1, so all rows write
+  their next token at the same slot `index`. Slots before `start[b]` are never attended to.
+  """
+
+  k: jax.Array  # [layers, batch, length, kv_heads, head_dim], compute dtype
+  v: jax.Array
+  index: jax.Array  # int32 scalar: the next slot to write
+  start: jax.Array  # int32 [batch]: each row's first real slot
+
+
+def init_cache(config: Any, batch: int, length: int, start: jax.Array) -> KVCache:
+  """An empty cache of `length` slots for `batch` rows whose prompts start at slot `start`."""
+  config = as_model_config(config)
+  shape = (config.n_layers, batch, length, config.num_kv_heads, config.head_dim)
+  zeros = jnp.zeros(shape, DTYPES[config.dtype])
+  return KVCache(k=zeros, v=zeros, index=jnp.zeros((), jnp.int32),
+                 start=jnp.asarray(start, jnp.int32))
+
+
+def cache_logical_axes() -> KVCache:
+  """The cache's logical axis names (shards like activations: batch over data, heads over
+  tensor)."""
+  P = jax.sharding.PartitionSpec
+  return KVCache(k=P(*CACHE_AXES), v=P(*CACHE_AXES), index=P(), start=P("batch"))
+
+
+def cache_mask(start: jax.Array, index: jax.Array, q_len: int, cache_len: int) -> jax.Array:
+  """Boolean [batch, 1, q_len, cache_len]: query i (at slot index + i) sees slots start..index+i."""
+  slot = jnp.arange(cache_len)[None, None, None, :]
+  query_slot = index + jnp.arange(q_len)[None, None, :, None]
+  return (slot <= query_slot) & (slot >= start[:, None, None, None])
+
+
+def forward_with_cache(config: Any, params: Params, tokens: jax.Array, cache: KVCache
+                       ) -> tuple[jax.Array, KVCache]:
+  """(logits [batch, length, vocab] fp32, updated cache) for `tokens` [batch, length] written at
+  slots cache.index .., each at rotary position slot - start (so every prompt starts at 0)."""
+  config = as_model_config(config)
+  length = tokens.shape[1]
+  positions = cache.index + jnp.arange(length)[None, :] - cache.start[:, None]
+  logits, kv = Phi(config).apply(
+      {"params": params}, tokens, jnp.ones(tokens.shape, jnp.int32), positions,
+      kv={"k": cache.k, "v": cache.v}, slots=(cache.index, cache.start))
+  return logits, cache.replace(k=kv["k"], v=kv["v"], index=cache.index + length)

@@ -34,6 +34,7 @@ from phi_jax import metrics as metrics_lib
 from phi_jax import model as model_lib
 from phi_jax import sharding
 from phi_jax import train_step
+from phi_jax.evaluation import in_training
 
 class Preempted(Exception):
   """The run saved its state on a preemption notice and stopped; rerun it to continue."""
@@ -153,6 +154,7 @@ def _train(cfg, workdir, model_config, trainer, checkpoints, sigterm) -> dict:
   batches = input_pipeline.batches(cfg, trainer.batch_sharding, next_batch)
   config = checkpoint.config_item(model_config, cfg, init_from)
   stream = input_pipeline.stream_signature(cfg)
+  evaluator = in_training.make_evaluator(cfg, trainer)  # None unless eval.every_steps > 0
 
   tokens_per_step = int(cfg.train.global_batch) * int(cfg.train.seq_len)
   flops_per_step = metrics_lib.flops_per_token(model_config, int(cfg.train.seq_len)) * tokens_per_step
@@ -200,6 +202,9 @@ def _train(cfg, workdir, model_config, trainer, checkpoints, sigterm) -> dict:
         writer.write(done, last)
         progress.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
         window_start, window_steps, skipped = time.perf_counter(), 0, 0
+      if evaluator is not None and evaluator.due(done):
+        writer.write(done, evaluator(state.params))
+        window_start, window_steps = time.perf_counter(), 0  # eval time is not step time
       if save:
         checkpoint.save_state(checkpoints, state, {"next_batch": done, "stream": stream}, config)
       if preempted:

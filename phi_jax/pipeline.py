@@ -1,0 +1,126 @@
+"""The main job, the whole phi-1 recipe on one config:
+
+    python -m phi_jax.pipeline --config=configs/tiny.py --workdir=DIR [--config.x=y ...]
+
+corpus -> tokenizer   DIR/data      python -m data_pipeline.build (CodeTextbook, CodeExercises)
+pretrain              DIR/pretrain  phi-1-base analogue on the phi1_pretrain mixture
+finetune              DIR/finetune  phi-1 analogue: params from DIR/pretrain, phi1_finetune mixture
+evaluate              DIR/eval      HumanEval and MBPP pass@1 of both, in the sandbox
+report                DIR/report    report.json, <run>_loss.png, and the table printed
+
+Every stage leaves DIR/<stage>/stage_done.json last; a rerun skips finished stages, and the
+training stages resume from their own checkpoints when a run was interrupted.
+
+From Python: `phi_jax.pipeline.run(phi_jax.configs.get("tiny"), "runs/tiny")`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from phi_jax import configs
+from phi_jax import report
+
+RUNS = ("pretrain", "finetune")
+BENCHMARKS = ("humaneval", "mbpp")
+
+
+def _stage(workdir: Path, name: str, body: Callable[[], dict]) -> dict:
+  """Runs `body() -> summary row` once: the row is written last and read back on reruns."""
+  marker = workdir / name / "stage_done.json"
+  if marker.exists():
+    print(f"[{name}] done before, reusing {marker.parent}")
+    return json.loads(marker.read_text())
+  print(f"[{name}] ...", flush=True)
+  start = time.perf_counter()
+  row = {"stage": name, **body()}
+  row["time_s"] = time.perf_counter() - start
+  marker.parent.mkdir(parents=True, exist_ok=True)
+  tmp = marker.with_name(".stage_done.json.tmp")
+  tmp.write_text(json.dumps(row, indent=2, sort_keys=True))
+  tmp.replace(marker)
+  return row
+
+
+def run_config(cfg: Any, workdir: Path, run: str) -> Any:
+  """The trainer config of `run` ('pretrain' or 'finetune') on the corpus built in DIR/data."""
+  run_cfg = cfg.copy_and_resolve_references()
+  with run_cfg.unlocked():
+    run_cfg.data.update(source="seqio", dir=str(workdir / "data"))
+    if run == "finetune":
+      run_cfg = configs.finetune_recipe(run_cfg)
+      run_cfg.train.init_from = str(workdir / "pretrain")
+    else:
+      run_cfg.data.mixture = "phi1_pretrain"
+  return run_cfg
+
+
+def _build_data(cfg: Any, workdir: Path) -> dict:
+  from data_pipeline import build
+  data_dir = workdir / "data"
+  manifest = build.run(cfg, data_dir)
+  row = {task: manifest[task]["train_documents"] for task in build.TASK_KINDS}
+  stats = [data_dir / "cache" / task / "stats.train.json" for task in build.TASK_KINDS]
+  if all(path.exists() for path in stats):  # seqio's cache counts the tokens
+    row["tokens"] = sum(json.loads(path.read_text())["targets_tokens"] for path in stats)
+  return row
+
+
+def _train(cfg: Any, workdir: Path, run: str) -> dict:
+  from phi_jax import train
+  run_cfg = run_config(cfg, workdir, run)
+  last = train.run(run_cfg, workdir / run)
+  records = report.read_metrics(workdir / run / "metrics.jsonl")
+  eval_losses = [r["eval_loss"] for r in records if "eval_loss" in r]
+  return {"tokens": int(run_cfg.train.steps) * int(run_cfg.train.global_batch)
+                    * int(run_cfg.train.seq_len),
+          "loss": last.get("loss"), "eval_loss": eval_losses[-1] if eval_losses else None,
+          "steps": int(run_cfg.train.steps)}
+
+
+def _evaluate(cfg: Any, workdir: Path, run: str) -> dict:
+  from phi_jax import evaluate
+  row = {}
+  for benchmark in BENCHMARKS:
+    summary = evaluate.evaluate_checkpoint(
+        run_config(cfg, workdir, run), benchmark, str(workdir / run),
+        workdir / f"eval_{run}" / benchmark)
+    row[f"{benchmark}_pass@1"] = summary["pass@1"]
+    row[f"{benchmark}_problems"] = summary.get("problems")
+  return row
+
+
+def run(cfg: Any, workdir: str | Path) -> dict:
+  """The whole recipe; returns the report (also DIR/report/report.json)."""
+  workdir = Path(workdir)
+  rows = [_stage(workdir, "data", lambda: _build_data(cfg, workdir))]
+  for name in RUNS:
+    rows.append(_stage(workdir, name, lambda name=name: _train(cfg, workdir, name)))
+  for name in RUNS:
+    rows.append(_stage(workdir, f"eval_{name}", lambda name=name: _evaluate(cfg, workdir, name)))
+  runs = {name: report.read_metrics(workdir / name / "metrics.jsonl") for name in RUNS}
+  result = report.write(workdir / "report", rows, runs,
+                        extra={"config": json.loads(cfg.to_json_best_effort())})
+  print(report.table(rows))
+  print(f"report: {workdir / 'report' / 'report.json'}; plots: "
+        f"{', '.join(result['plots'].values())}")
+  return result
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  run(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for the corpus, runs, evaluations and report.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

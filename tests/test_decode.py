@@ -1,0 +1,132 @@
+"""KV-cache decoding against full-forward recomputation, on the tiny config with random params
+(8 simulated devices: params, cache and rows are sharded)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from phi_jax import configs
+from phi_jax import decode
+from phi_jax import model as model_lib
+
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11], list(range(20, 57))]  # 37 tokens: spans two buckets of 16
+NEW = 12
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = model_lib.as_model_config(configs.get("tiny"))
+  params = model_lib.init(config, jax.random.key(0))
+  return config, params
+
+
+def _full_forward_greedy(config, params, prompt, steps):
+  """Greedy continuation recomputing the whole sequence every step (no cache). The sequence sits
+  right-padded in a fixed buffer (one compile): causal attention ignores what follows."""
+  forward = jax.jit(lambda p, t: model_lib.forward(config, p, t))
+  buffer = np.zeros((1, 64), np.int32)
+  buffer[0, :len(prompt)] = prompt
+  for length in range(len(prompt), len(prompt) + steps):
+    logits = forward(params, jnp.asarray(buffer))
+    buffer[0, length] = int(jnp.argmax(logits[0, length - 1]))
+  return buffer[0, len(prompt):len(prompt) + steps].tolist()
+
+
+def _sampling(**overrides):
+  base = dict(max_new_tokens=NEW, prompt_bucket=16, chunk_tokens=5, eos_id=-1)
+  return decode.SamplingConfig(**{**base, **overrides})
+
+
+def test_greedy_equals_full_forward_recompute_for_a_mixed_length_batch(tiny):
+  config, params = tiny
+  decoder = decode.Decoder(config, params, _sampling())
+  batch = decoder.generate(PROMPTS)
+  for prompt, got in zip(PROMPTS, batch):
+    assert got == _full_forward_greedy(config, params, prompt, NEW)
+  # Each row alone (another bucket, other padding) gives the same tokens.
+  assert [decoder.generate([p])[0] for p in PROMPTS] == batch
+
+
+def test_cached_logits_match_the_full_forward(tiny):
+  config, params = tiny
+  tokens = jnp.asarray([list(range(3, 23))])
+  full = jax.jit(lambda p, t: model_lib.forward(config, p, t))(params, tokens)
+  cached = jax.jit(lambda p, t, c: model_lib.forward_with_cache(config, p, t, c))
+  cache = model_lib.init_cache(config, 1, 32, jnp.asarray([4]))
+  padded = jnp.concatenate([jnp.zeros((1, 4), jnp.int32), tokens[:, :12]], axis=1)
+  first, cache = cached(params, padded, cache)
+  steps = [first[:, 4:]]
+  for i in range(12, 20):
+    logits, cache = cached(params, tokens[:, i:i + 1], cache)
+    steps.append(logits)
+  np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4)
+
+
+def test_end_of_text_and_stop_callbacks_end_rows(tiny):
+  config, params = tiny
+  greedy = decode.Decoder(config, params, _sampling()).generate(PROMPTS)
+  eos = greedy[0][3]  # the 4th token of row 0 becomes end-of-text
+  cut = decode.Decoder(config, params, _sampling(eos_id=eos)).generate(PROMPTS)
+  for full, got in zip(greedy, cut):
+    assert got == (full[:full.index(eos)] if eos in full else full)
+  # Stop checks run between chunks of 5 tokens: row 1 ends after its first chunk.
+  stopped = decode.Decoder(config, params, _sampling()).generate(
+      PROMPTS, stop=lambda row, new: row == 1 and len(new) >= 4)
+  assert stopped[1] == greedy[1][:5] and stopped[0] == greedy[0] and stopped[2] == greedy[2]
+
+
+def test_sampling_filters(tiny):
+  config, params = tiny
+  greedy = decode.Decoder(config, params, _sampling()).generate(PROMPTS)
+  for one_token in (dict(top_k=1), dict(top_p=1e-6)):
+    sampled = decode.Decoder(config, params, _sampling(temperature=1.0, **one_token))
+    assert sampled.generate(PROMPTS) == greedy
+  hot = decode.Decoder(config, params, _sampling(temperature=1.5, seed=3))
+  a, b = hot.generate(PROMPTS), hot.generate(PROMPTS)
+  assert a == b and a != greedy  # seeded, and really sampling
+  assert hot.generate(PROMPTS, rng=jax.random.key(4)) != a
+
+  logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 4000))
+  keys = jax.random.split(jax.random.key(0), 1)[0]
+  def draws(**kw):
+    knobs = decode.sampling_knobs(dataclasses.replace(_sampling(temperature=1.0), **kw))
+    return np.bincount(np.asarray(decode.sample_logits(logits, keys, knobs)), minlength=4)
+  assert draws(top_k=2)[2:].sum() == 0 and draws(top_k=2)[1] > 1000
+  top_p = draws(top_p=0.7)  # 0.5 + 0.3 reaches 0.7: two tokens stay
+  assert top_p[2:].sum() == 0 and top_p[1] > 1000
+  assert draws()[3] > 50  # no filter: the 5% token appears
+
+
+def test_generate_text_cuts_at_stop_strings(tiny):
+  config, params = tiny
+
+  class Chars:
+    """A toy vocabulary: one token per character (ids 3..)."""
+
+    def encode(self, text):
+      return [ord(c) - 29 for c in text]
+
+    def decode(self, ids):
+      return "".join(chr(i + 29) for i in ids if 3 <= i < 126 - 29)
+
+  vocab, decoder = Chars(), decode.Decoder(config, params, _sampling())
+  text = decode.generate_text(decoder, vocab, ["def f(x):"])[0]
+  assert text == vocab.decode(decoder.generate([vocab.encode("def f(x):")])[0])
+  stop = text[3:5]
+  cut = decode.generate_text(decoder, vocab, ["def f(x):"], stop=[stop])[0]
+  assert cut == decode.truncate(text, [stop]) and len(cut) <= 3 + text[3:].find(stop)
+
+
+def test_bad_requests_are_named(tiny):
+  config, params = tiny
+  with pytest.raises(ValueError, match="max_len"):
+    decode.Decoder(config, params, _sampling(max_new_tokens=1000)).generate([[1, 2]])
+  with pytest.raises(ValueError, match="top_p"):
+    decode.SamplingConfig(top_p=0.0)
+  with pytest.raises(KeyError, match="did you mean 'temperature'"):
+    decode.SamplingConfig.from_dict({"temprature": 1.0})
