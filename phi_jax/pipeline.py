@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -92,13 +93,35 @@ def _evaluate(cfg: Any, workdir: Path, run: str) -> dict:
         run_config(cfg, workdir, run), benchmark, str(workdir / run),
         workdir / f"eval_{run}" / benchmark)
     row[f"{benchmark}_pass@1"] = summary["pass@1"]
-    row[f"{benchmark}_problems"] = summary.get("problems")
+    row[f"{benchmark}_tasks"] = summary["tasks"]
   return row
+
+
+def _same_config(cfg: Any, workdir: Path) -> None:
+  """Finished stages are reused only by the config that made them: a workdir remembers it."""
+  path = workdir / "pipeline_config.json"
+  now = json.loads(cfg.to_json_best_effort())
+  if not path.exists():
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(now, indent=2, sort_keys=True))
+    return
+  before = json.loads(path.read_text())
+  changed = sorted(
+      f"{section}.{key}" for section in before.keys() | now.keys()
+      for key in (before.get(section) or {}).keys() | (now.get(section) or {}).keys()
+      if (before.get(section) or {}).get(key) != (now.get(section) or {}).get(key))
+  if changed:
+    raise ValueError(f"{workdir} holds a run of another config (changed: {', '.join(changed)}); "
+                     "its finished stages would not match. Use a new --workdir, or delete "
+                     "the stages to redo")
 
 
 def run(cfg: Any, workdir: str | Path) -> dict:
   """The whole recipe; returns the report (also DIR/report/report.json)."""
   workdir = Path(workdir)
+  for name in RUNS:  # every training stage's config, before minutes of work
+    configs.check(run_config(cfg, workdir, name), jax.device_count())
+  _same_config(cfg, workdir)
   rows = [_stage(workdir, "data", lambda: _build_data(cfg, workdir))]
   for name in RUNS:
     rows.append(_stage(workdir, name, lambda name=name: _train(cfg, workdir, name)))
