@@ -110,7 +110,13 @@ def base() -> ml_collections.ConfigDict:
   cfg.distributed = ml_collections.ConfigDict(dict(
       enabled=False, coordinator_address="", num_processes=0, process_id=-1,
       cpu_collectives="gloo"))
-  cfg.logging = ml_collections.ConfigDict(dict(tensorboard=True, progress_bar=True))
+  cfg.logging = ml_collections.ConfigDict(dict(
+      tensorboard=True, progress_bar=True,
+      # A JAX profiler trace (TensorBoard's profile plugin / Perfetto) of `profile_steps` steps
+      # from step `profile_start_step` (past compilation), written to DIR/profile.
+      profile_steps=0,
+      profile_start_step=5,
+  ))
   # Text generation (phi_jax.decode.SamplingConfig): `python -m phi_jax.generate` and benchmark
   # sampling. temperature 0 = greedy; eos_id is replaced by the tokenizer's end-of-text id.
   cfg.sampling = ml_collections.ConfigDict(dataclasses.asdict(SamplingConfig()))

@@ -66,6 +66,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(("data", "fsdp"), None))
 
 
+def data_parallel_size(mesh: Mesh) -> int:
+  """Devices that split the batch (data x fsdp)."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
 @contextlib.contextmanager
 def activation_rules(mesh: Mesh):
   """Within it, the model's logical activation constraints bind to `mesh` (use while tracing)."""

@@ -44,6 +44,31 @@ class NonFiniteError(FloatingPointError):
   """A step's loss or gradients were not finite and train.on_nonfinite='stop'."""
 
 
+class _Profiler:
+  """A JAX profiler trace of steps [start, start + count) into `directory` (count 0 = off)."""
+
+  def __init__(self, directory: epath.Path, start: int, count: int):
+    self.directory, self.start, self.stop_at, self.active = directory, start, start + count, False
+    self.enabled = count > 0
+
+  def before(self, step: int) -> None:
+    if self.enabled and step == self.start and not self.active:
+      jax.profiler.start_trace(str(self.directory))
+      self.active = True
+
+  def after(self, step: int, step_metrics: dict) -> None:
+    if self.active and step + 1 == self.stop_at:
+      jax.block_until_ready(step_metrics)  # the traced steps' device work, not just dispatch
+      self.stop()
+
+  def stop(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+      logging.warning("profiler trace of steps %d-%d in %s (tensorboard --logdir %s)",
+                      self.start, self.stop_at - 1, self.directory, self.directory)
+
+
 class _Sigterm:
   """Notes SIGTERM (most schedulers' preemption notice) for the next step boundary.
 
@@ -166,9 +191,13 @@ def _train(cfg, workdir, model_config, trainer, checkpoints, sigterm) -> dict:
   pending: list[tuple[int, dict]] = []  # steps not yet checked for non-finite values
   skipped = 0  # non-finite steps skipped in this logging window
   window_start, window_steps = time.perf_counter(), 0
+  profiler = _Profiler(workdir / "profile", int(cfg.logging.profile_start_step),
+                       int(cfg.logging.profile_steps))
   try:
     for step in range(start_step, steps):
+      profiler.before(step)
       state, step_metrics = trainer.step(state, next(batches))
+      profiler.after(step, step_metrics)
       done = step + 1
       pending.append((done, step_metrics))
       window_steps += 1
@@ -212,6 +241,7 @@ def _train(cfg, workdir, model_config, trainer, checkpoints, sigterm) -> dict:
         raise Preempted(f"saved step {done} to {checkpoints.directory} on a preemption notice; "
                         f"rerun the same command to continue")
   finally:
+    profiler.stop()
     progress.close()
     writer.close()
   return last

@@ -149,3 +149,14 @@ def test_cli_on_1_and_8_devices_agree_and_write_metrics(tmp_path):
   np.testing.assert_allclose([r["loss"] for r in eight], [r["loss"] for r in one], rtol=1e-5)
   assert any((tmp_path / "one" / "tensorboard").iterdir())
   assert (tmp_path / "one" / "checkpoints" / "4").is_dir()
+
+
+def test_profiler_trace_on_request(tmp_path):
+  from phi_jax import train
+  cfg = small_config(steps=4)
+  cfg.logging.update(profile_steps=2, profile_start_step=1, progress_bar=False, tensorboard=False)
+  cfg.mesh.update(data=8, fsdp=1, tensor=1)
+  train.run(cfg, tmp_path)
+  traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4
