@@ -15,7 +15,7 @@ DATA = [
     "gcsfs",
     "tensorflow",  # data_pipeline.tokenizer's TF encode/decode (seqio brings it too)
     "tokenizers>=0.15",  # Tokenizer.encode_special_tokens, data_pipeline.tokenizer
-    "pandas",  # Beam's interactive runner, which Beam loads inside notebooks (Colab)
+    "pandas<3",  # Beam's interactive runner, which Beam loads inside notebooks (Colab)
 ]
 # transformers is the reference implementation the tests compare against; torch is pinned to the
 # CPU build so that pip does not pull CUDA packages. libtpu, at the version jax pins, compiles for
