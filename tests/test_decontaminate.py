@@ -290,3 +290,7 @@ def test_beam_references_as_side_input(mixed_corpus, references, beam_run):
   assert sorted(d["id"] for d in out) == sorted(
       d["id"] for d in dc.decontaminate(mixed_corpus, references)[0])
   assert counters == EXPECTED_COUNTERS
+
+
+def test_load_references_finds_the_default_mbpp_beside_the_checkout():
+  assert len(dc.load_references()) > 164  # HumanEval + MBPP from shared/data/mbpp
