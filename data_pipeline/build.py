@@ -12,7 +12,11 @@ Dataflow/Flink/Spark), each resumable and idempotent (`data_pipeline.stages`):
   tasks        TFRecord sources of the seqio tasks (train / validation by id hash)
   cache        the tasks tokenized, in seqio's cache layout (corpus.cache)
 
-`DIR/manifest.json` holds every stage's counts; `DIR` is then a `data.dir` for the trainer.
+`DIR` is a local directory or an object-store prefix (gs://...; every path goes through
+etils.epath or Beam's FileSystems). A stage is complete once its `stage.json` marker is written,
+last; tools that need local files (the trainer, orbax) work in a local temporary directory whose
+results are copied into the stage before the marker. `DIR/manifest.json` holds every stage's
+counts and is written last; `DIR` is then a `data.dir` for the trainer.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ import copy
 import functools
 import hashlib
 import json
-import shutil
-from pathlib import Path
+import os
+import tempfile
 from typing import Any
 
 import apache_beam as beam
+from etils import epath
 
 from data_pipeline import sources, stages
 
@@ -41,7 +46,7 @@ class ExtractDocuments(beam.DoFn):
   def process(self, item):
     source, path = item
     stages.counter("files_seen").inc()
-    text, reason = sources.read_source(Path(path).read_bytes(), self.max_file_bytes)
+    text, reason = sources.read_source(epath.Path(path).read_bytes(), self.max_file_bytes)
     if text is None:
       stages.counter(f"files_skipped_{reason}").inc()
       return
@@ -70,8 +75,8 @@ class ParseDocument(beam.DoFn):
     yield doc
 
 
-def extract(corpus: Any, out: Path, beam_options: list[str]) -> dict:
-  def body(tmp: Path) -> dict:
+def extract(corpus: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
+  def body(stage: epath.Path) -> dict:
     files = [(name, str(path)) for name, path in
              sources.python_files(sources.python_roots(list(corpus.roots)))]
     if not files and not corpus.jsonl:
@@ -90,7 +95,7 @@ def extract(corpus: Any, out: Path, beam_options: list[str]) -> dict:
       for i, pattern in enumerate(corpus.jsonl):
         parts.append(p | f"Read JSONL {i}" >> beam.io.ReadFromText(pattern)
                      | f"Parse JSONL {i}" >> beam.ParDo(ParseDocument()))
-      stages.write_docs(parts | beam.Flatten(), tmp, "docs")
+      stages.write_docs(parts | beam.Flatten(), stage, "docs")
 
     counters = stages.run_pipeline(build, beam_options)
     counters["extracted_textbook"] = counters.get("extracted_textbook", 0) + len(topics)
@@ -102,16 +107,16 @@ def extract(corpus: Any, out: Path, beam_options: list[str]) -> dict:
   return stages.run_stage(out, "extract", body)
 
 
-def filter_stage(name: str, transform_fn, previous: str, out: Path,
+def filter_stage(name: str, transform_fn, previous: str, out: epath.PathLike,
                  beam_options: list[str]) -> dict:
   """A Beam stage docs -> docs, reading stage `previous` and writing stage `name`."""
-  def body(tmp: Path) -> dict:
+  def body(stage: epath.Path) -> dict:
     def build(p):
-      docs = stages.read_docs(p, out / previous, previous)
+      docs = stages.read_docs(p, stages.completed(out, previous), previous)
       docs = docs | "Count in" >> beam.Map(lambda d: (stages.counter(f"{name}_in").inc(), d)[1])
       kept = docs | name >> transform_fn()
       kept = kept | "Count out" >> beam.Map(lambda d: (stages.counter(f"{name}_kept").inc(), d)[1])
-      stages.write_docs(kept, tmp, "kept")
+      stages.write_docs(kept, stage, "kept")
 
     counters = stages.run_pipeline(build, beam_options)
     stages.require_documents(counters, f"{name}_kept", name,
@@ -120,13 +125,13 @@ def filter_stage(name: str, transform_fn, previous: str, out: Path,
   return stages.run_stage(out, name, body)
 
 
-def dedup(corpus: Any, out: Path, beam_options: list[str]) -> dict:
+def dedup(corpus: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
   from data_pipeline import dedup as dedup_lib
   config = dedup_lib.make_config(threshold=corpus.dedup_threshold, num_perm=corpus.dedup_num_perm)
   return filter_stage("dedup", lambda: dedup_lib.Deduplicate(config), "extract", out, beam_options)
 
 
-def decontaminate(corpus: Any, out: Path, beam_options: list[str]) -> dict:
+def decontaminate(corpus: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
   from data_pipeline import decontaminate as decontam_lib
   references = decontam_lib.load_references(corpus.mbpp_path or None)
   return filter_stage(
@@ -135,96 +140,112 @@ def decontaminate(corpus: Any, out: Path, beam_options: list[str]) -> dict:
       "dedup", out, beam_options)
 
 
-def tokenizer(corpus: Any, vocab_size: int, out: Path) -> dict:
+def tokenizer(corpus: Any, vocab_size: int, out: epath.PathLike) -> dict:
   """SentencePiece on the deduplicated, decontaminated corpus: OUT/tokenizer/spm.model."""
   from data_pipeline import tokenizer as tokenizer_lib
 
-  def body(tmp: Path) -> dict:
-    tokenizer_lib.train_sentencepiece(stages.iter_docs(out / "decontam"), tmp, name="spm",
-                                      vocab_size=vocab_size,
+  def body(stage: epath.Path) -> dict:
+    tokenizer_lib.train_sentencepiece(stages.iter_docs(stages.completed(out, "decontam")), stage,
+                                      name="spm", vocab_size=vocab_size,
                                       max_documents=corpus.tokenizer_max_documents)
-    return json.loads((tmp / "spm.train.json").read_text())["sample"]
+    return json.loads((stage / "spm.train.json").read_text())["sample"]
   return stages.run_stage(out, "tokenizer", body)
 
 
-class SentencePieceEncoder:
-  """A picklable text -> ids function (loads the model lazily, once per worker)."""
-
-  def __init__(self, model_path: str, max_len: int):
-    self.model_path, self.max_len, self._processor = model_path, max_len, None
-
-  def __getstate__(self):
-    return {"model_path": self.model_path, "max_len": self.max_len, "_processor": None}
-
-  def __call__(self, text: str) -> list[int]:
-    if self._processor is None:
-      import sentencepiece
-      self._processor = sentencepiece.SentencePieceProcessor(model_file=self.model_path)
-    return self._processor.encode(text)[:self.max_len]
-
-
-def embedding_model(cfg: Any, out: Path, beam_options: list[str]) -> Path:
+def embedding_model(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> str:
   """The phi_jax model whose hidden states embed documents for the quality classifier.
 
   `corpus.quality_model` names a checkpoint workdir (any converted one); by default a small model
   is first trained briefly on the unfiltered corpus (the paper used a pretrained code model).
+  The trainer reads its data from the stage (local or remote, as seqio does) and writes its
+  workdir locally; the workdir is then copied into OUT/quality_model/run.
   """
   if cfg.corpus.quality_model:
-    return Path(cfg.corpus.quality_model)
+    return cfg.corpus.quality_model
   from phi_jax import train
 
-  def body(tmp: Path) -> dict:
-    unfiltered = tmp / "data"
-    write_task(cfg.corpus, "phi1_code_textbook", out / "decontam", unfiltered, beam_options)
-    (unfiltered / "tokenizer").mkdir()
-    shutil.copy(out / "tokenizer" / "spm.model", unfiltered / "tokenizer" / "spm.model")
+  def body(stage: epath.Path) -> dict:
+    unfiltered = stage / "data"
+    write_task(cfg.corpus, "phi1_code_textbook", stages.completed(out, "decontam"), unfiltered,
+               beam_options)
+    stages.copy_file(stages.completed(out, "tokenizer") / "spm.model",
+                     unfiltered / "tokenizer" / "spm.model")
     model_cfg = copy.deepcopy(cfg)
-    model_cfg.data.update(source="seqio", dir=str(unfiltered), mixture="phi1_pretrain")
+    model_cfg.data.update(source="seqio", dir=os.fspath(unfiltered), mixture="phi1_pretrain")
     model_cfg.train.update(steps=cfg.corpus.quality_model_steps)
     model_cfg.logging.progress_bar = cfg.logging.progress_bar
-    metrics = train.run(model_cfg, tmp / "run")
-    shutil.rmtree(unfiltered)
+    with tempfile.TemporaryDirectory(prefix="phi1_quality_model_") as local:
+      workdir = os.path.join(local, "run")
+      metrics = train.run(model_cfg, workdir)
+      stages.copy_tree(workdir, stage / "run")
+    unfiltered.rmtree()
     return {"steps": cfg.corpus.quality_model_steps, "final_loss": metrics["loss"]}
   stages.run_stage(out, "quality_model", body)
-  return out / "quality_model" / "run"
+  return os.fspath(epath.Path(out) / "quality_model" / "run")
 
 
-def quality(cfg: Any, out: Path, beam_options: list[str]) -> dict:
+def quality_tokenizer(corpus: Any, out: epath.PathLike) -> str:
+  """The tokenizer file the quality model reads documents with (`corpus.quality_tokenizer`).
+
+  A model must see the ids it was trained on: the corpus SentencePiece for the model trained
+  here; for `corpus.quality_model`, the tokenizer named by `corpus.quality_tokenizer`, else a
+  `tokenizer.json` in the checkpoint workdir, else the corpus SentencePiece.
+  """
+  from data_pipeline import tokenizer as tokenizer_lib
+  if corpus.quality_tokenizer:
+    if not corpus.quality_model:
+      raise ValueError(
+          f"corpus.quality_tokenizer={corpus.quality_tokenizer!r} without corpus.quality_model: "
+          "the model trained by the build reads the corpus SentencePiece; set quality_model to "
+          "the checkpoint this tokenizer belongs to, or clear quality_tokenizer")
+    return tokenizer_lib.tokenizer_file(corpus.quality_tokenizer)
+  if corpus.quality_model:
+    beside = epath.Path(corpus.quality_model) / "tokenizer.json"
+    if beside.exists():
+      return os.fspath(beside)
+  return os.fspath(stages.completed(out, "tokenizer") / "spm.model")
+
+
+def quality(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
   """Annotate a sample, embed code with a phi_jax model, fit a random forest on the annotated
   part, keep the code it scores >= threshold (textbook and exercise documents pass through)."""
   from data_pipeline import quality as quality_lib
+  from data_pipeline import tokenizer as tokenizer_lib
   corpus = cfg.corpus
   model_dir = embedding_model(cfg, out, beam_options)
-  encode = SentencePieceEncoder(str(out / "tokenizer" / "spm.model"), corpus.quality_max_len)
+  encode = tokenizer_lib.TokenizerEncoder(quality_tokenizer(corpus, out), corpus.quality_max_len)
   annotator = (quality_lib.LLMJudgeAnnotator(corpus.llm_base_url, corpus.llm_model)
                if corpus.llm_base_url else quality_lib.HeuristicAnnotator())
+  docs_dir = stages.completed(out, "decontam")
 
-  def body(tmp: Path) -> dict:
+  def body(stage: epath.Path) -> dict:
     def embed(p):
-      docs = stages.read_docs(p, out / "decontam", "decontam")
+      docs = stages.read_docs(p, docs_dir, "decontam")
       embedded = docs | "Embed" >> quality_lib.Embed(
-          quality_lib.CheckpointLoader(str(model_dir)), encode, max_len=corpus.quality_max_len)
-      stages.write_docs(embedded, tmp / "embedded", "embedded")
+          quality_lib.CheckpointLoader(model_dir), encode, max_len=corpus.quality_max_len,
+          vocab_size=encode.vocab_size)
+      stages.write_docs(embedded, stage / "embedded", "embedded")
       (embedded
        | "Annotate" >> quality_lib.Annotate(annotator, fraction=corpus.annotate_fraction,
                                             seed=cfg.train.seed)
        | "Examples" >> quality_lib.ToTrainingExample()
-       | "Write examples" >> beam.io.WriteToText(str(tmp / "annotated" / "examples"), ".jsonl"))
+       | "Write examples" >> beam.io.WriteToText(os.fspath(stage / "annotated" / "examples"),
+                                                 ".jsonl"))
 
     counters = stages.run_pipeline(embed, beam_options)
     _, embeddings, labels = quality_lib.read_training_examples(
-        str(tmp / "annotated" / "examples*.jsonl"))
+        os.fspath(stage / "annotated" / "examples*.jsonl"))
     classifier, report = quality_lib.train_classifier(embeddings, labels, seed=cfg.train.seed)
-    quality_lib.save_classifier(tmp / "classifier.joblib", classifier, report)
+    quality_lib.save_classifier(stage / "classifier.joblib", classifier, report)
 
     def score(p):
-      docs = stages.read_docs(p, tmp / "embedded", "embedded")
+      docs = stages.read_docs(p, stage / "embedded", "embedded")
       kept = docs | "Score" >> quality_lib.ScoreAndFilter(
-          str(tmp / "classifier.joblib"), threshold=corpus.quality_threshold)
-      stages.write_docs(kept, tmp, "kept")
+          os.fspath(stage / "classifier.joblib"), threshold=corpus.quality_threshold)
+      stages.write_docs(kept, stage, "kept")
 
     counters.update(stages.run_pipeline(score, beam_options))
-    shutil.rmtree(tmp / "embedded")
+    (stage / "embedded").rmtree()
     scored = counters.get("quality_score_scored", 0)
     counters.update({f"classifier_{k}": v for k, v in report.items()},
                     fraction_kept=counters.get("quality_score_kept", 0) / max(scored, 1))
@@ -247,11 +268,12 @@ def _example(doc: dict) -> bytes:
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def write_task(corpus: Any, task: str, docs_dir: Path, out: Path, beam_options: list[str]) -> dict:
+def write_task(corpus: Any, task: str, docs_dir: epath.PathLike, out: epath.PathLike,
+               beam_options: list[str]) -> dict:
   """One seqio task's source files: OUT/<task>/<split>.tfrecord-SSSSS-of-NNNNN."""
   kinds = TASK_KINDS[task]
 
-  def body(tmp: Path) -> dict:
+  def body(stage: epath.Path) -> dict:
     def build(p):
       docs = (stages.read_docs(p, docs_dir, "docs")
               | "Select" >> beam.Filter(lambda d: d["kind"] in kinds))
@@ -262,7 +284,7 @@ def write_task(corpus: Any, task: str, docs_dir: Path, out: Path, beam_options: 
          | f"Count {split}" >> beam.Map(
              lambda d, split=split: (stages.counter(f"{split}_documents").inc(), d)[1])
          | f"Example {split}" >> beam.Map(_example)
-         | f"Write {split}" >> beam.io.WriteToTFRecord(str(tmp / f"{split}.tfrecord"),
+         | f"Write {split}" >> beam.io.WriteToTFRecord(os.fspath(stage / f"{split}.tfrecord"),
                                                         num_shards=corpus.num_shards))
 
     counters = stages.run_pipeline(build, beam_options)
@@ -272,7 +294,7 @@ def write_task(corpus: Any, task: str, docs_dir: Path, out: Path, beam_options: 
   return stages.run_stage(out, task, body)
 
 
-def cache(cfg: Any, out: Path, beam_options: list[str]) -> dict:
+def cache(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
   """Tokenized tasks in seqio's own cache layout (OUT/cache/<task>/{<split>.tfrecord-*,
   info.<split>.json, stats.<split>.json, COMPLETED}), written with seqio.beam_utils, so seqio's
   readers (`get_dataset(use_cached=True)`) and cache tooling work on it."""
@@ -280,14 +302,14 @@ def cache(cfg: Any, out: Path, beam_options: list[str]) -> dict:
   from seqio import beam_utils
   from data_pipeline import tasks
 
-  def body(tmp: Path) -> dict:
-    setup = functools.partial(tasks.register, str(out))
+  def body(stage: epath.Path) -> dict:
+    setup = functools.partial(tasks.register, os.fspath(out))
     setup()
 
     def build(p):
       for name in TASK_KINDS:
         task = seqio.get_mixture_or_task(name)
-        task_dir = tmp / seqio.get_task_dir_from_name(name)
+        task_dir = os.fspath(stage / seqio.get_task_dir_from_name(name))
         done_markers = []
         for split in task.splits:
           label = f"{name}_{split}"
@@ -296,26 +318,27 @@ def cache(cfg: Any, out: Path, beam_options: list[str]) -> dict:
                       | f"{label} count" >> beam.Map(
                           lambda ex, label=label: (stages.counter(f"{label}_cached").inc(), ex)[1]))
           done_markers.append(examples | f"{label} write" >> beam_utils.WriteExampleTfRecord(
-              seqio.get_cached_tfrecord_prefix(str(task_dir), split),
+              seqio.get_cached_tfrecord_prefix(task_dir, split),
               num_shards=cfg.corpus.num_shards))
           done_markers.append(examples | f"{label} info" >> beam_utils.GetInfo(
               cfg.corpus.num_shards) | f"{label} write info" >> beam_utils.WriteJson(
-                  seqio.get_cached_info_path(str(task_dir), split)))
+                  seqio.get_cached_info_path(task_dir, split)))
           done_markers.append(examples | f"{label} stats" >> beam_utils.GetStats(
               task.output_features) | f"{label} write stats" >> beam_utils.WriteJson(
-                  seqio.get_cached_stats_path(str(task_dir), split)))
+                  seqio.get_cached_stats_path(task_dir, split)))
         _ = (done_markers | f"{name} done" >> beam.Flatten()
              | f"{name} none" >> beam.Filter(lambda _: False)
              | f"{name} completed" >> beam.io.textio.WriteToText(
-                 str(task_dir / "COMPLETED"), num_shards=1, shard_name_template=""))
+                 os.path.join(task_dir, "COMPLETED"), num_shards=1,
+                 shard_name_template=""))
 
     return stages.run_pipeline(build, beam_options)
   return stages.run_stage(out, "cache", body)
 
 
-def run(cfg: Any, out: str | Path, beam_options: list[str] | None = None) -> dict:
-  """All stages; returns (and writes as OUT/manifest.json) every stage's counts."""
-  out, beam_options = Path(out), list(beam_options or [])
+def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) -> dict:
+  """All stages; returns (and writes as OUT/manifest.json, last) every stage's counts."""
+  out, beam_options = epath.Path(out), list(beam_options or [])
   manifest = {
       "extract": extract(cfg.corpus, out, beam_options),
       "dedup": dedup(cfg.corpus, out, beam_options),
@@ -324,12 +347,12 @@ def run(cfg: Any, out: str | Path, beam_options: list[str] | None = None) -> dic
       "quality": quality(cfg, out, beam_options),
   }
   for task in TASK_KINDS:
-    manifest[task] = write_task(cfg.corpus, task, out / "quality", out, beam_options)
+    manifest[task] = write_task(cfg.corpus, task, stages.completed(out, "quality"), out,
+                                beam_options)
   if cfg.corpus.cache:
     manifest["cache"] = cache(cfg, out, beam_options)
-  tmp = out / ".manifest.json.tmp"
-  tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-  tmp.rename(out / "manifest.json")
+  stages.write_atomic(out / "manifest.json",
+                      json.dumps(manifest, indent=2, sort_keys=True).encode())
   return manifest
 
 
@@ -346,7 +369,7 @@ if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "A configs/*.py file (its corpus section).")
-  flags.DEFINE_string("out", None, "Output directory: the trainer's data.dir.")
+  flags.DEFINE_string("out", None, "Output directory, local or gs://: the trainer's data.dir.")
   flags.DEFINE_list("beam_options", [], "Beam pipeline options, e.g. "
                                     "--beam_options=--runner=DataflowRunner,--project=...")
   flags.mark_flags_as_required(["config", "out"])

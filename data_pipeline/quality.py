@@ -41,16 +41,17 @@ import math
 import os
 import re
 import statistics
+import tempfile
 import time
 import tokenize
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
+from etils import epath
 
 from data_pipeline import stages
 
@@ -591,48 +592,32 @@ def select(classifier: Any, embeddings: np.ndarray, threshold: float = 0.5
   return scores >= threshold, scores
 
 
-def _is_remote(path: str) -> bool:
-  return "://" in str(path)
-
-
-def save_classifier(path: str | os.PathLike, classifier: Any, report: Mapping | None = None
-                    ) -> None:
-  """Writes {classifier, report, versions} with joblib; the file appears only once complete.
-
-  Local paths: a temporary file in the same directory, then an atomic rename. Remote paths
-  (gs://, ...): Beam's FileSystems, whose objects appear only when the write closes.
-  """
+def save_classifier(path: epath.PathLike, classifier: Any, report: Mapping | None = None) -> None:
+  """Writes {classifier, report, versions} with joblib, locally or remotely (gs://...); the
+  file appears only once complete (`stages.write_atomic`)."""
   import joblib
   import sklearn
 
   bundle = {"format": 1, "classifier": classifier, "report": dict(report or {}),
             "sklearn_version": sklearn.__version__}
-  path = str(path)
-  if _is_remote(path):
-    with FileSystems.create(path) as handle:
-      joblib.dump(bundle, handle)
-    return
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
   buffer = io.BytesIO()
   joblib.dump(bundle, buffer)
-  stages.write_atomic(Path(path), buffer.getvalue())
+  stages.write_atomic(path, buffer.getvalue())
 
 
-def load_classifier(path: str | os.PathLike) -> tuple[Any, dict]:
-  """(classifier, report) saved by `save_classifier` (local or any Beam filesystem path).
+def load_classifier(path: epath.PathLike) -> tuple[Any, dict]:
+  """(classifier, report) saved by `save_classifier` (local or remote path).
 
   joblib files are pickles: load only files you trust.
   """
   import joblib
 
-  path = str(path)
-  if _is_remote(path):
-    with FileSystems.open(path) as handle:
-      bundle = joblib.load(io.BytesIO(handle.read()))
-  else:
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"no quality classifier at {path}")
-    bundle = joblib.load(path)
+  path = epath.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"no quality classifier at {path}")
+  bundle = joblib.load(io.BytesIO(path.read_bytes()))
   if not isinstance(bundle, dict) or bundle.get("format") != 1:
     raise ValueError(f"{path} is not a classifier written by save_classifier")
   return bundle["classifier"], bundle["report"]
@@ -684,9 +669,11 @@ class _AnnotateFn(beam.DoFn):
 
 class _EmbedFn(beam.DoFn):
 
-  def __init__(self, model_loader, encode_fn, max_len: int, batch_size: int, field: str):
+  def __init__(self, model_loader, encode_fn, max_len: int, batch_size: int, field: str,
+               vocab_size: int | None):
     self.model_loader, self.encode_fn = model_loader, encode_fn
     self.max_len, self.batch_size, self.field = max_len, batch_size, field
+    self.vocab_size = vocab_size
     self.documents = stages.counter("quality_embed_documents")
     self.batches = stages.counter("quality_embed_batches")
     self._model = None
@@ -695,6 +682,7 @@ class _EmbedFn(beam.DoFn):
     import jax
     # (model config, params), once per worker; params go to the device once, not per batch.
     model_config, params = tuple(self.model_loader())[:2]
+    check_vocabulary_fits(self.vocab_size, model_config, self.encode_fn, self.model_loader)
     self._model = (model_config, jax.device_put(params))
 
   def process(self, batch):
@@ -747,16 +735,46 @@ class _PassThroughFn(beam.DoFn):
     yield doc
 
 
+def check_vocabulary_fits(vocab_size: int | None, model_config: Any, encoder: Any, model: Any
+                          ) -> None:
+  """ValueError unless `encoder`'s `vocab_size` ids (None: unknown, not checked) fit the
+  embedding table of `model`: an id past it has no embedding row."""
+  from phi_jax import model as model_lib
+  model_vocab = model_lib.as_model_config(model_config).vocab_size
+  if vocab_size is not None and vocab_size > model_vocab:
+    raise ValueError(
+        f"{encoder!r} has {vocab_size} token ids but the model from {model!r} embeds only "
+        f"{model_vocab} (its vocab_size): encode documents with the model's own tokenizer "
+        "(corpus.quality_tokenizer, or a tokenizer.json in the checkpoint workdir)")
+
+
+def restore_checkpoint(workdir: str, step: int | None = None) -> tuple[Any, Any]:
+  """(model config, params) of a phi_jax checkpoint workdir (`DIR/checkpoints/<step>/`), local
+  or remote, through `phi_jax.checkpoint.restore_params`. That reads local directories, so a
+  remote workdir's `checkpoints/` (every step in it) is first copied to a local temporary one."""
+  import jax
+
+  from phi_jax import checkpoint
+  if not stages.is_remote(workdir):
+    return checkpoint.restore_params(workdir, step)
+  with tempfile.TemporaryDirectory(prefix="phi1_quality_model_") as local:
+    stages.copy_tree(epath.Path(workdir) / "checkpoints", os.path.join(local, "checkpoints"))
+    model_config, params = checkpoint.restore_params(local, step)
+    return model_config, jax.block_until_ready(params)  # read before the copy is deleted
+
+
 class CheckpointLoader:
   """A picklable model_loader for `Embed`: restores (model config, params) from a phi_jax
-  checkpoint directory (`DIR/checkpoints/<step>/`, see phi_jax.checkpoint) on each worker."""
+  checkpoint workdir, local or remote (`restore_checkpoint`), on each worker."""
 
   def __init__(self, workdir: str, step: int | None = None):
     self.workdir, self.step = workdir, step
 
+  def __repr__(self):
+    return f"CheckpointLoader({self.workdir!r})"
+
   def __call__(self):
-    from phi_jax import checkpoint
-    return checkpoint.restore_params(self.workdir, self.step)
+    return restore_checkpoint(self.workdir, self.step)
 
 
 def _split_by_kind(pcoll, kinds, label):
@@ -799,7 +817,8 @@ class Embed(beam.PTransform):
   """Adds `embedding` (float32 [d_model], `embed_texts`) to documents of `kinds` (None = all).
 
   `model_loader()` -> (model config, params) runs once per worker in DoFn.setup (e.g.
-  `CheckpointLoader(workdir)`); `encode_fn` (text -> token ids) must be picklable. Elements are
+  `CheckpointLoader(workdir)`); `encode_fn` (text -> token ids) must be picklable, and
+  `vocab_size` (its number of ids, if known) is checked there against the model's. Elements are
   grouped with beam.BatchElements (up to `max_group`), then run `batch_size` rows at a time on
   fixed shapes. Documents of other kinds pass through untouched. Counters:
   quality_embed_{documents,batches,passthrough}.
@@ -807,9 +826,10 @@ class Embed(beam.PTransform):
 
   def __init__(self, model_loader: Callable[[], tuple], encode_fn: Callable[[str], Sequence[int]],
                max_len: int = 512, batch_size: int = 8, kinds: Sequence[str] | None = ("code",),
-               field: str = "embedding", max_group: int | None = None):
+               field: str = "embedding", max_group: int | None = None,
+               vocab_size: int | None = None):
     super().__init__()
-    self.model_loader, self.encode_fn = model_loader, encode_fn
+    self.model_loader, self.encode_fn, self.vocab_size = model_loader, encode_fn, vocab_size
     self.max_len, self.batch_size, self.field = max_len, batch_size, field
     self.kinds = None if kinds is None else tuple(kinds)
     self.max_group = max_group or 8 * batch_size
@@ -819,7 +839,7 @@ class Embed(beam.PTransform):
     embedded = (selected
                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_group)
                 | "Embed" >> beam.ParDo(_EmbedFn(self.model_loader, self.encode_fn, self.max_len,
-                                                 self.batch_size, self.field)))
+                                                 self.batch_size, self.field, self.vocab_size)))
     if others is None:
       return embedded
     others = others | "PassThrough" >> beam.ParDo(_PassThroughFn("quality_embed_passthrough"))

@@ -1,8 +1,12 @@
-"""Stage bookkeeping for `data_pipeline.build`: atomic stage directories, JSONL shards, counters.
+"""Stage bookkeeping for `data_pipeline.build`: completion markers, file copies, JSONL shards,
+counters.
 
-A stage writes into `OUT/.<name>.tmp/` and is renamed to `OUT/<name>/` only once complete, with
-`stage.json` (its counters) inside; a finished stage is never recomputed and a half-written one
-is never read. Documents travel between Beam stages as sharded JSONL.
+Paths are `etils.epath` paths, so OUT is a local directory or an object-store prefix (gs://...).
+Object stores have no atomic directory rename, so completion is a marker: a stage writes
+straight into `OUT/<name>/` and writes `stage.json` (its counters) last. A stage directory with
+the marker is complete and never recomputed; one without it (a run killed mid-write) is wiped
+and recomputed on the next run, and `completed` refuses to hand it to a reader. Single files
+appear whole (`write_atomic`). Documents travel between Beam stages as sharded JSONL.
 """
 
 from __future__ import annotations
@@ -11,13 +15,14 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Any, Callable
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
+from etils import epath
 
 NAMESPACE = "phi1_data"
+MARKER = "stage.json"
 
 
 def counter(name: str):
@@ -28,32 +33,72 @@ class EmptyStageError(RuntimeError):
   """A stage produced nothing: never hand an empty dataset to the trainer."""
 
 
-def done(out: Path, name: str) -> dict | None:
+class IncompleteStageError(RuntimeError):
+  """A stage directory without its completion marker: a run died while writing it."""
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+  """Whether `path` names an object store (gs://, s3://, ...) rather than a local file."""
+  return "://" in os.fspath(path)
+
+
+def done(out: epath.PathLike, name: str) -> dict | None:
   """The counters of a completed stage, or None."""
-  marker = out / name / "stage.json"
+  marker = epath.Path(out) / name / MARKER
   return json.loads(marker.read_text()) if marker.exists() else None
 
 
-def run_stage(out: Path, name: str, body: Callable[[Path], dict[str, Any]]) -> dict:
-  """Runs `body(tmp_dir) -> counters` unless the stage is already complete; atomic rename."""
+def require_complete(stage: epath.PathLike) -> epath.Path:
+  """`stage` if its completion marker is there; IncompleteStageError otherwise."""
+  stage = epath.Path(stage)
+  if not (stage / MARKER).exists():
+    raise IncompleteStageError(
+        f"{stage} has no {MARKER}: it was not finished (a build died while writing it, or is "
+        "still running); rerun `python -m data_pipeline.build` with the same --out")
+  return stage
+
+
+def completed(out: epath.PathLike, name: str) -> epath.Path:
+  """The directory of stage `name` under `out`, for reading: only once it is complete."""
+  return require_complete(epath.Path(out) / name)
+
+
+def run_stage(out: epath.PathLike, name: str, body: Callable[[epath.Path], dict[str, Any]]
+              ) -> dict:
+  """Runs `body(stage_dir) -> counters` unless the stage is complete; the marker goes last.
+
+  Leftovers of an unfinished run are wiped first, so no stale shard joins the new output. A
+  body that raises takes its partial output with it (a killed one leaves it to the next run).
+  """
   previous = done(out, name)
   if previous is not None:
     return previous
-  tmp = out / f".{name}.tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
-  counters = body(tmp)
-  (tmp / "stage.json").write_text(json.dumps(counters, indent=2, sort_keys=True))
-  final = out / name
-  shutil.rmtree(final, ignore_errors=True)
-  tmp.rename(final)
+  stage = epath.Path(out) / name
+  if stage.exists():
+    stage.rmtree()
+  stage.mkdir(parents=True)
+  try:
+    counters = body(stage)
+  except BaseException:
+    if stage.exists():
+      stage.rmtree()
+    raise
+  write_atomic(stage / MARKER, json.dumps(counters, indent=2, sort_keys=True).encode())
   return counters
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-  """Writes `path` so that it appears only complete: a temp file beside it, fsync, rename."""
-  path = Path(path)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def write_atomic(path: epath.PathLike, data: bytes) -> None:
+  """Writes `path` so that it appears only complete.
+
+  Local: a temp file beside it, fsync, rename. Object stores publish an object only when its
+  upload completes, so a plain write is already all-or-nothing there.
+  """
+  if is_remote(path):
+    epath.Path(path).write_bytes(data)
+    return
+  path = os.fspath(path)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                             prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
@@ -64,6 +109,27 @@ def write_atomic(path: Path, data: bytes) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def copy_file(src: epath.PathLike, dst: epath.PathLike) -> None:
+  """Copies one file between any two filesystems epath reaches (local <-> gs://, ...)."""
+  dst = epath.Path(dst)
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  with epath.Path(src).open("rb") as reader, dst.open("wb") as writer:
+    shutil.copyfileobj(reader, writer, 16 << 20)
+
+
+def copy_tree(src: epath.PathLike, dst: epath.PathLike) -> None:
+  """Copies every file under `src` to the same relative path under `dst`, across filesystems:
+  how local-only tools (trainers, orbax) hand their outputs to a remote stage and back."""
+  src, dst = epath.Path(src), epath.Path(dst)
+  if not src.is_dir():
+    raise FileNotFoundError(f"no directory at {src}")
+  for child in src.iterdir():  # (not epath's walk: its gcsfs backend drops the gs:// scheme)
+    if child.is_dir():
+      copy_tree(child, dst / child.name)
+    else:
+      copy_file(child, dst / child.name)
 
 
 def pipeline_counters(result) -> dict[str, int]:
@@ -86,16 +152,17 @@ def run_pipeline(build: Callable[[beam.Pipeline], None], options: list[str] | No
   return pipeline_counters(result)
 
 
-def read_docs(pipeline: beam.Pipeline, directory: Path, label: str):
-  return (pipeline | f"Read {label}" >> beam.io.ReadFromText(str(directory / "docs-*.jsonl"))
+def read_docs(pipeline: beam.Pipeline, directory: epath.PathLike, label: str):
+  pattern = os.fspath(epath.Path(directory) / "docs-*.jsonl")
+  return (pipeline | f"Read {label}" >> beam.io.ReadFromText(pattern)
           | f"Parse {label}" >> beam.Map(json.loads))
 
 
-def write_docs(docs, directory: Path, label: str, num_shards: int = 0):
+def write_docs(docs, directory: epath.PathLike, label: str, num_shards: int = 0):
+  prefix = os.fspath(epath.Path(directory) / "docs")
   return (docs | f"Serialize {label}" >> beam.Map(
       lambda d: json.dumps(d, sort_keys=True, default=_jsonable))
-          | f"Write {label}" >> beam.io.WriteToText(str(directory / "docs"), ".jsonl",
-                                                    num_shards=num_shards))
+          | f"Write {label}" >> beam.io.WriteToText(prefix, ".jsonl", num_shards=num_shards))
 
 
 def _jsonable(value):
@@ -103,8 +170,8 @@ def _jsonable(value):
   return value.tolist()
 
 
-def iter_docs(directory: Path):
-  for shard in sorted(directory.glob("docs-*.jsonl")):
+def iter_docs(directory: epath.PathLike):
+  for shard in sorted(epath.Path(directory).glob("docs-*.jsonl")):
     with shard.open() as f:
       for line in f:
         yield json.loads(line)

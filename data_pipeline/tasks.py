@@ -8,7 +8,8 @@
 Sources are sharded TFRecord files of tf.train.Examples written by `data_pipeline.build`
 (`DATA_DIR/<task>/<split>.tfrecord-*`), local or `gs://`, with the vocabulary at
 `DATA_DIR/tokenizer/spm.model`. Registration reads the data directory from `PHI1_DATA_DIR`
-(default `~/.cache/phi_jax/data`); `register(data_dir, ...)` re-registers for another one.
+(default `~/.cache/phi_jax/data`); `register(data_dir, ...)` re-registers for another one, and
+refuses a task directory the build has not finished (no `stage.json`).
 
 Examples come out per document ('targets' = tokens + end-of-text; exercises also carry
 'loss_weights', 0 on prompt tokens when `mask_prompt`); `packing.pack` cuts the mixed stream
@@ -23,6 +24,7 @@ from typing import Mapping
 
 import seqio
 import tensorflow as tf
+from etils import epath
 
 CODE_TEXTBOOK = "phi1_code_textbook"
 CODE_EXERCISES = "phi1_code_exercises"
@@ -79,12 +81,22 @@ def _features(vocab: seqio.Vocabulary) -> dict:
   }
 
 
+def _require_built(data_dir: str) -> None:
+  """A task directory that exists must be complete: never read what a dying build left."""
+  for task in (CODE_TEXTBOOK, CODE_EXERCISES):
+    task_dir = epath.Path(data_dir) / task
+    if task_dir.exists():
+      from data_pipeline import stages  # (Apache Beam) only when there is something to check
+      stages.require_complete(task_dir)
+
+
 def register(data_dir: str | None = None, vocab: seqio.Vocabulary | None = None,
              pretrain_rates: Mapping[str, float] | None = None,
              finetune_rates: Mapping[str, float] | None = None,
              mask_prompt: bool = True) -> None:
   """(Re-)registers the phi-1 tasks and mixtures over `data_dir`."""
   data_dir = data_dir or os.environ.get("PHI1_DATA_DIR", DEFAULT_DATA_DIR)
+  _require_built(data_dir)
   vocab = vocab or seqio.SentencePieceVocabulary(vocabulary_path(data_dir))
   splits = ("train", "validation")
   text = {"text": tf.io.FixedLenFeature([], tf.string)}

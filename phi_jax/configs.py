@@ -99,6 +99,10 @@ def base() -> ml_collections.ConfigDict:
       annotate_fraction=0.3,
       quality_threshold=0.5,
       quality_model="",  # a checkpoint workdir to embed with; "" = train one briefly here
+      # The tokenizer quality_model was trained with (a tokenizer.json, a Hugging Face model
+      # directory, or a SentencePiece .model); "" = a tokenizer.json in the quality_model
+      # workdir if there is one, else the corpus SentencePiece (the model trained here).
+      quality_tokenizer="",
       quality_model_steps=100,
       quality_max_len=512,
       llm_base_url="",  # OpenAI-compatible endpoint, e.g. http://localhost:8000/v1

@@ -63,9 +63,16 @@ def test_finished_stages_are_reused_and_unfinished_ones_redone(tmp_path):
   first = build.extract(_corpus(tmp_path / "src"), out, [])
   (tmp_path / "src" / "third.py").write_text(GOOD.replace("add", "sum3"))
   assert build.extract(_corpus(tmp_path / "src"), out, []) == first  # reused, not recomputed
-  (out / "extract" / "stage.json").unlink()  # as if killed before completion
-  (out / "extract").rename(out / ".extract.tmp")
-  assert build.extract(_corpus(tmp_path / "src"), out, [])["files_seen"] == 7
+  # As if killed mid-write: shards there, the marker not yet, and a stale shard of the dead run.
+  (out / "extract" / "stage.json").unlink()
+  stale = out / "extract" / "docs-00007-of-00009.jsonl"
+  stale.write_text(json.dumps({"id": "stale", "kind": "code", "source": "x", "text": "x"}) + "\n")
+  with pytest.raises(stages.IncompleteStageError, match="has no stage.json"):
+    stages.completed(out, "extract")  # readers refuse it
+  assert build.extract(_corpus(tmp_path / "src"), out, [])["files_seen"] == 7  # recomputed
+  assert not stale.exists()
+  docs = list(stages.iter_docs(stages.completed(out, "extract")))
+  assert len(docs) == 9 and "stale" not in {d["id"] for d in docs}
 
 
 def test_an_empty_corpus_is_an_error_not_an_empty_dataset(tmp_path):
@@ -148,3 +155,222 @@ def test_jsonl_documents_join_the_corpus(tmp_path):
   assert counters["extracted_textbook"] == 3 and counters["extracted_exercise"] == 3
   docs = list(stages.iter_docs(tmp_path / "out" / "extract"))
   assert any(d["kind"] == "exercise" and d["solution"] == "    return 1\n" for d in docs)
+
+
+def test_a_task_directory_without_its_marker_is_not_read(tmp_path):
+  from data_pipeline import tasks
+  _plant(tmp_path / "src")
+  corpus = _corpus(tmp_path / "src", validation_fraction=0.0)
+  out = tmp_path / "out"
+  build.extract(corpus, out, [])
+  build.write_task(corpus, "phi1_code_exercises", out / "extract", out, [])
+  (out / "phi1_code_exercises" / "stage.json").unlink()  # as if the build died before the marker
+  with pytest.raises(stages.IncompleteStageError, match="phi1_code_exercises has no stage.json"):
+    tasks.register(str(out))
+
+
+# ------------------------------------------------------------------------------------------------
+# The quality stage with a converted model's own (Hugging Face) tokenizer
+# ------------------------------------------------------------------------------------------------
+
+def _stdlib_code(n: int) -> list[dict]:
+  from data_pipeline import sources
+  docs = []
+  for path in sorted(sources.python_roots(["stdlib"])["stdlib"].glob("*.py")):
+    text, _ = sources.read_source(path.read_bytes(), 12_000)
+    if text is not None and len(docs) < n:
+      docs.append(sources.document("code", f"stdlib:{path.name}", text))
+  return docs
+
+
+def _decontam_stage(out, docs) -> None:
+  """A finished 'decontam' stage holding `docs`: what the quality stage reads."""
+  import apache_beam as beam
+  stages.run_stage(out, "decontam", lambda stage: stages.run_pipeline(
+      lambda p: stages.write_docs(p | beam.Create(docs), stage, "docs")))
+
+
+def _bpe_tokenizer_json(texts, path, vocab_size: int):
+  """A byte-level BPE tokenizer.json (CodeGen's kind) trained on `texts`."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  t = Tokenizer(models.BPE())
+  t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  t.decoder = decoders.ByteLevel()
+  t.train_from_iterator(texts, trainer=trainers.BpeTrainer(
+      vocab_size=vocab_size, show_progress=False,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  t.add_special_tokens(["<|endoftext|>"])
+  t.save(str(path))
+  return t
+
+
+def _checkpoint(workdir, vocab_size: int):
+  import jax
+  from phi_jax import checkpoint, model
+  config = model.ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=2,
+                             head_dim=16, mlp_dim=64, rotary_dim=8, max_len=128)
+  params = model.init(config, jax.random.key(1))
+  checkpoint.save_params(workdir, config, params)
+  return config, params
+
+
+@pytest.mark.slow
+def test_quality_stage_embeds_with_the_models_own_hugging_face_tokenizer(tmp_path):
+  import numpy as np
+  from data_pipeline import quality
+
+  docs = _stdlib_code(24)
+  hf = _bpe_tokenizer_json([d["text"] for d in docs], tmp_path / "tokenizer.json", 400)
+  assert hf.get_vocab_size() == 401  # 400 learned + <|endoftext|>
+  config, params = _checkpoint(tmp_path / "phi", vocab_size=512)
+  out = tmp_path / "out"
+  _decontam_stage(out, docs)
+  cfg = configs.get("tiny")
+  cfg.corpus.update(quality_model=str(tmp_path / "phi"), quality_tokenizer=str(tmp_path),
+                    annotate_fraction=1.0, quality_threshold=0.0, quality_max_len=64)
+  counters = build.quality(cfg, out, [])
+  assert counters["quality_embed_documents"] == counters["quality_score_kept"] == len(docs)
+
+  ids, embeddings, _ = quality.read_training_examples(
+      str(out / "quality" / "annotated" / "examples*.jsonl"))
+  texts = {d["id"]: d["text"] for d in docs}
+  hf_ids = lambda text: hf.encode(text, add_special_tokens=False).ids
+  expected = quality.embed_texts(config, params, hf_ids, [texts[i] for i in ids], max_len=64)
+  np.testing.assert_allclose(embeddings, expected, atol=1e-5)
+  bytes_instead = quality.embed_texts(config, params, quality.byte_encode_fn(512),
+                                      [texts[i] for i in ids], max_len=64)
+  assert not np.allclose(embeddings, bytes_instead, atol=1e-3)  # the ids made the difference
+
+  # A tokenizer with more ids than the model has embeddings is refused, naming both.
+  _checkpoint(tmp_path / "small", vocab_size=256)
+  cfg.corpus.quality_model = str(tmp_path / "small")
+  _decontam_stage(tmp_path / "out2", docs)
+  with pytest.raises(ValueError, match=r"has 401 token ids but the model from "
+                                       r"CheckpointLoader\(.*small'\) embeds only 256"):
+    build.quality(cfg, tmp_path / "out2", [])
+
+
+def test_the_quality_tokenizer_is_the_models_own(tmp_path):
+  out = tmp_path / "out"
+  stages.run_stage(out, "tokenizer", lambda stage: (stage / "spm.model").write_bytes(b"x") and {})
+  corpus = configs.get("tiny").corpus
+  assert build.quality_tokenizer(corpus, out) == str(out / "tokenizer" / "spm.model")
+  (tmp_path / "phi").mkdir()
+  corpus.quality_model = str(tmp_path / "phi")  # converted, no tokenizer.json beside it
+  assert build.quality_tokenizer(corpus, out) == str(out / "tokenizer" / "spm.model")
+  (tmp_path / "phi" / "tokenizer.json").write_text("{}")
+  assert build.quality_tokenizer(corpus, out) == str(tmp_path / "phi" / "tokenizer.json")
+  (tmp_path / "hf").mkdir()
+  corpus.quality_tokenizer = str(tmp_path / "hf")
+  with pytest.raises(FileNotFoundError, match="without tokenizer.json"):
+    build.quality_tokenizer(corpus, out)
+  (tmp_path / "hf" / "tokenizer.json").write_text("{}")
+  assert build.quality_tokenizer(corpus, out) == str(tmp_path / "hf" / "tokenizer.json")
+  corpus.quality_model = ""
+  with pytest.raises(ValueError, match="quality_tokenizer=.* without corpus.quality_model"):
+    build.quality_tokenizer(corpus, out)
+
+
+# ------------------------------------------------------------------------------------------------
+# gs:// output, against a local GCS emulator (no network)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def gcs():
+  """(emulator URL, bucket, gcsfs filesystem on it): an in-memory GCS on a free local port.
+
+  google-cloud-storage (Beam's gs:// filesystem) and gcsfs (epath's fsspec backend) reach it
+  through STORAGE_EMULATOR_HOST; TensorFlow's GCS client cannot be pointed at it. gcsfs's plain
+  filesystem: its default one first asks GCS's control API for the bucket type, which the
+  emulator does not serve (a 60 s timeout per bucket).
+  """
+  import logging
+  import socket
+
+  from gcp_storage_emulator.server import create_server
+  from gcsfs.core import GCSFileSystem
+
+  logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  with create_server("localhost", port, in_memory=True, default_bucket="phi1"):
+    url = f"http://localhost:{port}"
+    yield url, "phi1", GCSFileSystem(endpoint_url=url, token="anon", use_listings_cache=False)
+
+
+CONFIG_FILE = '''
+from phi_jax import configs
+
+
+def get_config():
+  cfg = configs.get("tiny")
+  cfg.corpus.update(roots=[{src!r}], help_topics=False, num_shards=1, annotate_fraction=1.0,
+                    quality_threshold=0.0, quality_max_len=64, tokenizer_max_documents=200,
+                    quality_model={model!r}, cache=False, max_file_bytes=12_000)
+  cfg.model.vocab_size = 512
+  return cfg
+'''
+
+
+@pytest.mark.slow
+def test_the_build_writes_to_gs_through_a_local_emulator(tmp_path, gcs):
+  """`python -m data_pipeline.build --out=gs://...`: every stage on the object store, a dead
+  run's unmarked leftovers wiped, the output a data directory seqio reads."""
+  import os
+  import subprocess
+  import sys
+  import sysconfig
+  from pathlib import Path
+
+  import seqio
+
+  from data_pipeline import tasks
+
+  url, bucket, fs = gcs
+  src = tmp_path / "src"
+  _plant(src)
+  stdlib = Path(sysconfig.get_paths()["stdlib"])
+  for name in sorted(p.name for p in stdlib.glob("*.py"))[:16]:
+    (src / name).write_bytes((stdlib / name).read_bytes())
+  _checkpoint(tmp_path / "phi", vocab_size=512)
+  for path in sorted((tmp_path / "phi").rglob("*")):  # the quality model, remote as well
+    if path.is_file():
+      fs.pipe_file(f"{bucket}/phi/{path.relative_to(tmp_path / 'phi')}", path.read_bytes())
+  # A previous run died while writing 'extract': a shard but no marker.
+  stale = f"{bucket}/data/extract/docs-00003-of-00004.jsonl"
+  fs.pipe_file(stale, json.dumps({"id": "stale", "kind": "code", "source": "x", "text": "x"})
+               .encode() + b"\n")
+  config = tmp_path / "remote_config.py"
+  config.write_text(CONFIG_FILE.format(src=str(src), model=f"gs://{bucket}/phi"))
+
+  repo = Path(__file__).resolve().parents[1]
+  env = {**os.environ, "PYTHONPATH": str(repo), "STORAGE_EMULATOR_HOST": url,
+         "EPATH_USE_TF": "false",  # epath's gs:// through gcsfs, which the emulator serves
+         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}  # (see the gcs fixture)
+  (tmp_path / "cwd").mkdir()
+  run = subprocess.run([sys.executable, "-m", "data_pipeline.build", f"--config={config}",
+                        f"--out=gs://{bucket}/data"], cwd=tmp_path / "cwd", env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert list((tmp_path / "cwd").iterdir()) == []  # nothing went to a local 'gs:' directory
+
+  manifest = json.loads(fs.cat(f"{bucket}/data/manifest.json"))
+  assert sorted(manifest) == ["decontam", "dedup", "extract", "phi1_code_exercises",
+                              "phi1_code_textbook", "quality", "tokenizer"]
+  for stage, counters in manifest.items():
+    assert json.loads(fs.cat(f"{bucket}/data/{stage}/stage.json")) == counters
+  assert manifest["extract"]["files_seen"] == 22 and manifest["quality"]["fraction_kept"] == 1.0
+  assert not fs.exists(stale)
+  assert not fs.exists(f"{bucket}/data/quality/embedded")  # the stage's scratch is gone
+  assert fs.exists(f"{bucket}/data/quality/classifier.joblib")
+
+  # The remote directory is a complete data directory: seqio reads it (from a local copy, as
+  # TensorFlow's own GCS client cannot reach the emulator).
+  local = tmp_path / "copy"
+  fs.get(f"{bucket}/data/", str(local), recursive=True)
+  tasks.register(str(local))
+  for task in (tasks.CODE_TEXTBOOK, tasks.CODE_EXERCISES):
+    examples = list(seqio.get_mixture_or_task(task).get_dataset(
+        None, split="train", shuffle=False, num_epochs=1).as_numpy_iterator())
+    assert len(examples) == manifest[task]["train_documents"] > 0
