@@ -49,8 +49,9 @@ def _stage(workdir: Path, name: str, body: Callable[[], dict]) -> dict:
   return row
 
 
-def run_config(cfg: Any, workdir: Path, run: str) -> Any:
+def run_config(cfg: Any, workdir: str | Path, run: str) -> Any:
   """The trainer config of `run` ('pretrain' or 'finetune') on the corpus built in DIR/data."""
+  workdir = Path(workdir)
   run_cfg = cfg.copy_and_resolve_references()
   with run_cfg.unlocked():
     run_cfg.data.update(source="seqio", dir=str(workdir / "data"))
