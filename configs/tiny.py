@@ -16,4 +16,5 @@ def get_config():
   cfg.eval.update(every_steps=50, humaneval_problems=0)
   cfg.sampling.max_new_tokens = 256
   cfg.checkpoint.update(every_steps=100)
+  cfg.corpus.quality_model_steps = 50  # the classifier's embedding model; keeps the main job short
   return cfg

@@ -149,6 +149,12 @@ class Decoder:
     param_sharding, self._prefill, self._chunk = _compiled(self.config, self.mesh)
     self.params = jax.device_put(params, param_sharding)
 
+  @property
+  def max_prompt_len(self) -> int:
+    """The longest prompt that leaves room for `max_new_tokens` within the model's max_len."""
+    room = self.config.max_len - self.sampling.max_new_tokens
+    return room - room % self.sampling.prompt_bucket
+
   def generate(self, prompts: Sequence[Sequence[int]], *, rng: jax.Array | None = None,
                stop: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
     """New tokens for each prompt: at most `max_new_tokens`, ending before end-of-text, or
@@ -203,9 +209,15 @@ def generate_text(decoder: Decoder, vocab: Any, prompts: Sequence[str], *,
 
   vocab: anything with `encode(str) -> ids` and `decode(ids) -> str` (a seqio vocabulary). The
   continuation is decoded together with its prompt and the prompt's text removed, so that
-  tokenizers which decode a leading piece differently on its own cannot change it.
+  tokenizers which decode a leading piece differently on its own cannot change it. A prompt
+  longer than the context leaves room for loses its beginning (its end, where the code goes on,
+  is kept), as evaluation harnesses do.
   """
-  encoded = [list(vocab.encode(p)) for p in prompts]
+  keep = decoder.max_prompt_len
+  if keep <= 0:
+    raise ValueError(f"sampling.max_new_tokens={decoder.sampling.max_new_tokens} leaves no room "
+                     f"for a prompt within the model's max_len {decoder.config.max_len}")
+  encoded = [list(vocab.encode(p))[-keep:] for p in prompts]
 
   def continuation(prompt: list[int], new: list[int]) -> str:
     head, whole = vocab.decode(prompt), vocab.decode(prompt + new)

@@ -122,10 +122,34 @@ def test_generate_text_cuts_at_stop_strings(tiny):
   assert cut == decode.truncate(text, [stop]) and len(cut) <= 3 + text[3:].find(stop)
 
 
+def test_generate_text_keeps_the_end_of_a_prompt_longer_than_the_context(tiny):
+  import dataclasses
+  config, params = tiny
+  short = dataclasses.replace(config, max_len=64)  # rotary: the same params serve any max_len
+  decoder = decode.Decoder(short, params, _sampling())  # room for 64 - NEW -> 48 prompt tokens
+  assert decoder.max_prompt_len == 48
+
+  class Chars:
+    def encode(self, text):
+      return [ord(c) - 29 for c in text]
+
+    def decode(self, ids):
+      return "".join(chr(i + 29) for i in ids if 3 <= i < 126 - 29)
+
+  vocab = Chars()
+  tail = "def f(x):\n  return x + 1\n\ndef g(y, z):\n  return "
+  assert len(tail) == 48
+  long_prompt = "# " + "a long preamble " * 20 + tail
+  with pytest.raises(ValueError, match="max_len"):  # the raw ids do not fit
+    decoder.generate([vocab.encode(long_prompt)])
+  expected = vocab.decode(decoder.generate([vocab.encode(tail)])[0])
+  assert decode.generate_text(decoder, vocab, [long_prompt]) == [expected]
+
+
 def test_bad_requests_are_named(tiny):
   config, params = tiny
   with pytest.raises(ValueError, match="max_len"):
-    decode.Decoder(config, params, _sampling(max_new_tokens=1000)).generate([[1, 2]])
+    decode.Decoder(config, params, _sampling(max_new_tokens=config.max_len)).generate([[1, 2]])
   with pytest.raises(ValueError, match="top_p"):
     decode.SamplingConfig(top_p=0.0)
   with pytest.raises(KeyError, match="did you mean 'temperature'"):
