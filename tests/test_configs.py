@@ -40,7 +40,7 @@ def test_inconsistent_configs_are_rejected_with_every_reason():
     configs.check(cfg, num_devices=8)
   message = str(error.value)
   assert "model.n_heads=6 is not divisible by tensor parallelism mesh.tensor=4" in message
-  assert "train.seq_len=4096 exceeds model.max_len=512" in message
+  assert "train.seq_len=4096 exceeds model.max_len=1024" in message
   cfg = configs.get("tiny")
   cfg.mesh.update(data=3, fsdp=-1, tensor=1)
   with pytest.raises(configs.ConfigError, match="not divisible by the fixed axes' product 3"):
