@@ -33,6 +33,7 @@ import apache_beam as beam
 from etils import epath
 
 from data_pipeline import sources, stages
+from phi_jax import files
 
 TASK_KINDS = {"phi1_code_textbook": ("code", "textbook"), "phi1_code_exercises": ("exercise",)}
 
@@ -351,7 +352,7 @@ def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) ->
                                 beam_options)
   if cfg.corpus.cache:
     manifest["cache"] = cache(cfg, out, beam_options)
-  stages.write_atomic(out / "manifest.json",
+  files.write_atomic(out / "manifest.json",
                       json.dumps(manifest, indent=2, sort_keys=True).encode())
   return manifest
 

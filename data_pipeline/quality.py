@@ -54,6 +54,7 @@ from apache_beam.io.filesystems import FileSystems
 from etils import epath
 
 from data_pipeline import stages
+from phi_jax import files
 
 
 # ------------------------------------------------------------------------------------------------
@@ -594,7 +595,7 @@ def select(classifier: Any, embeddings: np.ndarray, threshold: float = 0.5
 
 def save_classifier(path: epath.PathLike, classifier: Any, report: Mapping | None = None) -> None:
   """Writes {classifier, report, versions} with joblib, locally or remotely (gs://...); the
-  file appears only once complete (`stages.write_atomic`)."""
+  file appears only once complete (`phi_jax.files.write_atomic`)."""
   import joblib
   import sklearn
 
@@ -604,7 +605,7 @@ def save_classifier(path: epath.PathLike, classifier: Any, report: Mapping | Non
   path.parent.mkdir(parents=True, exist_ok=True)
   buffer = io.BytesIO()
   joblib.dump(bundle, buffer)
-  stages.write_atomic(path, buffer.getvalue())
+  files.write_atomic(path, buffer.getvalue())
 
 
 def load_classifier(path: epath.PathLike) -> tuple[Any, dict]:
@@ -755,7 +756,7 @@ def restore_checkpoint(workdir: str, step: int | None = None) -> tuple[Any, Any]
   import jax
 
   from phi_jax import checkpoint
-  if not stages.is_remote(workdir):
+  if not files.is_remote(workdir):
     return checkpoint.restore_params(workdir, step)
   with tempfile.TemporaryDirectory(prefix="phi1_quality_model_") as local:
     stages.copy_tree(epath.Path(workdir) / "checkpoints", os.path.join(local, "checkpoints"))

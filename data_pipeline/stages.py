@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from typing import Any, Callable
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from etils import epath
+
+from phi_jax.files import write_atomic
 
 NAMESPACE = "phi1_data"
 MARKER = "stage.json"
@@ -35,11 +36,6 @@ class EmptyStageError(RuntimeError):
 
 class IncompleteStageError(RuntimeError):
   """A stage directory without its completion marker: a run died while writing it."""
-
-
-def is_remote(path: str | os.PathLike) -> bool:
-  """Whether `path` names an object store (gs://, s3://, ...) rather than a local file."""
-  return "://" in os.fspath(path)
 
 
 def done(out: epath.PathLike, name: str) -> dict | None:
@@ -85,30 +81,6 @@ def run_stage(out: epath.PathLike, name: str, body: Callable[[epath.Path], dict[
     raise
   write_atomic(stage / MARKER, json.dumps(counters, indent=2, sort_keys=True).encode())
   return counters
-
-
-def write_atomic(path: epath.PathLike, data: bytes) -> None:
-  """Writes `path` so that it appears only complete.
-
-  Local: a temp file beside it, fsync, rename. Object stores publish an object only when its
-  upload completes, so a plain write is already all-or-nothing there.
-  """
-  if is_remote(path):
-    epath.Path(path).write_bytes(data)
-    return
-  path = os.fspath(path)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                             prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def copy_file(src: epath.PathLike, dst: epath.PathLike) -> None:

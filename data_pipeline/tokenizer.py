@@ -45,7 +45,7 @@ longer than the limit is cut inside, before a space where it can be). A sample b
 the same sample, options and `num_threads` (checked: repeated runs give identical bytes), but the
 model can differ between thread counts (seen with 1M chars, not with 0.3M; presumably ties
 between equal pair counts break differently), hence the fixed default `num_threads=1`. The
-.model file appears only complete (`stages.write_atomic`), locally or on gs://.
+.model file appears only complete (`phi_jax.files.write_atomic`), locally or on gs://.
 Measured on 2 shared CPU cores, stdlib code, 1 thread: vocab 1024 on 0.4M chars ~0.5 s;
 vocab 8192 on 2M chars 6 s, on 4M chars 12 s.
 """
@@ -67,7 +67,7 @@ import sentencepiece as spm
 import tensorflow as tf
 from etils import epath
 
-from data_pipeline import stages
+from phi_jax import files
 from sentencepiece import sentencepiece_model_pb2
 
 EOT_PIECE = "<|endoftext|>"
@@ -237,8 +237,8 @@ def train_sentencepiece(texts: Iterable[str | dict], out_dir: epath.PathLike, *,
           "sample": stats, "train_seconds": round(seconds, 3),
           "sentencepiece_version": spm.__version__,
           "model_sha256": hashlib.sha256(model).hexdigest()}
-  stages.write_atomic(out / f"{name}.train.json", json.dumps(meta, indent=2).encode())
-  stages.write_atomic(path, model)  # last: the .model appearing means everything is written
+  files.write_atomic(out / f"{name}.train.json", json.dumps(meta, indent=2).encode())
+  files.write_atomic(path, model)  # last: the .model appearing means everything is written
   return path
 
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
+from phi_jax import files
 from phi_jax import model as model_lib
 
 # Dense bf16 peak FLOP/s per chip (vendor figures).
@@ -89,9 +90,7 @@ class Writer:
     if self.active:
       self.path.parent.mkdir(parents=True, exist_ok=True)
       kept = [r for r in records(workdir) if r["step"] <= start_step]
-      staging = self.path.parent / f".{self.path.name}.tmp"
-      staging.write_text("".join(json.dumps(r) + "\n" for r in kept))
-      staging.replace(self.path)
+      files.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
       if tensorboard:
         from tensorboardX import SummaryWriter
         # purge_step: TensorBoard hides the earlier attempt's events from start_step + 1 on.

@@ -26,6 +26,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from phi_jax import configs
+from phi_jax import files
 from phi_jax import report
 
 RUNS = ("pretrain", "finetune")
@@ -43,9 +44,7 @@ def _stage(workdir: Path, name: str, body: Callable[[], dict]) -> dict:
   row = {"stage": name, **body()}
   row["time_s"] = time.perf_counter() - start
   marker.parent.mkdir(parents=True, exist_ok=True)
-  tmp = marker.with_name(".stage_done.json.tmp")
-  tmp.write_text(json.dumps(row, indent=2, sort_keys=True))
-  tmp.replace(marker)
+  files.write_atomic(marker, json.dumps(row, indent=2, sort_keys=True))
   return row
 
 

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from phi_jax import files
+
 # (key in a stage row, column heading, format)
 COLUMNS = (
     ("stage", "stage", "{}"),
@@ -78,7 +80,5 @@ def write(out_dir: str | Path, rows: Sequence[dict], runs: dict[str, Sequence[di
   plots = {name: str(plot_losses(name, records, out_dir / f"{name}_loss.png"))
            for name, records in runs.items() if records}
   report = {"stages": list(rows), "plots": plots, **(extra or {})}
-  tmp = out_dir / ".report.json.tmp"
-  tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
-  tmp.replace(out_dir / "report.json")
+  files.write_atomic(out_dir / "report.json", json.dumps(report, indent=2, sort_keys=True))
   return report

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from phi_jax import checkpoint
 from phi_jax import distributed
+from phi_jax import files
 from phi_jax import input_pipeline
 from phi_jax import metrics as metrics_lib
 from phi_jax import model as model_lib
@@ -99,9 +100,7 @@ class _Sigterm:
 def _write_json(path: epath.Path, value: dict) -> None:
   """Writes `path` whole or not at all (process 0 only)."""
   if jax.process_index() == 0:
-    staging = path.parent / f".{path.name}.tmp"
-    staging.write_text(json.dumps(value, indent=2) + "\n")
-    staging.replace(path)
+    files.write_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 def _check_same_stream(saved: dict, now: dict, workdir: epath.Path) -> None:

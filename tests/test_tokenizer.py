@@ -12,7 +12,8 @@ import sentencepiece as spm
 import tensorflow as tf
 from sentencepiece import sentencepiece_model_pb2
 
-from data_pipeline import sources, stages
+from data_pipeline import sources
+from phi_jax import files
 from data_pipeline import tokenizer as tok
 
 VOCAB_SIZE = 1024
@@ -253,7 +254,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     raise OSError("disk full")
   monkeypatch.setattr(os, "fsync", broken_fsync)
   with pytest.raises(OSError):
-    stages.write_atomic(tmp_path / "x.model", b"data")
+    files.write_atomic(tmp_path / "x.model", b"data")
   assert os.listdir(tmp_path) == []
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import collections
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from phi_jax import files
 from phi_jax.evaluation import benchmarks
 from phi_jax.evaluation import pass_at_k
 from phi_jax.evaluation import sandbox
@@ -84,11 +84,8 @@ def summarize(scored: Sequence[Mapping[str, Any]], ks: Iterable[int] = pass_at_k
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
   """Writes `text` so that the file appears complete or not at all."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-    f.write(text)
-  os.replace(f.name, path)
+  Path(path).parent.mkdir(parents=True, exist_ok=True)
+  files.write_atomic(path, text)
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
