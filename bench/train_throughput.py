@@ -53,7 +53,8 @@ def build_cfg(args):
   cfg.model.update(MODEL)
   cfg.model.update(n_layers=args.layers, attention=args.attention)
   cfg.mesh.update(data=1, fsdp=1, tensor=1)
-  cfg.train.update(global_batch=args.batch, micro_batch=0, seq_len=args.seq_len)
+  cfg.train.update(global_batch=args.batch, micro_batch=0, seq_len=args.seq_len,
+                   loss_chunk=args.loss_chunk)
   return cfg
 
 
@@ -179,8 +180,8 @@ def worker_main(args):
 class Worker:
   def __init__(self, kind, args):
     argv = [sys.executable, str(Path(__file__).resolve()), f"--worker={kind}"]
-    for key in ("batch", "seq_len", "layers", "attention", "torch_attention", "torch_adamw",
-                "threads", "warmup"):
+    for key in ("batch", "seq_len", "layers", "attention", "loss_chunk", "torch_attention",
+                "torch_adamw", "threads", "warmup"):
       argv.append(f"--{key}={getattr(args, key)}")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
@@ -304,7 +305,8 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq_len", type=int, default=512)
   parser.add_argument("--layers", type=int, default=MODEL["n_layers"])
-  parser.add_argument("--attention", default="xla", help="phi_jax model.attention")
+  parser.add_argument("--attention", default="blockwise", help="phi_jax model.attention")
+  parser.add_argument("--loss_chunk", type=int, default=64, help="phi_jax train.loss_chunk")
   parser.add_argument("--torch_attention", default="sdpa", help="transformers attn_implementation")
   parser.add_argument("--torch_adamw", default="default", choices=["default", "foreach", "fused"],
                       help="torch.optim.AdamW implementation")

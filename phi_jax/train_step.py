@@ -50,19 +50,19 @@ def micro_batch_count(train: Any) -> int:
 
 def token_loss(model_config, params, batch, rng, deterministic, loss_chunk=0):
   """(sum of weighted token cross-entropies, sum of weights) for one (micro-)batch.
-  loss_chunk > 0 computes the lm_head and the loss that many positions at a time
+  loss_chunk > 0 computes the lm_head, the loss and its gradient that many positions at a time
   (`losses.lm_head_cross_entropy`); 0 materializes the whole batch's logits."""
   kwargs = dict(segment_ids=batch["segment_ids"], positions=batch["positions"],
                 deterministic=deterministic, rng=rng)
+  weights = batch["loss_weights"].astype(jnp.float32)
   if loss_chunk:
     hidden = model_lib.forward(model_config, params, batch["inputs"], return_hidden=True, **kwargs)
-    losses = losses_lib.lm_head_cross_entropy(hidden, params["lm_head"], batch["targets"],
-                                              loss_chunk)
+    loss_sum = losses_lib.lm_head_cross_entropy(hidden, params["lm_head"], batch["targets"],
+                                                weights, loss_chunk)
   else:
     logits = model_lib.forward(model_config, params, batch["inputs"], **kwargs)
-    losses = losses_lib.cross_entropy(logits, batch["targets"])
-  weights = batch["loss_weights"].astype(jnp.float32)
-  return jnp.sum(losses * weights), jnp.sum(weights)
+    loss_sum = jnp.sum(losses_lib.cross_entropy(logits, batch["targets"]) * weights)
+  return loss_sum, jnp.sum(weights)
 
 
 def _split_micro(batch: dict, count: int) -> dict:

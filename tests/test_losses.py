@@ -1,4 +1,5 @@
-"""The chunked lm_head loss equals the plain one, values and gradients, and scan_unroll is exact."""
+"""The chunked lm_head loss equals the plain one (values, and gradients with respect to params and
+loss weights; differentiated or not), and scan_unroll is exact."""
 
 import jax
 import jax.numpy as jnp
@@ -26,16 +27,23 @@ def _setup(**model_overrides):
 
 
 def _loss_and_grads(model_config, params, batch, chunk):
-  loss_fn = lambda p: train_step.token_loss(model_config, p, batch, None, True, chunk)[0]
-  return jax.jit(jax.value_and_grad(loss_fn))(params)
+  """(loss, d loss / d params, d loss / d loss_weights, loss computed without differentiating)."""
+  def loss_fn(params, weights):
+    return train_step.token_loss(model_config, params, {**batch, "loss_weights": weights}, None,
+                                 True, chunk)[0]
+  loss, (grads, weight_grads) = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))(
+      params, batch["loss_weights"])
+  return loss, grads, weight_grads, jax.jit(loss_fn)(params, batch["loss_weights"])
 
 
 @pytest.mark.parametrize("chunk", [4, 32])
 def test_chunked_loss_matches_plain_loss_and_gradients(chunk):
   model_config, params, batch = _setup()
-  plain_loss, plain_grads = _loss_and_grads(model_config, params, batch, 0)
-  loss, grads = _loss_and_grads(model_config, params, batch, chunk)
+  plain_loss, plain_grads, plain_weight_grads, _ = _loss_and_grads(model_config, params, batch, 0)
+  loss, grads, weight_grads, undifferentiated = _loss_and_grads(model_config, params, batch, chunk)
   np.testing.assert_allclose(loss, plain_loss, rtol=1e-6)
+  np.testing.assert_allclose(undifferentiated, plain_loss, rtol=1e-6)
+  np.testing.assert_allclose(weight_grads, plain_weight_grads, rtol=1e-5)  # the token losses
   for path, a, b in zip(jax.tree_util.tree_leaves_with_path(plain_grads),
                         jax.tree.leaves(plain_grads), jax.tree.leaves(grads)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path[0]))
