@@ -96,13 +96,16 @@ def _train_step(model_config, optimizer, schedule, micro_batches, seed, loss_chu
   grads = jax.tree.map(lambda g: g / total_weight, grad_sum)
 
   loss, grad_norm = loss_sum / total_weight, optax.global_norm(grads)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
   # A non-finite loss or gradient leaves params and optimizer state as they were; the host stops
-  # or goes on by train.on_nonfinite. Finite steps are unchanged bit for bit.
+  # or goes on by train.on_nonfinite. A cond, not a select: no extra pass over the whole state.
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                   (params, opt_state), (state.params, state.opt_state))
+
+  def apply_update(_):
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state
+
+  params, opt_state = jax.lax.cond(finite, apply_update,
+                                   lambda _: (state.params, state.opt_state), None)
   metrics = {
       "loss": loss,
       "grad_norm": grad_norm,
