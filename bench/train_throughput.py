@@ -6,7 +6,8 @@ Both frameworks train the same ~58M phi model (d_model 512, 8 layers, 8 heads x 
 vocab 32000, rotary_dim 32, fp32, no dropout) on batch 8 x seq 512:
 
 * phi_jax: the real train step, `phi_jax.train_step.make_trainer(cfg, mesh)` on a one-device
-  mesh (jitted, state donated; AdamW + global-norm clipping from `cfg.optim`).
+  mesh (jitted, state donated; AdamW + global-norm clipping from `cfg.optim`), with the CPU
+  settings `model.attention=blockwise` and `train.loss_chunk=64` (`--attention`, `--loss_chunk`).
 * torch: `transformers.PhiForCausalLM` built from the same architecture
   (`phi_jax.convert.config_to_hf`), `torch.optim.AdamW` with the same hyperparameters and
   weight-decay mask, forward -> cross-entropy -> `loss.backward()` -> `clip_grad_norm_` ->
