@@ -21,8 +21,9 @@ DATA = [
 # CPU build so that pip does not pull CUDA packages. libtpu, at the version jax pins, compiles for
 # TPU topologies on any machine (phi_jax.aot); no TPU needed.
 # nbclient + ipykernel: CI runs the Colab notebook. gcp-storage-emulator: a local GCS for the
-# gs:// build test (tests/test_build.py), no network.
-TEST = ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "jax[tpu]==0.10.2",
+# gs:// build test (tests/test_build.py), no network. pytest-xdist: the suite runs a file per
+# worker on 2 workers (pytest.ini), since most tests keep only one core busy.
+TEST = ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "jax[tpu]==0.10.2",
         "nbclient", "nbformat", "ipykernel", "gcp-storage-emulator"]
 # HumanEval / MBPP scoring (phi_jax.evaluate). Programs run under bubblewrap, a system package:
 # `apt-get install -y bubblewrap` (install.sh installs it).
