@@ -13,6 +13,16 @@ def is_remote(path: str | os.PathLike) -> bool:
   return "://" in os.fspath(path)
 
 
+def absolute(path: str | os.PathLike) -> str:
+  """`path` as an absolute path (`~` expanded, relative to the current directory); object-store
+  URLs unchanged. Entry points resolve every path a user gives once, with this, so that what is
+  recorded and what orbax (which refuses relative paths) sees do not depend on a later cwd."""
+  path = os.fspath(path)
+  if not path or is_remote(path):
+    return path
+  return os.path.abspath(os.path.expanduser(path))
+
+
 def write_atomic(path: epath.PathLike, data: bytes | str) -> None:
   """Writes `path` so that it appears only complete.
 
