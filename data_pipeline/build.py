@@ -33,6 +33,7 @@ import apache_beam as beam
 from etils import epath
 
 from data_pipeline import sources, stages
+from phi_jax import configs
 from phi_jax import files
 
 TASK_KINDS = {"phi1_code_textbook": ("code", "textbook"), "phi1_code_exercises": ("exercise",)}
@@ -339,7 +340,8 @@ def cache(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
 
 def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) -> dict:
   """All stages; returns (and writes as OUT/manifest.json, last) every stage's counts."""
-  out, beam_options = epath.Path(out), list(beam_options or [])
+  cfg, out = configs.resolve_paths(cfg), epath.Path(files.absolute(out))
+  beam_options = list(beam_options or [])
   manifest = {
       "extract": extract(cfg.corpus, out, beam_options),
       "dedup": dedup(cfg.corpus, out, beam_options),
@@ -367,11 +369,12 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "A configs/*.py file (its corpus section).")
-  flags.DEFINE_string("out", None, "Output directory, local or gs://: the trainer's data.dir.")
+  from absl import flags
+  from phi_jax import cli
+  cli.define_config(help_text="A configs/*.py file (its corpus section).")
+  flags.DEFINE_string("out", None, "Output directory (relative to the current directory, "
+                      "absolute, or gs://): the trainer's data.dir.")
   flags.DEFINE_list("beam_options", [], "Beam pipeline options, e.g. "
                                     "--beam_options=--runner=DataflowRunner,--project=...")
   flags.mark_flags_as_required(["config", "out"])
-  app.run(main)
+  cli.run(main)

@@ -24,9 +24,9 @@ import re
 import time
 from typing import Any
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
+from phi_jax import cli
 from phi_jax import metrics as metrics_lib
 from phi_jax import model as model_lib
 from phi_jax import sharding
@@ -415,9 +415,9 @@ def main(argv):
 
 if __name__ == "__main__":
   # Flags are defined here, not at import, so that other CLIs can import this module.
-  config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+  cli.define_config()
   flags.DEFINE_string("topology", None, "TPU topology, e.g. v4:2x2x1, v5e:2x4, v5p:2x2x1.")
   flags.DEFINE_string("chip_config", None, "libtpu chip config: 'megacore' (default for v4/v5p) "
                       "or 'default' (one device per TensorCore).")
   flags.mark_flags_as_required(["config", "topology"])
-  app.run(main)
+  cli.run(main)

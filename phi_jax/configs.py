@@ -14,6 +14,7 @@ from pathlib import Path
 import ml_collections
 from ml_collections import config_dict
 
+from phi_jax import files
 from phi_jax.decode import SamplingConfig
 from phi_jax.model import ModelConfig
 
@@ -79,10 +80,10 @@ def base() -> ml_collections.ConfigDict:
   # The corpus build (python -m data_pipeline.build): the embedded default draws on the Python
   # sources on this machine.
   cfg.corpus = ml_collections.ConfigDict(dict(
-      roots=["stdlib"],  # 'stdlib', 'site-packages', or directories
+      roots=("stdlib",),  # 'stdlib', 'site-packages', or directories
       # JSONL files (patterns, local or gs://) of documents: {"text", "kind"?, "source"?}, or
       # {"kind": "exercise", "prompt", "solution"}; e.g. The Stack or synthetic textbooks.
-      jsonl=[],
+      jsonl=(),
       max_files=0,  # 0 = all
       max_file_bytes=1 << 20,  # larger files are skipped (generated tables, vendored blobs)
       help_topics=True,  # the interpreter's help topics as textbook documents
@@ -149,6 +150,31 @@ def base() -> ml_collections.ConfigDict:
       humaneval_problems=16,
       humaneval_max_new_tokens=256,
   ))
+  return cfg
+
+
+# Fields naming files or directories (local or gs://). Entry points make them absolute once
+# (`resolve_paths`), so that a run records where its inputs really are and a later change of the
+# current directory changes nothing. corpus.roots also takes the names 'stdlib' and 'site-packages'.
+PATH_FIELDS = ("data.dir", "train.init_from", "eval.tokenizer", "eval.mbpp_path",
+               "corpus.roots", "corpus.jsonl", "corpus.mbpp_path", "corpus.quality_model",
+               "corpus.quality_tokenizer")
+_ROOT_NAMES = ("stdlib", "site-packages")
+
+
+def resolve_paths(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `cfg` with every path field (PATH_FIELDS) absolute, relative ones taken from the
+  current directory; empty fields stay empty (they mean a default)."""
+  cfg = cfg.copy_and_resolve_references()
+  for field in PATH_FIELDS:
+    section, key = field.split(".")
+    if section not in cfg or key not in cfg[section] or cfg[section][key] is None:
+      continue
+    value = cfg[section][key]
+    if isinstance(value, (tuple, list)):
+      cfg[section][key] = tuple(v if v in _ROOT_NAMES else files.absolute(v) for v in value)
+    else:
+      cfg[section][key] = files.absolute(value)
   return cfg
 
 

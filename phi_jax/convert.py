@@ -397,11 +397,15 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
 
   from phi_jax import checkpoint
+  from phi_jax import files
+  args.out = files.absolute(args.out)
   if args.command == "hf_to_orbax":
+    args.hf_dir = files.existing(args.hf_dir, "--hf_dir")
     config, params = load_hf(args.hf_dir)
     checkpoint.save_params(args.out, config, params, init_from={"huggingface": args.hf_dir})
     print(f"wrote {model_lib.num_params(config):,} params to {Path(args.out) / 'checkpoints' / '0'}")
   else:
+    args.workdir = files.existing(args.workdir, "--workdir")
     config, params = checkpoint.restore_params(args.workdir, args.step)
     save_hf(config, params, args.out, dtype=args.dtype)
     print(f"wrote Hugging Face PhiForCausalLM to {args.out}")

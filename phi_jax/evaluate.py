@@ -20,10 +20,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
+from phi_jax import cli
 from phi_jax import configs
+from phi_jax import files
 from phi_jax.evaluation import benchmarks
 from phi_jax.evaluation import sandbox
 from phi_jax.evaluation import scoring
@@ -37,6 +38,7 @@ def problems(cfg: Any, benchmark: str, *, split: str | None = None) -> list[benc
 
 def score_file(cfg: Any, benchmark: str, samples_path: str | Path) -> dict:
   """Scores a sample file; writes SAMPLES_results.jsonl; returns the summary."""
+  cfg, samples_path = configs.resolve_paths(cfg), files.existing(samples_path, "samples file")
   samples = scoring.read_samples(samples_path)
   # Samples may name any task of the benchmark, so MBPP is read whole.
   scored = scoring.score_with_config(samples, problems(cfg, benchmark, split="all"), cfg.eval)
@@ -49,6 +51,8 @@ def evaluate_checkpoint(cfg: Any, benchmark: str, checkpoint_dir: str, out: str 
   """Samples completions from a checkpoint and scores them; returns the summary."""
   from phi_jax import generate
   from phi_jax.evaluation import completions
+  cfg, out = configs.resolve_paths(cfg), files.absolute(out)
+  checkpoint_dir = files.existing(checkpoint_dir, "checkpoint")
   sandbox.check_available(cfg.eval.isolation)  # before minutes of sampling, not after
   vocab = generate.load_vocabulary(cfg, tokenizer)
   decoder = generate.load_decoder(checkpoint_dir, generate.sampling_config(cfg, vocab), step)
@@ -71,7 +75,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   args, cfg = flags.FLAGS, flags.FLAGS.config
   if bool(args.samples) == bool(args.checkpoint):
-    raise app.UsageError("give exactly one of --samples=FILE.jsonl and --checkpoint=DIR")
+    cli.fail("give exactly one of --samples=FILE.jsonl and --checkpoint=DIR", status=2)
   if args.samples:
     summary = score_file(cfg, args.benchmark, args.samples)
   else:
@@ -82,8 +86,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", str(configs.path("tiny")),
-                                  "Config file whose `eval` and `sampling` sections are used.")
+  cli.define_config(str(configs.path("tiny")),
+                    "Config file whose `eval` and `sampling` sections are used.")
   flags.DEFINE_enum("benchmark", None, ["humaneval", "mbpp"], "Benchmark to score.")
   flags.DEFINE_string("samples", None, "JSONL of {task_id, completion} to score.")
   flags.DEFINE_string("checkpoint", None, "Workdir holding checkpoints/<step>/ to sample from.")
@@ -91,4 +95,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("tokenizer", "", "Tokenizer for --checkpoint (see phi_jax.generate).")
   flags.DEFINE_string("out", "", "Output directory for --checkpoint runs.")
   flags.mark_flags_as_required(["benchmark"])
-  app.run(main)
+  cli.run(main)

@@ -23,6 +23,15 @@ def absolute(path: str | os.PathLike) -> str:
   return os.path.abspath(os.path.expanduser(path))
 
 
+def existing(path: str | os.PathLike, what: str) -> str:
+  """`path` made absolute (see `absolute`); FileNotFoundError naming `what` when nothing is
+  there."""
+  path = absolute(path)
+  if not epath.Path(path).exists():
+    raise FileNotFoundError(f"{what}: {path} does not exist")
+  return path
+
+
 def write_atomic(path: epath.PathLike, data: bytes | str) -> None:
   """Writes `path` so that it appears only complete.
 

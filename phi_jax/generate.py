@@ -15,19 +15,25 @@ import json
 import os
 from typing import Any
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
 from phi_jax import checkpoint
+from phi_jax import cli
 from phi_jax import configs
 from phi_jax import decode
+from phi_jax import files
 
 
 def vocabulary_spec(cfg: Any, tokenizer: str = "") -> str:
-  """The tokenizer to use: `tokenizer`, else `eval.tokenizer`, else the data directory's."""
+  """The tokenizer to use: `tokenizer`, else `eval.tokenizer`, else the data directory's;
+  FileNotFoundError naming where it was looked for when there is none."""
   from data_pipeline import tasks
-  return tokenizer or cfg.eval.tokenizer or tasks.vocabulary_path(
-      cfg.data.dir or os.environ.get("PHI1_DATA_DIR", tasks.DEFAULT_DATA_DIR))
+  for name, value in (("--tokenizer", tokenizer), ("eval.tokenizer", cfg.eval.tokenizer)):
+    if value:
+      return files.existing(value, name)
+  data_dir = cfg.data.dir or os.environ.get("PHI1_DATA_DIR", tasks.DEFAULT_DATA_DIR)
+  return files.existing(tasks.vocabulary_path(data_dir), "the data directory's tokenizer (pass "
+                        "--tokenizer, or set eval.tokenizer or data.dir)")
 
 
 def load_vocabulary(cfg: Any, tokenizer: str = "") -> Any:
@@ -45,14 +51,16 @@ def sampling_config(cfg: Any, vocab: Any) -> decode.SamplingConfig:
 def load_decoder(checkpoint_dir: str, sampling: decode.SamplingConfig, step: int | None = None
                  ) -> decode.Decoder:
   """A decoder over the params of `checkpoint_dir` (a workdir with checkpoints/<step>/)."""
-  model_config, params = checkpoint.restore_params(checkpoint_dir, step)
+  model_config, params = checkpoint.restore_params(files.existing(checkpoint_dir, "checkpoint"),
+                                                   step)
   return decode.Decoder(model_config, params, sampling)
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  cfg, args = flags.FLAGS.config, flags.FLAGS
+  cfg, args = configs.resolve_paths(flags.FLAGS.config), flags.FLAGS
+  files.existing(args.checkpoint, "--checkpoint")  # before the tokenizer is looked for
   vocab = load_vocabulary(cfg, args.tokenizer)
   decoder = load_decoder(args.checkpoint, sampling_config(cfg, vocab), args.step)
   stop = [s.encode().decode("unicode_escape") for s in args.stop or ()]  # '\n' as typed
@@ -62,8 +70,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", str(configs.path("tiny")),
-                                  "Config file whose `sampling` (and `eval.tokenizer`) are used.")
+  cli.define_config(str(configs.path("tiny")),
+                    "Config file whose `sampling` (and `eval.tokenizer`) are used.")
   flags.DEFINE_string("checkpoint", None, "Workdir holding checkpoints/<step>/ (train, convert).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_multi_string("prompt", None, "A prompt; repeat for a batch.")
@@ -72,4 +80,4 @@ if __name__ == "__main__":
   flags.DEFINE_multi_string("stop", None, "A stop string, backslash escapes allowed (e.g. "
                             "'\\ndef'); repeatable.")
   flags.mark_flags_as_required(["checkpoint", "prompt"])
-  app.run(main)
+  cli.run(main)

@@ -12,10 +12,12 @@ Sources (`cfg.data.source`):
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
 import jax
 import numpy as np
+from etils import epath
 from jax.sharding import NamedSharding
 
 
@@ -62,7 +64,12 @@ def seqio_dataset(data: Any, seq_len: int, rows_per_batch: int, seed: int, split
   import tensorflow as tf
   from data_pipeline import packing, tasks
   tf.config.set_visible_devices([], "GPU")  # TF must not take accelerator memory from JAX
-  tasks.register(data.dir, mask_prompt=data.mask_prompt,
+  data_dir = data.dir or os.environ.get("PHI1_DATA_DIR", tasks.DEFAULT_DATA_DIR)
+  if not epath.Path(data_dir).exists():
+    raise FileNotFoundError(
+        f"data.dir={data_dir} does not exist: build it with `python -m data_pipeline.build "
+        f"--config=CONFIG --out={data_dir}`, or set --config.data.dir to a built corpus")
+  tasks.register(data_dir, mask_prompt=data.mask_prompt,
                  pretrain_rates=dict(data.pretrain_rates) or None,
                  finetune_rates=dict(data.finetune_rates) or None)
   dataset = seqio.get_mixture_or_task(data.mixture).get_dataset(

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
+from phi_jax import cli
 from phi_jax import configs
 from phi_jax import files
 from phi_jax import report
@@ -50,8 +50,8 @@ def _stage(workdir: Path, name: str, body: Callable[[], dict]) -> dict:
 
 def run_config(cfg: Any, workdir: str | Path, run: str) -> Any:
   """The trainer config of `run` ('pretrain' or 'finetune') on the corpus built in DIR/data."""
-  workdir = Path(workdir)
-  run_cfg = cfg.copy_and_resolve_references()
+  workdir = Path(files.absolute(workdir))
+  run_cfg = configs.resolve_paths(cfg)
   with run_cfg.unlocked():
     run_cfg.data.update(source="seqio", dir=str(workdir / "data"))
     if run == "finetune":
@@ -103,7 +103,7 @@ def _same_config(cfg: Any, workdir: Path) -> None:
   now = json.loads(cfg.to_json_best_effort())
   if not path.exists():
     workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(now, indent=2, sort_keys=True))
+    files.write_atomic(path, json.dumps(now, indent=2, sort_keys=True))
     return
   before = json.loads(path.read_text())
   changed = sorted(
@@ -118,7 +118,7 @@ def _same_config(cfg: Any, workdir: Path) -> None:
 
 def run(cfg: Any, workdir: str | Path) -> dict:
   """The whole recipe; returns the report (also DIR/report/report.json)."""
-  workdir = Path(workdir)
+  cfg, workdir = configs.resolve_paths(cfg), Path(files.absolute(workdir))
   for name in RUNS:  # every training stage's config, before minutes of work
     configs.check(run_config(cfg, workdir, name), jax.device_count())
   _same_config(cfg, workdir)
@@ -144,7 +144,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Directory for the corpus, runs, evaluations and report.")
+  cli.define_config()
+  flags.DEFINE_string("workdir", None, "Directory for the corpus, runs, evaluations and report "
+                      "(relative to the current directory, or absolute).")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)

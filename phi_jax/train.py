@@ -22,12 +22,13 @@ import time
 from typing import Any
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from etils import epath
-from ml_collections import config_flags
 from tqdm import tqdm
 
 from phi_jax import checkpoint
+from phi_jax import cli
+from phi_jax import configs
 from phi_jax import distributed
 from phi_jax import files
 from phi_jax import input_pipeline
@@ -122,7 +123,10 @@ def _initial_state(cfg: Any, workdir: epath.Path, model_config: model_lib.ModelC
   run_json = workdir / "run.json"
   if resumed is not None:
     state, progress, set_aside = resumed
-    _check_same_stream(progress["stream"], input_pipeline.stream_signature(cfg), workdir)
+    saved_stream = dict(progress["stream"])
+    if saved_stream.get("dir"):  # recorded before paths were resolved at the entry points
+      saved_stream["dir"] = files.absolute(saved_stream["dir"])
+    _check_same_stream(saved_stream, input_pipeline.stream_signature(cfg), workdir)
     logging.warning("resuming %s from step %d", workdir, progress["step"])
     metadata = json.loads(run_json.read_text()) if run_json.exists() else {}
     metadata.setdefault("resumes", []).append({
@@ -155,8 +159,9 @@ def _nonfinite_steps(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
 def run(cfg: Any, workdir: str | epath.PathLike) -> dict:
   """Trains up to `cfg.train.steps` steps, resuming from `workdir`'s checkpoints; returns the
   last logged metrics. Raises Preempted after saving on SIGTERM / a preemption notice."""
+  cfg = configs.resolve_paths(cfg)
+  workdir = epath.Path(files.absolute(workdir))
   distributed.initialize(cfg.distributed)
-  workdir = epath.Path(workdir)
   model_config = model_lib.as_model_config(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
   trainer = train_step.make_trainer(cfg, mesh)
@@ -258,7 +263,8 @@ def main(argv):
 
 if __name__ == "__main__":
   # Flags are defined here, not at import, so that other CLIs can import this module.
-  config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Directory for metrics, logs and checkpoints.")
+  cli.define_config()
+  flags.DEFINE_string("workdir", None, "Directory for metrics, logs and checkpoints (local, "
+                      "relative to the current directory, or gs://).")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)
