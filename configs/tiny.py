@@ -13,7 +13,7 @@ def get_config():
   cfg.optim.update(warmup_steps=30, decay_steps=300)
   cfg.finetune.update(steps=100, global_batch=16, warmup_steps=10)
   # The held-out loss curve of the main job; pass@1 is measured once, on the final params.
-  cfg.eval.update(every_steps=50, humaneval_problems=0)
+  cfg.eval.every_steps = 50
   cfg.sampling.max_new_tokens = 256
   cfg.checkpoint.update(every_steps=100)
   cfg.corpus.quality_model_steps = 50  # the classifier's embedding model; keeps the main job short

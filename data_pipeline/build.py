@@ -30,11 +30,20 @@ import tempfile
 from typing import Any
 
 import apache_beam as beam
+import seqio
+import tensorflow as tf
 from etils import epath
+from seqio import beam_utils
 
+from data_pipeline import decontaminate as decontam_lib
+from data_pipeline import dedup as dedup_lib
 from data_pipeline import sources, stages
+from data_pipeline import tokenizer as tokenizer_lib
 from phi_jax import configs
 from phi_jax import files
+from phi_jax import tasks
+from phi_jax import train
+from phi_jax import vocabularies
 
 TASK_KINDS = {"phi1_code_textbook": ("code", "textbook"), "phi1_code_exercises": ("exercise",)}
 
@@ -106,7 +115,7 @@ def extract(corpus: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
     stages.require_documents(counters, "extracted_total", "extract",
                              f"no readable Python under corpus.roots={list(corpus.roots)}")
     return counters
-  return stages.run_stage(out, "extract", body)
+  return files.run_stage(out, "extract", body)
 
 
 def filter_stage(name: str, transform_fn, previous: str, out: epath.PathLike,
@@ -114,7 +123,7 @@ def filter_stage(name: str, transform_fn, previous: str, out: epath.PathLike,
   """A Beam stage docs -> docs, reading stage `previous` and writing stage `name`."""
   def body(stage: epath.Path) -> dict:
     def build(p):
-      docs = stages.read_docs(p, stages.completed(out, previous), previous)
+      docs = stages.read_docs(p, files.completed(out, previous), previous)
       docs = docs | "Count in" >> beam.Map(lambda d: (stages.counter(f"{name}_in").inc(), d)[1])
       kept = docs | name >> transform_fn()
       kept = kept | "Count out" >> beam.Map(lambda d: (stages.counter(f"{name}_kept").inc(), d)[1])
@@ -124,18 +133,18 @@ def filter_stage(name: str, transform_fn, previous: str, out: epath.PathLike,
     stages.require_documents(counters, f"{name}_kept", name,
                              f"all {counters.get(f'{name}_in', 0)} documents were removed")
     return counters
-  return stages.run_stage(out, name, body)
+  return files.run_stage(out, name, body)
 
 
 def dedup(corpus: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
-  from data_pipeline import dedup as dedup_lib
   config = dedup_lib.make_config(threshold=corpus.dedup_threshold, num_perm=corpus.dedup_num_perm)
   return filter_stage("dedup", lambda: dedup_lib.Deduplicate(config), "extract", out, beam_options)
 
 
-def decontaminate(corpus: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
-  from data_pipeline import decontaminate as decontam_lib
-  references = decontam_lib.load_references(corpus.mbpp_path or None)
+def decontaminate(corpus: Any, mbpp_path: str, out: epath.PathLike, beam_options: list[str]
+                  ) -> dict:
+  """Drops documents overlapping HumanEval or MBPP (`mbpp_path`: the config's eval.mbpp_path)."""
+  references = decontam_lib.load_references(mbpp_path or None)
   return filter_stage(
       "decontam", lambda: decontam_lib.Decontaminate(references, ngram=corpus.decontam_ngram,
                                                      tau=corpus.decontam_tau),
@@ -144,14 +153,13 @@ def decontaminate(corpus: Any, out: epath.PathLike, beam_options: list[str]) -> 
 
 def tokenizer(corpus: Any, vocab_size: int, out: epath.PathLike) -> dict:
   """SentencePiece on the deduplicated, decontaminated corpus: OUT/tokenizer/spm.model."""
-  from data_pipeline import tokenizer as tokenizer_lib
 
   def body(stage: epath.Path) -> dict:
-    tokenizer_lib.train_sentencepiece(stages.iter_docs(stages.completed(out, "decontam")), stage,
+    tokenizer_lib.train_sentencepiece(stages.iter_docs(files.completed(out, "decontam")), stage,
                                       name="spm", vocab_size=vocab_size,
                                       max_documents=corpus.tokenizer_max_documents)
     return json.loads((stage / "spm.train.json").read_text())["sample"]
-  return stages.run_stage(out, "tokenizer", body)
+  return files.run_stage(out, "tokenizer", body)
 
 
 def embedding_model(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> str:
@@ -164,13 +172,12 @@ def embedding_model(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> s
   """
   if cfg.corpus.quality_model:
     return cfg.corpus.quality_model
-  from phi_jax import train
 
   def body(stage: epath.Path) -> dict:
     unfiltered = stage / "data"
-    write_task(cfg.corpus, "phi1_code_textbook", stages.completed(out, "decontam"), unfiltered,
+    write_task(cfg.corpus, "phi1_code_textbook", files.completed(out, "decontam"), unfiltered,
                beam_options)
-    stages.copy_file(stages.completed(out, "tokenizer") / "spm.model",
+    files.copy_file(files.completed(out, "tokenizer") / "spm.model",
                      unfiltered / "tokenizer" / "spm.model")
     model_cfg = copy.deepcopy(cfg)
     model_cfg.data.update(source="seqio", dir=os.fspath(unfiltered), mixture="phi1_pretrain")
@@ -179,10 +186,10 @@ def embedding_model(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> s
     with tempfile.TemporaryDirectory(prefix="phi1_quality_model_") as local:
       workdir = os.path.join(local, "run")
       metrics = train.run(model_cfg, workdir)
-      stages.copy_tree(workdir, stage / "run")
+      files.copy_tree(workdir, stage / "run")
     unfiltered.rmtree()
     return {"steps": cfg.corpus.quality_model_steps, "final_loss": metrics["loss"]}
-  stages.run_stage(out, "quality_model", body)
+  files.run_stage(out, "quality_model", body)
   return os.fspath(epath.Path(out) / "quality_model" / "run")
 
 
@@ -193,32 +200,30 @@ def quality_tokenizer(corpus: Any, out: epath.PathLike) -> str:
   here; for `corpus.quality_model`, the tokenizer named by `corpus.quality_tokenizer`, else a
   `tokenizer.json` in the checkpoint workdir, else the corpus SentencePiece.
   """
-  from data_pipeline import tokenizer as tokenizer_lib
   if corpus.quality_tokenizer:
     if not corpus.quality_model:
       raise ValueError(
           f"corpus.quality_tokenizer={corpus.quality_tokenizer!r} without corpus.quality_model: "
           "the model trained by the build reads the corpus SentencePiece; set quality_model to "
           "the checkpoint this tokenizer belongs to, or clear quality_tokenizer")
-    return tokenizer_lib.tokenizer_file(corpus.quality_tokenizer)
+    return vocabularies.tokenizer_file(corpus.quality_tokenizer)
   if corpus.quality_model:
     beside = epath.Path(corpus.quality_model) / "tokenizer.json"
     if beside.exists():
       return os.fspath(beside)
-  return os.fspath(stages.completed(out, "tokenizer") / "spm.model")
+  return os.fspath(files.completed(out, "tokenizer") / "spm.model")
 
 
 def quality(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
   """Annotate a sample, embed code with a phi_jax model, fit a random forest on the annotated
   part, keep the code it scores >= threshold (textbook and exercise documents pass through)."""
   from data_pipeline import quality as quality_lib
-  from data_pipeline import tokenizer as tokenizer_lib
   corpus = cfg.corpus
   model_dir = embedding_model(cfg, out, beam_options)
-  encode = tokenizer_lib.TokenizerEncoder(quality_tokenizer(corpus, out), corpus.quality_max_len)
+  encode = vocabularies.TokenizerEncoder(quality_tokenizer(corpus, out), corpus.quality_max_len)
   annotator = (quality_lib.LLMJudgeAnnotator(corpus.llm_base_url, corpus.llm_model)
                if corpus.llm_base_url else quality_lib.HeuristicAnnotator())
-  docs_dir = stages.completed(out, "decontam")
+  docs_dir = files.completed(out, "decontam")
 
   def body(stage: epath.Path) -> dict:
     def embed(p):
@@ -254,7 +259,7 @@ def quality(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
     stages.require_documents(counters, "quality_score_kept", "quality",
                              "the classifier kept no code; lower corpus.quality_threshold")
     return counters
-  return stages.run_stage(out, "quality", body)
+  return files.run_stage(out, "quality", body)
 
 
 def _split(doc_id: str, validation_fraction: float) -> str:
@@ -263,7 +268,6 @@ def _split(doc_id: str, validation_fraction: float) -> str:
 
 
 def _example(doc: dict) -> bytes:
-  import tensorflow as tf
   keys = ("prompt", "solution") if doc["kind"] == "exercise" else ("text",)
   feature = {k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[doc[k].encode()]))
              for k in keys + ("id", "kind", "source")}
@@ -293,16 +297,13 @@ def write_task(corpus: Any, task: str, docs_dir: epath.PathLike, out: epath.Path
     stages.require_documents(counters, "train_documents", task,
                              f"every {'/'.join(kinds)} document was filtered out")
     return counters
-  return stages.run_stage(out, task, body)
+  return files.run_stage(out, task, body)
 
 
 def cache(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
   """Tokenized tasks in seqio's own cache layout (OUT/cache/<task>/{<split>.tfrecord-*,
   info.<split>.json, stats.<split>.json, COMPLETED}), written with seqio.beam_utils, so seqio's
   readers (`get_dataset(use_cached=True)`) and cache tooling work on it."""
-  import seqio
-  from seqio import beam_utils
-  from data_pipeline import tasks
 
   def body(stage: epath.Path) -> dict:
     setup = functools.partial(tasks.register, os.fspath(out))
@@ -335,7 +336,7 @@ def cache(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
                  shard_name_template=""))
 
     return stages.run_pipeline(build, beam_options)
-  return stages.run_stage(out, "cache", body)
+  return files.run_stage(out, "cache", body)
 
 
 def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) -> dict:
@@ -345,12 +346,12 @@ def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) ->
   manifest = {
       "extract": extract(cfg.corpus, out, beam_options),
       "dedup": dedup(cfg.corpus, out, beam_options),
-      "decontam": decontaminate(cfg.corpus, out, beam_options),
+      "decontam": decontaminate(cfg.corpus, cfg.eval.mbpp_path, out, beam_options),
       "tokenizer": tokenizer(cfg.corpus, int(cfg.model.vocab_size), out),
       "quality": quality(cfg, out, beam_options),
   }
   for task in TASK_KINDS:
-    manifest[task] = write_task(cfg.corpus, task, stages.completed(out, "quality"), out,
+    manifest[task] = write_task(cfg.corpus, task, files.completed(out, "quality"), out,
                                 beam_options)
   if cfg.corpus.cache:
     manifest["cache"] = cache(cfg, out, beam_options)

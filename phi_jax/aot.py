@@ -27,6 +27,7 @@ from typing import Any
 from absl import flags
 
 from phi_jax import cli
+from phi_jax import configs
 from phi_jax import metrics as metrics_lib
 from phi_jax import model as model_lib
 from phi_jax import sharding
@@ -301,6 +302,7 @@ def compile_report(cfg: Any, topology: str, chip_config: str | None = None,
   `hlo_path` saves the compiled HLO text.
   """
   devices = topology_devices(topology, chip_config)
+  configs.check(cfg, len(devices))
   chip = chip_name(topology)
   mesh = sharding.make_mesh(cfg.mesh, devices=devices)
   trainer = train_step.make_trainer(cfg, mesh)

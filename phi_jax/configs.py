@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import math
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -91,9 +92,9 @@ def base() -> ml_collections.ConfigDict:
       num_shards=4,
       dedup_threshold=0.85,  # MinHash Jaccard at or above which documents are near-duplicates
       dedup_num_perm=128,
-      decontam_ngram=13,  # the paper's 13-gram overlap rule against HumanEval and MBPP
+      # The paper's 13-gram overlap rule against HumanEval and MBPP (MBPP read from eval.mbpp_path)
+      decontam_ngram=13,
       decontam_tau=0.95,  # AST match rate pruning exercises; the paper tried 0.95 .. 0.8
-      mbpp_path="",  # mbpp.jsonl (or its directory); "" = ../shared/data/mbpp beside the repo
       tokenizer_max_documents=20_000,  # SentencePiece trains on a sample of this many documents
       # Quality classifier: annotate a sample (heuristic rubric, or an LLM judge when
       # llm_base_url is set), embed code with a phi_jax model, random forest, threshold.
@@ -143,12 +144,12 @@ def base() -> ml_collections.ConfigDict:
       mbpp_prompt_format="docstring",  # docstring | three_shot (evaluation.benchmarks)
       max_problems=0,  # evaluate only the first N problems of a benchmark (0 = all of them)
       # During training (phi_jax.train): every `every_steps` steps (0 = never), the loss on
-      # `loss_batches` held-out batches (data.split's validation counterpart) and greedy pass@1
-      # on the first `humaneval_problems` HumanEval problems (0 = skip; needs a tokenizer).
+      # `loss_batches` held-out batches (data.split's validation counterpart), and with
+      # `humaneval_in_training` greedy HumanEval pass@1 (max_problems of them; needs a tokenizer;
+      # completions of up to sampling.max_new_tokens).
       every_steps=0,
       loss_batches=4,
-      humaneval_problems=16,
-      humaneval_max_new_tokens=256,
+      humaneval_in_training=False,
   ))
   return cfg
 
@@ -157,7 +158,7 @@ def base() -> ml_collections.ConfigDict:
 # (`resolve_paths`), so that a run records where its inputs really are and a later change of the
 # current directory changes nothing. corpus.roots also takes the names 'stdlib' and 'site-packages'.
 PATH_FIELDS = ("data.dir", "train.init_from", "eval.tokenizer", "eval.mbpp_path",
-               "corpus.roots", "corpus.jsonl", "corpus.mbpp_path", "corpus.quality_model",
+               "corpus.roots", "corpus.jsonl", "corpus.quality_model",
                "corpus.quality_tokenizer")
 _ROOT_NAMES = ("stdlib", "site-packages")
 
@@ -176,6 +177,18 @@ def resolve_paths(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     else:
       cfg[section][key] = files.absolute(value)
   return cfg
+
+
+def differences(before: Any, now: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+  """(dotted field, value before, value now) of every leaf that differs between two nested
+  dicts (configs as JSON, or any part of one); a field only one side has counts, as None on the
+  other."""
+  if not (isinstance(before, dict) and isinstance(now, dict)):
+    return [] if before == now else [(prefix, before, now)]
+  found = []
+  for key in sorted(before.keys() | now.keys()):
+    found += differences(before.get(key), now.get(key), f"{prefix}.{key}" if prefix else key)
+  return found
 
 
 def finetune_recipe(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from phi_jax import checkpoint
+from phi_jax import files
 from phi_jax import model as model_lib
 from phi_jax import sharding
 
@@ -228,3 +230,18 @@ def generate_text(decoder: Decoder, vocab: Any, prompts: Sequence[str], *,
       stop=(lambda row, new: any(s in continuation(encoded[row], new) for s in stop))
       if stop else None)
   return [truncate(continuation(p, new), stop) for p, new in zip(encoded, outputs)]
+
+
+def sampling_config(cfg: Any, eos_id: int) -> SamplingConfig:
+  """A run config's `sampling` section, ending rows at `eos_id` (the vocabulary's end-of-text,
+  `vocabularies.eot_id`)."""
+  sampling = SamplingConfig.from_dict(dict(cfg.sampling.items()))
+  return dataclasses.replace(sampling, eos_id=eos_id)
+
+
+def load_decoder(checkpoint_dir: str, sampling: SamplingConfig, step: int | None = None
+                 ) -> Decoder:
+  """A decoder over the params of `checkpoint_dir` (a workdir with checkpoints/<step>/)."""
+  model_config, params = checkpoint.restore_params(files.existing(checkpoint_dir, "checkpoint"),
+                                                   step)
+  return Decoder(model_config, params, sampling)

@@ -24,8 +24,11 @@ from absl import flags, logging
 
 from phi_jax import cli
 from phi_jax import configs
+from phi_jax import decode
 from phi_jax import files
+from phi_jax import vocabularies
 from phi_jax.evaluation import benchmarks
+from phi_jax.evaluation import completions
 from phi_jax.evaluation import sandbox
 from phi_jax.evaluation import scoring
 
@@ -49,13 +52,12 @@ def score_file(cfg: Any, benchmark: str, samples_path: str | Path) -> dict:
 def evaluate_checkpoint(cfg: Any, benchmark: str, checkpoint_dir: str, out: str | Path, *,
                         tokenizer: str = "", step: int | None = None) -> dict:
   """Samples completions from a checkpoint and scores them; returns the summary."""
-  from phi_jax import generate
-  from phi_jax.evaluation import completions
   cfg, out = configs.resolve_paths(cfg), files.absolute(out)
   checkpoint_dir = files.existing(checkpoint_dir, "checkpoint")
   sandbox.check_available(cfg.eval.isolation)  # before minutes of sampling, not after
-  vocab = generate.load_vocabulary(cfg, tokenizer)
-  decoder = generate.load_decoder(checkpoint_dir, generate.sampling_config(cfg, vocab), step)
+  vocab = vocabularies.for_config(cfg, tokenizer)
+  decoder = decode.load_decoder(checkpoint_dir,
+                                decode.sampling_config(cfg, vocabularies.eot_id(vocab)), step)
   chosen = problems(cfg, benchmark)
   if int(cfg.eval.max_problems):  # the first N only, for quick looks
     chosen = chosen[:int(cfg.eval.max_problems)]
@@ -66,7 +68,7 @@ def evaluate_checkpoint(cfg: Any, benchmark: str, checkpoint_dir: str, out: str 
   scoring.write_jsonl(out / "samples.jsonl", samples)
   summary = score_file(cfg, benchmark, out / "samples.jsonl")
   summary = {"benchmark": benchmark, "checkpoint": str(checkpoint_dir), **summary}
-  scoring.write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+  files.write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
   return summary
 
 

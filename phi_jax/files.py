@@ -1,9 +1,21 @@
-"""Files that appear whole or not at all, on local disk or an object store (gs://, ...)."""
+"""Files and stage directories that appear whole or not at all, on local disk or an object store
+(gs://, ...).
+
+Object stores have no atomic directory rename, so a stage directory's completion is a marker: a
+stage writes straight into `OUT/<name>/` and writes `stage.json` (its summary) last. A stage
+directory with the marker is complete and never recomputed; one without it (a run killed
+mid-write) is wiped and recomputed on the next run, or handed back to a body that resumes its own
+work, and `completed` refuses to hand it to a reader. The corpus build's stages and the main
+job's stages both run through `run_stage`.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
+from typing import Any, Callable
 
 from etils import epath
 
@@ -35,14 +47,16 @@ def existing(path: str | os.PathLike, what: str) -> str:
 def write_atomic(path: epath.PathLike, data: bytes | str) -> None:
   """Writes `path` so that it appears only complete.
 
-  Local: a temp file beside it, fsync, rename. Object stores publish an object only when its
-  upload completes, so a plain write is already all-or-nothing there.
+  Local: a temp file beside it (its directory made if missing), fsync, rename. Object stores
+  publish an object only when its upload completes, so a plain write is already all-or-nothing
+  there.
   """
   data = data.encode() if isinstance(data, str) else data
   if is_remote(path):
     epath.Path(path).write_bytes(data)
     return
   path = os.fspath(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
                              prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
@@ -55,3 +69,83 @@ def write_atomic(path: epath.PathLike, data: bytes | str) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+MARKER = "stage.json"
+_MAIN_JOB_MARKER = "stage_done.json"  # the main job's marker in workdirs made before 2026-12
+
+
+class IncompleteStageError(RuntimeError):
+  """A stage directory without its completion marker: a run died while writing it."""
+
+
+def done(out: epath.PathLike, name: str) -> dict | None:
+  """The summary of a completed stage, or None."""
+  for marker in (MARKER, _MAIN_JOB_MARKER):
+    path = epath.Path(out) / name / marker
+    if path.exists():
+      return json.loads(path.read_text())
+  return None
+
+
+def require_complete(stage: epath.PathLike) -> epath.Path:
+  """`stage` if its completion marker is there; IncompleteStageError otherwise."""
+  stage = epath.Path(stage)
+  if not (stage / MARKER).exists():
+    raise IncompleteStageError(
+        f"{stage} has no {MARKER}: it was not finished (a build died while writing it, or is "
+        "still running); rerun the command that makes it (e.g. `python -m data_pipeline.build` "
+        "with the same --out)")
+  return stage
+
+
+def completed(out: epath.PathLike, name: str) -> epath.Path:
+  """The directory of stage `name` under `out`, for reading: only once it is complete."""
+  return require_complete(epath.Path(out) / name)
+
+
+def run_stage(out: epath.PathLike, name: str, body: Callable[[epath.Path], dict[str, Any]], *,
+              resumes: bool = False) -> dict:
+  """Runs `body(stage_dir) -> summary` unless the stage is complete; the marker goes last.
+
+  Leftovers of an unfinished run are wiped first, so no stale shard joins the new output, and a
+  body that raises takes its partial output with it (a killed one leaves it to the next run).
+  With `resumes`, the body continues its own unfinished work instead (a trainer from its
+  checkpoints, a build from its own stages), so nothing is wiped.
+  """
+  previous = done(out, name)
+  if previous is not None:
+    return previous
+  stage = epath.Path(out) / name
+  if stage.exists() and not resumes:
+    stage.rmtree()
+  stage.mkdir(parents=True, exist_ok=resumes)
+  try:
+    summary = body(stage)
+  except BaseException:
+    if stage.exists() and not resumes:
+      stage.rmtree()
+    raise
+  write_atomic(stage / MARKER, json.dumps(summary, indent=2, sort_keys=True).encode())
+  return summary
+
+
+def copy_file(src: epath.PathLike, dst: epath.PathLike) -> None:
+  """Copies one file between any two filesystems epath reaches (local <-> gs://, ...)."""
+  dst = epath.Path(dst)
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  with epath.Path(src).open("rb") as reader, dst.open("wb") as writer:
+    shutil.copyfileobj(reader, writer, 16 << 20)
+
+
+def copy_tree(src: epath.PathLike, dst: epath.PathLike) -> None:
+  """Copies every file under `src` to the same relative path under `dst`, across filesystems:
+  how local-only tools (trainers, orbax) hand their outputs to a remote stage and back."""
+  src, dst = epath.Path(src), epath.Path(dst)
+  if not src.is_dir():
+    raise FileNotFoundError(f"no directory at {src}")
+  for child in src.iterdir():  # (not epath's walk: its gcsfs backend drops the gs:// scheme)
+    if child.is_dir():
+      copy_tree(child, dst / child.name)
+    else:
+      copy_file(child, dst / child.name)

@@ -62,7 +62,7 @@ def seqio_dataset(data: Any, seq_len: int, rows_per_batch: int, seed: int, split
   """Packed batches [rows_per_batch, seq_len] of a registered phi-1 mixture, as a tf.data set."""
   import seqio  # heavy (TensorFlow); only runs that read real data pay for it
   import tensorflow as tf
-  from data_pipeline import packing, tasks
+  from phi_jax import packing, tasks
   tf.config.set_visible_devices([], "GPU")  # TF must not take accelerator memory from JAX
   data_dir = data.dir or os.environ.get("PHI1_DATA_DIR", tasks.DEFAULT_DATA_DIR)
   if not epath.Path(data_dir).exists():

@@ -8,7 +8,7 @@ finetune              DIR/finetune  phi-1 analogue: params from DIR/pretrain, ph
 evaluate              DIR/evaluate  HumanEval and MBPP pass@1 of the finetuned model, in the sandbox
 report                DIR/report    report.json, <run>_loss.png, and the table printed
 
-Every stage leaves DIR/<stage>/stage_done.json last; a rerun skips finished stages, and the
+Every stage leaves DIR/<stage>/stage.json last (`files.run_stage`); a rerun skips finished stages, and the
 training stages resume from their own checkpoints when a run was interrupted.
 
 From Python: `phi_jax.pipeline.run(phi_jax.configs.get("tiny"), "runs/tiny")`.
@@ -24,28 +24,33 @@ from typing import Any, Callable
 import jax
 from absl import flags, logging
 
+from data_pipeline import build
 from phi_jax import cli
 from phi_jax import configs
+from phi_jax import evaluate
 from phi_jax import files
 from phi_jax import report
+from phi_jax import train
 
 RUNS = ("pretrain", "finetune")
 BENCHMARKS = ("humaneval", "mbpp")
 
 
 def _stage(workdir: Path, name: str, body: Callable[[], dict]) -> dict:
-  """Runs `body() -> summary row` once: the row is written last and read back on reruns."""
-  marker = workdir / name / "stage_done.json"
-  if marker.exists():
-    print(f"[{name}] done before, reusing {marker.parent}")
-    return json.loads(marker.read_text())
-  print(f"[{name}] ...", flush=True)
-  start = time.perf_counter()
-  row = {"stage": name, **body()}
-  row["time_s"] = time.perf_counter() - start
-  marker.parent.mkdir(parents=True, exist_ok=True)
-  files.write_atomic(marker, json.dumps(row, indent=2, sort_keys=True))
-  return row
+  """Runs `body() -> summary row` once (`files.run_stage`: the row is the marker, written last,
+  and read back on reruns). Each body resumes its own unfinished work, so nothing is wiped."""
+  if files.done(workdir, name) is not None:
+    print(f"[{name}] done before, reusing {workdir / name}")
+  else:
+    print(f"[{name}] ...", flush=True)
+
+  def timed(stage_dir) -> dict:
+    del stage_dir  # each body knows its directory
+    start = time.perf_counter()
+    row = {"stage": name, **body()}
+    return {**row, "time_s": time.perf_counter() - start}
+
+  return files.run_stage(workdir, name, timed, resumes=True)
 
 
 def run_config(cfg: Any, workdir: str | Path, run: str) -> Any:
@@ -63,7 +68,6 @@ def run_config(cfg: Any, workdir: str | Path, run: str) -> Any:
 
 
 def _build_data(cfg: Any, workdir: Path) -> dict:
-  from data_pipeline import build
   data_dir = workdir / "data"
   manifest = build.run(cfg, data_dir)
   row = {task: manifest[task]["train_documents"] for task in build.TASK_KINDS}
@@ -74,7 +78,6 @@ def _build_data(cfg: Any, workdir: Path) -> dict:
 
 
 def _train(cfg: Any, workdir: Path, run: str) -> dict:
-  from phi_jax import train
   run_cfg = run_config(cfg, workdir, run)
   last = train.run(run_cfg, workdir / run)
   records = report.read_metrics(workdir / run / "metrics.jsonl")
@@ -86,7 +89,6 @@ def _train(cfg: Any, workdir: Path, run: str) -> dict:
 
 
 def _evaluate(cfg: Any, workdir: Path, run: str) -> dict:
-  from phi_jax import evaluate
   row = {}
   for benchmark in BENCHMARKS:
     summary = evaluate.evaluate_checkpoint(
@@ -105,15 +107,11 @@ def _same_config(cfg: Any, workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     files.write_atomic(path, json.dumps(now, indent=2, sort_keys=True))
     return
-  before = json.loads(path.read_text())
-  changed = sorted(
-      f"{section}.{key}" for section in before.keys() | now.keys()
-      for key in (before.get(section) or {}).keys() | (now.get(section) or {}).keys()
-      if (before.get(section) or {}).get(key) != (now.get(section) or {}).get(key))
+  changed = configs.differences(json.loads(path.read_text()), now)
   if changed:
-    raise ValueError(f"{workdir} holds a run of another config (changed: {', '.join(changed)}); "
-                     "its finished stages would not match. Use a new --workdir, or delete "
-                     "the stages to redo")
+    raise ValueError(f"{workdir} holds a run of another config (changed: "
+                     f"{', '.join(field for field, _, _ in changed)}); its finished stages would "
+                     "not match. Use a new --workdir, or delete the stages to redo")
 
 
 def run(cfg: Any, workdir: str | Path) -> dict:

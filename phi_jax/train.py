@@ -35,8 +35,8 @@ from phi_jax import input_pipeline
 from phi_jax import metrics as metrics_lib
 from phi_jax import model as model_lib
 from phi_jax import sharding
+from phi_jax import train_eval
 from phi_jax import train_step
-from phi_jax.evaluation import in_training
 
 class Preempted(Exception):
   """The run saved its state on a preemption notice and stopped; rerun it to continue."""
@@ -105,12 +105,11 @@ def _write_json(path: epath.Path, value: dict) -> None:
 
 
 def _check_same_stream(saved: dict, now: dict, workdir: epath.Path) -> None:
-  changed = {k: (saved.get(k), now.get(k)) for k in saved.keys() | now.keys()
-             if saved.get(k) != now.get(k)}
+  changed = configs.differences(saved, now)
   if changed:
     raise ValueError(
         f"{workdir} was trained on another data stream ("
-        + ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in sorted(changed.items()))
+        + ", ".join(f"{field}: {a!r} then, {b!r} now" for field, a, b in changed)
         + "): resuming would not continue at the next example. Rerun with the original "
         f"settings, or start a new workdir with --config.train.init_from={workdir} (params only)")
 
@@ -162,6 +161,7 @@ def run(cfg: Any, workdir: str | epath.PathLike) -> dict:
   cfg = configs.resolve_paths(cfg)
   workdir = epath.Path(files.absolute(workdir))
   distributed.initialize(cfg.distributed)
+  configs.check(cfg, jax.device_count())  # before anything is compiled or written
   model_config = model_lib.as_model_config(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
   trainer = train_step.make_trainer(cfg, mesh)
@@ -183,7 +183,7 @@ def _train(cfg, workdir, model_config, trainer, checkpoints, sigterm) -> dict:
   batches = input_pipeline.batches(cfg, trainer.batch_sharding, next_batch)
   config = checkpoint.config_item(model_config, cfg, init_from)
   stream = input_pipeline.stream_signature(cfg)
-  evaluator = in_training.make_evaluator(cfg, trainer)  # None unless eval.every_steps > 0
+  evaluator = train_eval.make_evaluator(cfg, trainer)  # None unless eval.every_steps > 0
 
   tokens_per_step = int(cfg.train.global_batch) * int(cfg.train.seq_len)
   flops_per_step = metrics_lib.flops_per_token(model_config, int(cfg.train.seq_len)) * tokens_per_step

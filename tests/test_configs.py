@@ -79,10 +79,11 @@ def test_cli_override_typo_is_rejected_before_any_work(tmp_path):
   assert not list(tmp_path.iterdir())  # nothing was written
 
 
-def test_trainer_checks_the_config_before_compiling():
+def test_trainer_checks_the_config_before_compiling(tmp_path):
+  from phi_jax import train
   cfg = configs.get("tiny")
   cfg.train.global_batch = 12
   cfg.mesh.update(data=8, fsdp=1, tensor=1)
-  from phi_jax import sharding
   with pytest.raises(configs.ConfigError, match="mesh.data\\*mesh.fsdp=8"):
-    train_step.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
+    train.run(cfg, tmp_path / "run")
+  assert not (tmp_path / "run").exists()

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from data_pipeline import packing
+from phi_jax import packing
 
 EOT = 1
 

@@ -15,6 +15,7 @@ from sentencepiece import sentencepiece_model_pb2
 from data_pipeline import sources
 from phi_jax import files
 from data_pipeline import tokenizer as tok
+from phi_jax import vocabularies
 
 VOCAB_SIZE = 1024
 TRAIN_CHARS = 400_000
@@ -77,7 +78,7 @@ def model_path(corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vocab(model_path):
-  return tok.vocabulary(model_path)
+  return vocabularies.vocabulary(model_path)
 
 
 def _assert_round_trips(vocab, texts):
@@ -108,7 +109,7 @@ def test_special_ids(vocab):
   assert isinstance(vocab, seqio.SentencePieceVocabulary)
   assert (vocab.pad_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2)
   assert vocab.bos_id == -1  # none
-  assert tok.eot_id(vocab) == tok.EOT_ID == 1
+  assert vocabularies.eot_id(vocab) == vocabularies.EOT_ID == 1
   sp = vocab.tokenizer
   assert sp.id_to_piece(1) == "<|endoftext|>" and sp.is_control(1)
   assert vocab.vocab_size == VOCAB_SIZE
@@ -162,13 +163,13 @@ def test_literal_u2581_is_the_documented_limitation(vocab):
 def test_end_of_text(vocab):
   text = "s = '<|endoftext|>'  # <|endoftext|>\n"
   ids = vocab.encode(text)
-  assert tok.EOT_ID not in ids  # literal text never becomes the separator
+  assert vocabularies.EOT_ID not in ids  # literal text never becomes the separator
   assert vocab.decode(ids) == text
-  assert vocab.decode([tok.EOT_ID]) == ""
+  assert vocab.decode([vocabularies.EOT_ID]) == ""
   # The pipeline separates documents by the id; decoding stops at the first one.
   a, b = "def a():\n    pass\n", "def b():\n    pass\n"
-  stream = vocab.encode(a) + [tok.eot_id(vocab)] + vocab.encode(b) + [tok.eot_id(vocab)]
-  assert stream.count(tok.EOT_ID) == 2
+  stream = vocab.encode(a) + [vocabularies.eot_id(vocab)] + vocab.encode(b) + [vocabularies.eot_id(vocab)]
+  assert stream.count(vocabularies.EOT_ID) == 2
   assert vocab.decode(stream) == a
   assert vocab.tokenizer.decode(stream) == a + b  # the raw processor drops the control piece
 
@@ -284,24 +285,24 @@ def hf_json(corpus, tmp_path_factory):
 
 
 def test_hf_eos_lookup(hf_json):
-  v = tok.HfTokenizerVocabulary(hf_json)
+  v = vocabularies.HfTokenizerVocabulary(hf_json)
   eos = v.tokenizer.token_to_id("<|endoftext|>")
   assert eos == v.vocab_size - 1 and eos > 600
-  assert v.eos_id == tok.eot_id(v) == eos
+  assert v.eos_id == vocabularies.eot_id(v) == eos
   assert v.bos_id is None and v.unk_id is None and v.pad_id == 0
-  assert tok.HfTokenizerVocabulary(hf_json, eos_id=7).eos_id == 7
-  assert tok.HfTokenizerVocabulary(hf_json, eos_token=None).eos_id is None
+  assert vocabularies.HfTokenizerVocabulary(hf_json, eos_id=7).eos_id == 7
+  assert vocabularies.HfTokenizerVocabulary(hf_json, eos_token=None).eos_id is None
   with pytest.raises(ValueError, match="<\\|im_end\\|>"):
-    tok.HfTokenizerVocabulary(hf_json, eos_token="<|im_end|>")
+    vocabularies.HfTokenizerVocabulary(hf_json, eos_token="<|im_end|>")
 
 
 def test_hf_round_trip_and_end_of_text(hf_json, corpus):
-  v = tok.HfTokenizerVocabulary(hf_json)
+  v = vocabularies.HfTokenizerVocabulary(hf_json)
   _assert_round_trips(v, [d["text"] for d in corpus["heldout"]] + EDGE_CASES)  # U+2581 too
   text = "x = '<|endoftext|>'\n"
   ids = v.encode(text)
   assert v.eos_id not in ids and v.decode(ids) == text
-  literal = tok.HfTokenizerVocabulary(hf_json, literal_special_tokens=False)
+  literal = vocabularies.HfTokenizerVocabulary(hf_json, literal_special_tokens=False)
   assert literal.encode(text).count(v.eos_id) == 1  # the tokenizers default, for contrast
   a, b = "a = 1\n", "b = 2\n"
   assert v.decode(v.encode(a) + [v.eos_id] + v.encode(b)) == a
@@ -309,7 +310,7 @@ def test_hf_round_trip_and_end_of_text(hf_json, corpus):
 
 
 def test_hf_tf_matches_python(hf_json, corpus):
-  v = tok.HfTokenizerVocabulary(hf_json)
+  v = vocabularies.HfTokenizerVocabulary(hf_json)
   texts = [d["text"] for d in corpus["heldout"][:20]] + [c for c in EDGE_CASES if c]
   expected = [v.encode(t) for t in texts]
   assert v.encode_tf(tf.constant(texts[0])).numpy().tolist() == expected[0]
@@ -328,7 +329,7 @@ def test_hf_tf_matches_python(hf_json, corpus):
 
 
 def test_hf_pickles(hf_json):
-  v = tok.HfTokenizerVocabulary(hf_json)
+  v = vocabularies.HfTokenizerVocabulary(hf_json)
   _ = v.encode("x")
   state = pickle.dumps(v)
   assert len(state) < 1000  # arguments only, not the loaded tokenizer
@@ -337,20 +338,20 @@ def test_hf_pickles(hf_json):
 
 
 def test_make_vocabulary(model_path, hf_json, tmp_path):
-  sp = tok.make_vocabulary(model_path)
+  sp = vocabularies.make_vocabulary(model_path)
   assert isinstance(sp, seqio.SentencePieceVocabulary) and sp.eos_id == 1
-  assert tok.make_vocabulary(str(model_path)).encode("x = 1\n") == sp.encode("x = 1\n")
-  hf = tok.make_vocabulary(hf_json)
-  assert isinstance(hf, tok.HfTokenizerVocabulary)
-  assert isinstance(tok.make_vocabulary(hf_json.parent), tok.HfTokenizerVocabulary)
-  assert tok.make_vocabulary(hf_json, eos_id=5).eos_id == 5
+  assert vocabularies.make_vocabulary(str(model_path)).encode("x = 1\n") == sp.encode("x = 1\n")
+  hf = vocabularies.make_vocabulary(hf_json)
+  assert isinstance(hf, vocabularies.HfTokenizerVocabulary)
+  assert isinstance(vocabularies.make_vocabulary(hf_json.parent), vocabularies.HfTokenizerVocabulary)
+  assert vocabularies.make_vocabulary(hf_json, eos_id=5).eos_id == 5
   # Recognised by content when the name says nothing.
   (tmp_path / "vocab_a").write_bytes(hf_json.read_bytes())
   (tmp_path / "vocab_b").write_bytes(model_path.read_bytes())
-  assert isinstance(tok.make_vocabulary(tmp_path / "vocab_a"), tok.HfTokenizerVocabulary)
-  assert isinstance(tok.make_vocabulary(tmp_path / "vocab_b"), seqio.SentencePieceVocabulary)
-  assert tok.make_vocabulary(hf) is hf
+  assert isinstance(vocabularies.make_vocabulary(tmp_path / "vocab_a"), vocabularies.HfTokenizerVocabulary)
+  assert isinstance(vocabularies.make_vocabulary(tmp_path / "vocab_b"), seqio.SentencePieceVocabulary)
+  assert vocabularies.make_vocabulary(hf) is hf
   with pytest.raises(FileNotFoundError):
-    tok.make_vocabulary(tmp_path / "missing.model")
+    vocabularies.make_vocabulary(tmp_path / "missing.model")
   with pytest.raises(FileNotFoundError, match="tokenizer.json"):
-    tok.make_vocabulary(tmp_path)
+    vocabularies.make_vocabulary(tmp_path)

@@ -109,19 +109,22 @@ def test_no_weight_decay_on_biases_and_layernorm():
   assert not mask["layers"]["input_layernorm"]["scale"] and not mask["final_layernorm"]["bias"]
 
 
-def test_inconsistent_batch_and_mesh_are_rejected_before_compiling():
+def test_inconsistent_batch_and_mesh_are_rejected_before_compiling(tmp_path):
+  from phi_jax import train
+  workdir = tmp_path / "run"
   cfg = small_config(global_batch=12)
   cfg.mesh.update(data=8, fsdp=1, tensor=1)
   with pytest.raises(ValueError, match="divisible by the data-parallel devices "
                                        "mesh.data\\*mesh.fsdp=8"):
-    train_step.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
+    train.run(cfg, workdir)
   cfg = small_config(micro_batch=3)
   with pytest.raises(ValueError, match="global_batch=8 is not divisible by train.micro_batch=3"):
-    train_step.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
+    train.run(cfg, workdir)
   cfg = small_config()
   cfg.mesh.update(data=1, fsdp=1, tensor=8)
   with pytest.raises(ValueError, match="n_heads=4 is not divisible by tensor parallelism mesh.tensor=8"):
-    train_step.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
+    train.run(cfg, workdir)
+  assert not workdir.exists()  # nothing written
   with pytest.raises(ValueError, match="needs 16 devices, 8 are available"):
     sharding.make_mesh({"data": 4, "fsdp": 4, "tensor": 1})
 

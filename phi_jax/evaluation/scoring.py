@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from phi_jax import files
@@ -82,11 +81,5 @@ def summarize(scored: Sequence[Mapping[str, Any]], ks: Iterable[int] = pass_at_k
           "results": dict(sorted(outcomes.items()))}
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-  """Writes `text` so that the file appears complete or not at all."""
-  Path(path).parent.mkdir(parents=True, exist_ok=True)
-  files.write_atomic(path, text)
-
-
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
-  write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+  files.write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))

@@ -1,13 +1,14 @@
 """Evaluation during training: held-out loss and a HumanEval pass@1 subset, every N steps.
 
-    evaluator = in_training.make_evaluator(cfg, trainer)   # None when eval.every_steps == 0
+    evaluator = train_eval.make_evaluator(cfg, trainer)   # None when eval.every_steps == 0
     if evaluator and evaluator.due(step):
       writer.write(step, evaluator(state.params))
 
 Metrics: `eval_loss` (mean token cross-entropy over `eval.loss_batches` held-out global batches:
 the validation split of the seqio mixture, or for synthetic data the stream of another seed,
-fixed for the whole run), `humaneval_pass@1` (greedy completions of the first
-`eval.humaneval_problems` HumanEval problems, scored in the sandbox) and `eval_time_s`.
+fixed for the whole run), `humaneval_pass@1` (with `eval.humaneval_in_training`: greedy
+completions of the first `eval.max_problems` HumanEval problems, scored in the sandbox) and
+`eval_time_s`.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _mean_loss(model_config, micro_batches, params, batch):
     loss, weight = train_step.token_loss(model_config, params, piece, None, True)
     return (total[0] + loss, total[1] + weight), None
   (loss, weight), _ = jax.lax.scan(micro, (jnp.zeros(()), jnp.zeros(())),
-                                   train_step._split_micro(batch, micro_batches))
+                                   train_step.split_micro_batches(batch, micro_batches))
   return loss, weight
 
 
@@ -60,20 +61,20 @@ class Evaluator:
     self.heldout = list(itertools.islice(batches, int(cfg.eval.loss_batches)))
     self.loss = jax.jit(functools.partial(_mean_loss, self.model_config, trainer.micro_batches),
                         in_shardings=(trainer.state_sharding.params, trainer.batch_sharding))
-    self.problems = benchmarks.humaneval()[:int(cfg.eval.humaneval_problems)]
-    self.eval_cfg = cfg.eval
-    if self.problems:
-      from phi_jax import generate
+    self.problems = []
+    if cfg.eval.humaneval_in_training:
+      from phi_jax import vocabularies  # TensorFlow + seqio: only runs that decode text load them
+      self.problems = benchmarks.humaneval()[:int(cfg.eval.max_problems) or None]
       sandbox.check_available(cfg.eval.isolation)
       try:
-        self.vocab = generate.load_vocabulary(cfg)
+        self.vocab = vocabularies.for_config(cfg)
       except FileNotFoundError as exc:
         raise FileNotFoundError(
-            f"eval.humaneval_problems={len(self.problems)} needs a tokenizer ({exc}): set "
-            "eval.tokenizer or data.dir, or eval.humaneval_problems=0") from None
+            f"eval.humaneval_in_training needs a tokenizer ({exc}): set eval.tokenizer or "
+            "data.dir, or eval.humaneval_in_training=False") from None
       self.sampling = dataclasses.replace(
-          generate.sampling_config(cfg, self.vocab), temperature=0.0,
-          max_new_tokens=int(cfg.eval.humaneval_max_new_tokens))
+          decode.sampling_config(cfg, vocabularies.eot_id(self.vocab)), temperature=0.0)
+    self.eval_cfg = cfg.eval
 
   def due(self, step: int) -> bool:
     return step % self.every == 0

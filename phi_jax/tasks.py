@@ -26,6 +26,8 @@ import seqio
 import tensorflow as tf
 from etils import epath
 
+from phi_jax import files
+
 CODE_TEXTBOOK = "phi1_code_textbook"
 CODE_EXERCISES = "phi1_code_exercises"
 PRETRAIN = "phi1_pretrain"
@@ -86,8 +88,7 @@ def _require_built(data_dir: str) -> None:
   for task in (CODE_TEXTBOOK, CODE_EXERCISES):
     task_dir = epath.Path(data_dir) / task
     if task_dir.exists():
-      from data_pipeline import stages  # (Apache Beam) only when there is something to check
-      stages.require_complete(task_dir)
+      files.require_complete(task_dir)
 
 
 def register(data_dir: str | None = None, vocab: seqio.Vocabulary | None = None,

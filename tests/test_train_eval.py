@@ -10,18 +10,18 @@ import numpy as np
 import optax
 import pytest
 
+from data_pipeline import tokenizer as tokenizer_lib
 from phi_jax import configs
 from phi_jax import model as model_lib
 from phi_jax import train
+from phi_jax import train_eval
 from phi_jax.evaluation import benchmarks
 from phi_jax.evaluation import completions
-from phi_jax.evaluation import in_training
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
   """A small SentencePiece model trained on HumanEval's prompts and solutions."""
-  from data_pipeline import tokenizer as tokenizer_lib
   texts = [p.prompt + p.canonical_solution for p in benchmarks.humaneval()]
   return tokenizer_lib.train_sentencepiece(texts, tmp_path_factory.mktemp("spm"), vocab_size=400)
 
@@ -30,8 +30,9 @@ def _config(tokenizer):
   cfg = configs.get("tiny")
   cfg.train.update(global_batch=8, seq_len=32, steps=4, log_every=2)
   cfg.optim.update(warmup_steps=2, decay_steps=10)
-  cfg.eval.update(every_steps=2, loss_batches=2, humaneval_problems=2,
-                  humaneval_max_new_tokens=16, tokenizer=str(tokenizer))
+  cfg.eval.update(every_steps=2, loss_batches=2, humaneval_in_training=True, max_problems=2,
+                  tokenizer=str(tokenizer))
+  cfg.sampling.max_new_tokens = 16
   cfg.logging.update(tensorboard=False, progress_bar=False)
   return cfg
 
@@ -44,7 +45,7 @@ def test_training_logs_heldout_loss_and_humaneval_pass_at_1(tokenizer, tmp_path,
   cfg = _config(tokenizer)
   config = model_lib.as_model_config(cfg)
   sampled, expected_losses = [], []
-  real_sample, real_call = completions.sample, in_training.Evaluator.__call__
+  real_sample, real_call = completions.sample, train_eval.Evaluator.__call__
 
   def sample(decoder, vocab, problems, **kwargs):
     sampled.append(real_sample(decoder, vocab, problems, **kwargs))
@@ -60,7 +61,7 @@ def test_training_logs_heldout_loss_and_humaneval_pass_at_1(tokenizer, tmp_path,
     return real_call(evaluator, params)
 
   monkeypatch.setattr(completions, "sample", sample)
-  monkeypatch.setattr(in_training.Evaluator, "__call__", call)
+  monkeypatch.setattr(train_eval.Evaluator, "__call__", call)
   train.run(cfg, tmp_path)
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   evals = [r for r in rows if "eval_loss" in r]
@@ -76,7 +77,7 @@ def test_training_logs_heldout_loss_and_humaneval_pass_at_1(tokenizer, tmp_path,
 
 def test_heldout_batches_are_not_training_batches(tokenizer):
   cfg = _config(tokenizer)
-  heldout = in_training.heldout_config(cfg)
+  heldout = train_eval.heldout_config(cfg)
   assert heldout.data.split == "validation" and heldout.train.seed != cfg.train.seed
   cfg.eval.update(every_steps=0)
-  assert in_training.make_evaluator(cfg, trainer=None) is None
+  assert train_eval.make_evaluator(cfg, trainer=None) is None
