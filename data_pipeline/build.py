@@ -31,6 +31,7 @@ from typing import Any
 
 import apache_beam as beam
 import seqio
+from absl import flags, logging
 import tensorflow as tf
 from etils import epath
 from seqio import beam_utils
@@ -39,6 +40,7 @@ from data_pipeline import decontaminate as decontam_lib
 from data_pipeline import dedup as dedup_lib
 from data_pipeline import sources, stages
 from data_pipeline import tokenizer as tokenizer_lib
+from phi_jax import cli
 from phi_jax import configs
 from phi_jax import files
 from phi_jax import tasks
@@ -362,7 +364,6 @@ def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) ->
 
 def main(argv):
   del argv
-  from absl import flags, logging
   logging.set_verbosity(logging.WARNING)
   flag_values = flags.FLAGS
   manifest = run(flag_values.config, flag_values.out, flag_values.beam_options)
@@ -370,8 +371,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import flags
-  from phi_jax import cli
   cli.define_config(help_text="A configs/*.py file (its corpus section).")
   flags.DEFINE_string("out", None, "Output directory (relative to the current directory, "
                       "absolute, or gs://): the trainer's data.dir.")

