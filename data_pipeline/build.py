@@ -36,9 +36,12 @@ import tensorflow as tf
 from etils import epath
 from seqio import beam_utils
 
+from data_pipeline import annotators, llm_judge, sources, stages
+from data_pipeline import classifier as classifier_lib
 from data_pipeline import decontaminate as decontam_lib
 from data_pipeline import dedup as dedup_lib
-from data_pipeline import sources, stages
+from data_pipeline import embeddings as embeddings_lib
+from data_pipeline import quality as quality_lib
 from data_pipeline import tokenizer as tokenizer_lib
 from phi_jax import cli
 from phi_jax import configs
@@ -219,19 +222,18 @@ def quality_tokenizer(corpus: Any, out: epath.PathLike) -> str:
 def quality(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
   """Annotate a sample, embed code with a phi_jax model, fit a random forest on the annotated
   part, keep the code it scores >= threshold (textbook and exercise documents pass through)."""
-  from data_pipeline import quality as quality_lib
   corpus = cfg.corpus
   model_dir = embedding_model(cfg, out, beam_options)
   encode = vocabularies.TokenizerEncoder(quality_tokenizer(corpus, out), corpus.quality_max_len)
-  annotator = (quality_lib.LLMJudgeAnnotator(corpus.llm_base_url, corpus.llm_model)
-               if corpus.llm_base_url else quality_lib.HeuristicAnnotator())
+  annotator = (llm_judge.LLMJudgeAnnotator(corpus.llm_base_url, corpus.llm_model)
+               if corpus.llm_base_url else annotators.HeuristicAnnotator())
   docs_dir = files.completed(out, "decontam")
 
   def body(stage: epath.Path) -> dict:
     def embed(p):
       docs = stages.read_docs(p, docs_dir, "decontam")
       embedded = docs | "Embed" >> quality_lib.Embed(
-          quality_lib.CheckpointLoader(model_dir), encode, max_len=corpus.quality_max_len,
+          embeddings_lib.CheckpointLoader(model_dir), encode, max_len=corpus.quality_max_len,
           vocab_size=encode.vocab_size)
       stages.write_docs(embedded, stage / "embedded", "embedded")
       (embedded
@@ -244,8 +246,8 @@ def quality(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
     counters = stages.run_pipeline(embed, beam_options)
     _, embeddings, labels = quality_lib.read_training_examples(
         os.fspath(stage / "annotated" / "examples*.jsonl"))
-    classifier, report = quality_lib.train_classifier(embeddings, labels, seed=cfg.train.seed)
-    quality_lib.save_classifier(stage / "classifier.joblib", classifier, report)
+    classifier, report = classifier_lib.train_classifier(embeddings, labels, seed=cfg.train.seed)
+    classifier_lib.save_classifier(stage / "classifier.joblib", classifier, report)
 
     def score(p):
       docs = stages.read_docs(p, stage / "embedded", "embedded")

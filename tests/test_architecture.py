@@ -33,8 +33,12 @@ def _function_level_imports(path: Path):
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
       for inner in ast.walk(node):
         if isinstance(inner, (ast.Import, ast.ImportFrom)):
-          line, above = lines[inner.lineno - 1], lines[inner.lineno - 2].strip()
-          yield inner.lineno, line, "#" in line or above.startswith("#")
+          # a comment on the line, or above the block of imports the line belongs to
+          above = inner.lineno - 2
+          while lines[above].lstrip().startswith(("import ", "from ")) and "#" not in lines[above]:
+            above -= 1
+          line = lines[inner.lineno - 1]
+          yield inner.lineno, line, "#" in line or "#" in lines[above]
 
 
 def test_imports_inside_functions_say_why():

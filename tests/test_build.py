@@ -218,6 +218,8 @@ def _checkpoint(workdir, vocab_size: int):
 @pytest.mark.slow
 def test_quality_stage_embeds_with_the_models_own_hugging_face_tokenizer(tmp_path):
   import numpy as np
+  # Here, not at the top: only this slow test needs the model code and sklearn.
+  from data_pipeline import embeddings as embeddings_lib
   from data_pipeline import quality
 
   docs = _stdlib_code(24)
@@ -236,10 +238,11 @@ def test_quality_stage_embeds_with_the_models_own_hugging_face_tokenizer(tmp_pat
       str(out / "quality" / "annotated" / "examples*.jsonl"))
   texts = {d["id"]: d["text"] for d in docs}
   hf_ids = lambda text: hf.encode(text, add_special_tokens=False).ids
-  expected = quality.embed_texts(config, params, hf_ids, [texts[i] for i in ids], max_len=64)
+  expected = embeddings_lib.embed_texts(config, params, hf_ids, [texts[i] for i in ids],
+                                        max_len=64)
   np.testing.assert_allclose(embeddings, expected, atol=1e-5)
-  bytes_instead = quality.embed_texts(config, params, quality.byte_encode_fn(512),
-                                      [texts[i] for i in ids], max_len=64)
+  bytes_instead = embeddings_lib.embed_texts(config, params, embeddings_lib.byte_encode_fn(512),
+                                             [texts[i] for i in ids], max_len=64)
   assert not np.allclose(embeddings, bytes_instead, atol=1e-3)  # the ids made the difference
 
   # A tokenizer with more ids than the model has embeddings is refused, naming both.

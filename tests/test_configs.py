@@ -7,7 +7,6 @@ import sys
 import pytest
 
 from phi_jax import configs
-from phi_jax import train_step
 
 
 def test_every_config_loads_and_is_consistent_on_its_target_device_count():

@@ -10,7 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipeline import quality, sources, stages
+from data_pipeline import annotators, llm_judge, quality, sources, stages
+from data_pipeline import classifier as classifier_lib
+from data_pipeline import embeddings as embeddings_lib
 from phi_jax import model
 
 TEACHING = '''"""Binary search, explained step by step."""
@@ -55,21 +57,21 @@ GENERATED_TABLE = (
 # ------------------------------------------------------------------------------------------------
 
 def test_heuristic_ranks_teaching_code_above_data_blobs_and_generated_tables():
-  annotator = quality.HeuristicAnnotator()
+  annotator = annotators.HeuristicAnnotator()
   teaching, blob, table = (annotator.annotate(t) for t in (TEACHING, DATA_BLOB, GENERATED_TABLE))
   assert teaching.score > 0.8 and teaching.label
   assert blob.score < 0.35 and not blob.label
   assert table.score < 0.2 and not table.label
   # The features point the documented way.
-  good, bad = quality.heuristic_features(TEACHING), quality.heuristic_features(DATA_BLOB)
+  good, bad = annotators.heuristic_features(TEACHING), annotators.heuristic_features(DATA_BLOB)
   assert good["documented_def_ratio"] == 1.0 and good["doctest_docstrings"] >= 1
   assert good["doc_line_ratio"] > bad["doc_line_ratio"]
   assert bad["literal_char_ratio"] > 0.4 > good["literal_char_ratio"]
-  assert quality.heuristic_features(GENERATED_TABLE)["generated_marker"] == 1.0
+  assert annotators.heuristic_features(GENERATED_TABLE)["generated_marker"] == 1.0
 
 
 def test_heuristic_prefers_documented_code_and_penalises_stubs_and_prose():
-  annotator = quality.HeuristicAnnotator()
+  annotator = annotators.HeuristicAnnotator()
   undocumented = (
       "def bs(a, t):\n    l, h = 0, len(a) - 1\n    while l <= h:\n        m = (l + h) // 2\n"
       "        if a[m] == t:\n            return m\n        if a[m] < t:\n            l = m + 1\n"
@@ -78,7 +80,7 @@ def test_heuristic_prefers_documented_code_and_penalises_stubs_and_prose():
   assert annotator.score("import os\nimport sys\n") < 0.2
   assert annotator.score("This is an essay about loops, not code at all.\n" * 20) < 0.4
   assert annotator.score("") == 0.0
-  weights = quality.HeuristicAnnotator.WEIGHTS
+  weights = annotators.HeuristicAnnotator.WEIGHTS
   assert abs(sum(weights.values()) - 1.0) < 1e-9
 
 
@@ -138,8 +140,8 @@ def _no_proxy_for_loopback(monkeypatch):
 def test_llm_judge_scores_through_an_openai_compatible_endpoint(monkeypatch):
   monkeypatch.setenv("FAKE_JUDGE_KEY", "sk-test")
   with _FakeChatServer([(200, "Score: 8\nClear, documented and self-contained.")]) as server:
-    judge = quality.LLMJudgeAnnotator(server.base_url, "judge-model", api_key_env="FAKE_JUDGE_KEY",
-                                      timeout=5)
+    judge = llm_judge.LLMJudgeAnnotator(server.base_url, "judge-model",
+                                        api_key_env="FAKE_JUDGE_KEY", timeout=5)
     annotation = judge.annotate(TEACHING)
   assert annotation.score == pytest.approx(0.8) and annotation.label
   (request,) = server.requests
@@ -147,13 +149,13 @@ def test_llm_judge_scores_through_an_openai_compatible_endpoint(monkeypatch):
   assert request["headers"]["Authorization"] == "Bearer sk-test"
   assert request["json"]["model"] == "judge-model"
   prompt = request["json"]["messages"][-1]["content"]
-  assert quality.EDUCATIONAL_VALUE_QUESTION in prompt and "def binary_search" in prompt
+  assert annotators.EDUCATIONAL_VALUE_QUESTION in prompt and "def binary_search" in prompt
 
 
 def test_llm_judge_retries_server_errors_then_succeeds():
   with _FakeChatServer([(503, "overloaded"), (429, "slow down"), (200, "no")]) as server:
-    judge = quality.LLMJudgeAnnotator(server.base_url, "m", api_key_env="UNSET_KEY_VAR",
-                                      timeout=5, max_retries=3, backoff_s=0.01)
+    judge = llm_judge.LLMJudgeAnnotator(server.base_url, "m", api_key_env="UNSET_KEY_VAR",
+                                        timeout=5, max_retries=3, backoff_s=0.01)
     annotation = judge.annotate(DATA_BLOB)
   assert annotation.score == 0.0 and not annotation.label
   assert len(server.requests) == 3
@@ -162,18 +164,18 @@ def test_llm_judge_retries_server_errors_then_succeeds():
 
 def test_llm_judge_errors_are_clear():
   with _FakeChatServer([(400, "bad model name")]) as server:
-    judge = quality.LLMJudgeAnnotator(server.base_url, "m", timeout=5, backoff_s=0.01)
-    with pytest.raises(quality.LLMJudgeError, match="HTTP 400.*bad model name"):
+    judge = llm_judge.LLMJudgeAnnotator(server.base_url, "m", timeout=5, backoff_s=0.01)
+    with pytest.raises(llm_judge.LLMJudgeError, match="HTTP 400.*bad model name"):
       judge.score("x = 1")
     assert len(server.requests) == 1  # a client error is not retried
   with _FakeChatServer([(200, "I would rather not say.")]) as server:
-    judge = quality.LLMJudgeAnnotator(server.base_url, "m", timeout=5)
-    with pytest.raises(quality.LLMJudgeError, match="no score"):
+    judge = llm_judge.LLMJudgeAnnotator(server.base_url, "m", timeout=5)
+    with pytest.raises(llm_judge.LLMJudgeError, match="no score"):
       judge.score("x = 1")
   with _FakeChatServer([(500, "boom")]) as server:
-    judge = quality.LLMJudgeAnnotator(server.base_url, "m", timeout=5, max_retries=2,
-                                      backoff_s=0.01)
-    with pytest.raises(quality.LLMJudgeError, match="gave up after 3 attempts.*HTTP 500"):
+    judge = llm_judge.LLMJudgeAnnotator(server.base_url, "m", timeout=5, max_retries=2,
+                                        backoff_s=0.01)
+    with pytest.raises(llm_judge.LLMJudgeError, match="gave up after 3 attempts.*HTTP 500"):
       judge.score("x = 1")
     assert len(server.requests) == 3
 
@@ -182,13 +184,13 @@ def test_llm_judge_errors_are_clear():
     ("Score: 7", 0.7), ("score = 3/5", 0.6), ("8 out of 10, nice", 0.8), ("10", 1.0),
     ("Yes, it is educational.", 1.0), ("No.", 0.0), ("The score is 2.5 because ...", 0.25)])
 def test_parse_judgement(reply, expected):
-  assert quality.parse_judgement(reply) == pytest.approx(expected)
+  assert llm_judge.parse_judgement(reply) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("reply", ["Score: 11", "maybe", ""])
 def test_parse_judgement_rejects(reply):
   with pytest.raises(ValueError):
-    quality.parse_judgement(reply)
+    llm_judge.parse_judgement(reply)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,29 +217,29 @@ def tiny_params():
 
 
 def test_embeddings_shape_padding_invariance_and_fixed_shapes(tiny_params):
-  encode = quality.byte_encode_fn(TINY.vocab_size)
+  encode = embeddings_lib.byte_encode_fn(TINY.vocab_size)
   texts = ["def f(x):\n    return x + 1\n", "a" * 300, "print('hello')", "", "x = [1, 2, 3]"]
-  fn = quality._pooled_hidden_fn(TINY)
+  fn = embeddings_lib._pooled_hidden_fn(TINY)
   fn.clear_cache()
-  together = quality.embed_texts(TINY, tiny_params, encode, texts, max_len=128, batch_size=4)
+  together = embeddings_lib.embed_texts(TINY, tiny_params, encode, texts, max_len=128, batch_size=4)
   assert together.shape == (5, TINY.d_model) and together.dtype == np.float32
   np.testing.assert_array_equal(together[3], 0.0)  # no tokens, zero vector
   for i, text in enumerate(texts):
-    alone = quality.embed_texts(TINY, tiny_params, encode, [text], max_len=128, batch_size=4)
+    alone = embeddings_lib.embed_texts(TINY, tiny_params, encode, [text], max_len=128, batch_size=4)
     np.testing.assert_allclose(alone[0], together[i], atol=1e-5, rtol=1e-5)
   # Same text alone in a row of padding (length bucket 128 instead of 32): same embedding.
-  padded = quality.embed_texts(TINY, tiny_params, encode, [texts[0], "b" * 127], max_len=128,
-                               batch_size=4)
+  padded = embeddings_lib.embed_texts(TINY, tiny_params, encode, [texts[0], "b" * 127],
+                                      max_len=128, batch_size=4)
   np.testing.assert_allclose(padded[0], together[0], atol=1e-5, rtol=1e-5)
   assert not np.allclose(together[0], together[2], atol=1e-3)
   # Every call ran on (batch_size, bucket) shapes: one compile per bucket and batch size.
-  assert quality.length_buckets(128) == (32, 64, 128)
+  assert embeddings_lib.length_buckets(128) == (32, 64, 128)
   assert fn._cache_size() == 2  # (4, 32) and (4, 128)
 
 
 def test_embeddings_reject_out_of_vocabulary_ids(tiny_params):
   with pytest.raises(ValueError, match="outside the model's vocabulary"):
-    quality.embed_texts(TINY, tiny_params, lambda text: [300], ["x"], max_len=16)
+    embeddings_lib.embed_texts(TINY, tiny_params, lambda text: [300], ["x"], max_len=16)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,27 +257,27 @@ def _synthetic(n=400, d=16, separable=True, seed=0):
 
 def test_random_forest_separates_separable_data_and_not_noise(tmp_path):
   x, y = _synthetic(separable=True)
-  classifier, report = quality.train_classifier(x, y, seed=0, holdout_fraction=0.25,
-                                                n_estimators=50)
+  classifier, report = classifier_lib.train_classifier(x, y, seed=0, holdout_fraction=0.25,
+                                                       n_estimators=50)
   assert report["n_train"] == 300 and report["n_heldout"] == 100
   assert report["precision"] > 0.95 and report["recall"] > 0.95
   assert report["positive_rate"] == pytest.approx(y.mean())
 
   noise_x, noise_y = _synthetic(separable=False, seed=1)
-  _, noise_report = quality.train_classifier(noise_x, noise_y, seed=0, holdout_fraction=0.25,
-                                             n_estimators=50)
+  _, noise_report = classifier_lib.train_classifier(noise_x, noise_y, seed=0,
+                                                    holdout_fraction=0.25, n_estimators=50)
   assert noise_report["precision"] < 0.8 and noise_report["recall"] < 0.8
 
   path = tmp_path / "models" / "quality.joblib"
-  quality.save_classifier(path, classifier, report)
+  classifier_lib.save_classifier(path, classifier, report)
   assert [p.name for p in path.parent.iterdir()] == ["quality.joblib"]  # no temporary left
-  loaded, loaded_report = quality.load_classifier(path)
+  loaded, loaded_report = classifier_lib.load_classifier(path)
   assert loaded_report == report
-  keep, scores = quality.select(loaded, x[:50], threshold=0.5)
+  keep, scores = classifier_lib.select(loaded, x[:50], threshold=0.5)
   np.testing.assert_array_equal(scores, classifier.predict_proba(x[:50])[:, 1])
   np.testing.assert_array_equal(keep, scores >= 0.5)
   with pytest.raises(FileNotFoundError):
-    quality.load_classifier(tmp_path / "missing.joblib")
+    classifier_lib.load_classifier(tmp_path / "missing.joblib")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,8 +317,8 @@ def test_beam_annotate_embed_train_score_and_filter(tmp_path, tiny_params):
   code, others = _stdlib_documents()
   documents = code + others
   assert len(code) == 40 and len(others) > 0
-  encode = quality.byte_encode_fn(TINY.vocab_size)
-  annotator = quality.HeuristicAnnotator(threshold=0.6)
+  encode = embeddings_lib.byte_encode_fn(TINY.vocab_size)
+  annotator = annotators.HeuristicAnnotator(threshold=0.6)
 
   # 1. Annotate every code document, embed it and write training examples.
   (tmp_path / "examples").mkdir()
@@ -335,17 +337,17 @@ def test_beam_annotate_embed_train_score_and_filter(tmp_path, tiny_params):
   expected_labels = {d["id"]: annotator.annotate(d["text"]).label for d in code}
   assert [expected_labels[i] for i in ids] == labels.tolist()
   assert labels.sum() == counters["quality_annotate_positive"]
-  direct = quality.embed_texts(TINY, tiny_params, encode,
-                               [next(d["text"] for d in code if d["id"] == i) for i in ids],
-                               max_len=128, batch_size=8)
+  direct = embeddings_lib.embed_texts(TINY, tiny_params, encode,
+                                      [next(d["text"] for d in code if d["id"] == i) for i in ids],
+                                      max_len=128, batch_size=8)
   np.testing.assert_allclose(embeddings, direct, atol=1e-5)
 
   # 2. Train the forest on them.
-  classifier, report = quality.train_classifier(embeddings, labels, seed=0, holdout_fraction=0.25,
-                                                n_estimators=20)
+  classifier, report = classifier_lib.train_classifier(embeddings, labels, seed=0,
+                                                       holdout_fraction=0.25, n_estimators=20)
   assert report["n_train"] + report["n_heldout"] == 40
   path = tmp_path / "quality.joblib"
-  quality.save_classifier(path, classifier, report)
+  classifier_lib.save_classifier(path, classifier, report)
 
   # 3. Embed and filter the whole corpus; other kinds pass through untouched.
   threshold = 0.5
@@ -357,7 +359,7 @@ def test_beam_annotate_embed_train_score_and_filter(tmp_path, tiny_params):
       | beam.Map(json.dumps)
       | beam.io.WriteToText(str(tmp_path / "kept" / "part"))))
   kept = {d["id"]: d for d in _read_jsonl(tmp_path / "kept")}
-  _, scores = quality.select(classifier, direct, threshold)
+  _, scores = classifier_lib.select(classifier, direct, threshold)
   expected_kept = {i for i, s in zip(ids, scores) if s >= threshold}
   assert counters["quality_embed_passthrough"] == len(others)
   assert counters["quality_score_passthrough"] == len(others)

