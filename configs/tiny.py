@@ -8,7 +8,7 @@ def get_config():
   cfg.model.update(vocab_size=8192, d_model=128, n_layers=2, n_heads=4, head_dim=32,
                    mlp_dim=512, rotary_dim=16, max_len=1024)  # rotary: max_len costs nothing
   # loss_chunk: the [16, 256, 8192] logits would dominate a CPU step; chunks of 8 positions
-  # stay in cache (0.49 vs 0.83 s per step on 2 cores).
+  # stay in cache (docs/measurements.md).
   cfg.train.update(steps=300, global_batch=16, seq_len=256, log_every=10, loss_chunk=8)
   cfg.optim.update(warmup_steps=30, decay_steps=300)
   cfg.finetune.update(steps=100, global_batch=16, warmup_steps=10)

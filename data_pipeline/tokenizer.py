@@ -8,8 +8,7 @@ the end-of-text rules):
   remove_extra_whitespaces=False     runs of spaces, leading/trailing spaces survive
   allow_whitespace_only_pieces=True  indentation runs can be learned as single tokens ('▁'*4,
                                      *8, *12, ...); without it every space of an indent is its
-                                     own token (measured, vocab 2000 on 1M chars of stdlib code:
-                                     1.86 instead of 2.71 bytes/token on unseen files)
+                                     own token (docs/measurements.md: bytes per token)
   user_defined_symbols=('\\n',)       '\\n' is always exactly one token, so every line starts on a
                                      token boundary (prompts ending in a newline tokenize as in
                                      training); without it pieces like '):\\n', '\\n#' appear
@@ -26,10 +25,7 @@ longer than the limit is cut inside, before a space where it can be). A sample b
 the same sample, options and `num_threads` (checked: repeated runs give identical bytes), but the
 model can differ between thread counts (seen with 1M chars, not with 0.3M; presumably ties
 between equal pair counts break differently), hence the fixed default `num_threads=1`. The
-.model file appears only complete (`phi_jax.files.write_atomic`), locally or on gs://.
-Measured on 2 shared CPU cores, stdlib code, 1 thread: vocab 1024 on 0.4M chars ~0.5 s;
-vocab 8192 on 2M chars 6 s, on 4M chars 12 s.
-"""
+.model file appears only complete (`phi_jax.files.write_atomic`), locally or on gs://."""
 
 from __future__ import annotations
 

@@ -3,29 +3,15 @@
 
 Two kinds of vocabulary, both `seqio.Vocabulary`, chosen by `make_vocabulary(spec)`:
 
-* **SentencePiece** (the default; `train_sentencepiece` makes one): a byte-fallback BPE model
+* **SentencePiece** (the default; `data_pipeline.tokenizer.train_sentencepiece` makes one): a byte-fallback BPE model
   trained on corpus documents, read by `seqio.SentencePieceVocabulary`. Ids: pad=0,
   eos=1 = '<|endoftext|>' (the document separator), unk=2, no bos.
 * **Hugging Face** (`HfTokenizerVocabulary`): any `tokenizer.json` (e.g. the codegen-350M-mono
   tokenizer phi-1 used; there '<|endoftext|>' is 50256), through the `tokenizers` library.
 
-Text round-trips bit for bit, `decode(encode(text)) == text`, for any Python source: the
-SentencePiece model is trained with
-
-  normalization_rule_name=identity   no NFKC: full-width chars, ligatures, CRLF... stay as written
-  add_dummy_prefix=False             no space invented before the text
-  remove_extra_whitespaces=False     runs of spaces, leading/trailing spaces survive
-  allow_whitespace_only_pieces=True  indentation runs can be learned as single tokens ('▁'*4,
-                                     *8, *12, ...); without it every space of an indent is its
-                                     own token (measured, vocab 2000 on 1M chars of stdlib code:
-                                     1.86 instead of 2.71 bytes/token on unseen files)
-  user_defined_symbols=('\\n',)       '\\n' is always exactly one token, so every line starts on a
-                                     token boundary (prompts ending in a newline tokenize as in
-                                     training); without it pieces like '):\\n', '\\n#' appear
-  byte_fallback=True                 characters outside the vocabulary (rare unicode, emoji, tabs
-                                     and '\\r' in a corpus without them) become <0xNN> byte
-                                     tokens instead of <unk>
-  split_digits=True                  numbers are spelled digit by digit
+Text round-trips bit for bit, `decode(encode(text)) == text`, for any Python source, thanks to
+the trainer options of `data_pipeline.tokenizer` (no normalization, no dummy prefix, whitespace
+kept, '\\n' one token, byte fallback).
 
 Known limitation (SentencePiece itself): spaces are stored as U+2581 '▁' inside pieces, so a
 literal U+2581 character in the text decodes as a space. (It does not occur in CPython's stdlib;
