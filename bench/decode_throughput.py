@@ -4,7 +4,7 @@
         [--repeats=3] [--out=result.json]
 
 Both decode the same weights: the model of configs/tiny.py with random params (seed 0), which
-`phi_jax.convert.save_hf` exports and `transformers.PhiForCausalLM.from_pretrained` loads (torch
+`phi_jax.hf_format.save_hf` exports and `transformers.PhiForCausalLM.from_pretrained` loads (torch
 CPU, fp32, `use_cache=True`, greedy, exactly --new tokens: no end-of-text). phi_jax: one
 `phi_jax.decode.Decoder` on a one-device mesh, greedy, the whole continuation in one decode chunk
 (no host stop checks). Random prompts of --prompt tokens, --batch rows.
@@ -44,7 +44,7 @@ def main(argv=None):
   import torch
   import transformers
 
-  from phi_jax import configs, convert, decode, sharding
+  from phi_jax import configs, decode, hf_format, sharding
   from phi_jax import model as model_lib
 
   config = model_lib.as_model_config(configs.get("tiny"))
@@ -58,7 +58,7 @@ def main(argv=None):
 
   torch.set_num_threads(os.cpu_count() or 1)
   with tempfile.TemporaryDirectory() as export:
-    convert.save_hf(config, params, export)
+    hf_format.save_hf(config, params, export)
     hf = transformers.PhiForCausalLM.from_pretrained(export, torch_dtype=torch.float32).eval()
   hf_inputs = torch.tensor(prompts)
 

@@ -9,7 +9,7 @@ vocab 32000, rotary_dim 32, fp32, no dropout) on batch 8 x seq 512:
   mesh (jitted, state donated; AdamW + global-norm clipping from `cfg.optim`), with the CPU
   settings `model.attention=blockwise` and `train.loss_chunk=64` (`--attention`, `--loss_chunk`).
 * torch: `transformers.PhiForCausalLM` built from the same architecture
-  (`phi_jax.convert.config_to_hf`), `torch.optim.AdamW` with the same hyperparameters and
+  (`phi_jax.hf_format.config_to_hf`), `torch.optim.AdamW` with the same hyperparameters and
   weight-decay mask, forward -> cross-entropy -> `loss.backward()` -> `clip_grad_norm_` ->
   `optimizer.step()`, with as many torch threads as cores.
 
@@ -106,13 +106,13 @@ class TorchRunner:
   def __init__(self, args):
     import torch
     import transformers
-    from phi_jax import convert, model as model_lib
+    from phi_jax import hf_format, model as model_lib
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     self.torch = torch
     cfg = build_cfg(args)
     model_config = model_lib.as_model_config(cfg)
-    hf = convert.config_to_hf(model_config, "float32")
+    hf = hf_format.config_to_hf(model_config, "float32")
     hf_config = transformers.PhiConfig(**{k: v for k, v in hf.items() if k != "architectures"})
     hf_config._attn_implementation = args.torch_attention
     hf_config.use_cache = False

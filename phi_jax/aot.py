@@ -18,7 +18,6 @@ device per chip (`chip_config="megacore"`), so one JAX device is one chip.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import time
@@ -28,6 +27,7 @@ from absl import flags
 
 from phi_jax import cli
 from phi_jax import configs
+from phi_jax import hlo_flops
 from phi_jax import metrics as metrics_lib
 from phi_jax import model as model_lib
 from phi_jax import sharding
@@ -108,182 +108,6 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", 0.0))
 
 
-# --- matmul FLOPs of a compiled HLO module, loops counted by their trip counts ---------------
-# XLA's cost_analysis() counts a while loop's body once, whatever its trip count: for the train
-# step (a scan over micro-batches around a scan over layers) it reports about one layer of one
-# micro-batch. This walks the optimized per-device HLO text instead: the FLOPs of every dot and
-# convolution (XLA's own formula, padding and dilation included), fusions and calls followed,
-# each while body multiplied by its trip count (`i < constant` conditions). Elementwise ops are
-# not counted, as in the analytic count.
-
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.*?) ([a-z][a-z0-9\-]*)\((.*)$")
-_ARRAY_SHAPE = re.compile(r"^[a-z]+\d*\[([\d,]*)\]")
-
-
-def _dims(shape: str) -> list[int] | None:
-  match = _ARRAY_SHAPE.match(shape)
-  if match is None:
-    return None
-  return [int(d) for d in match.group(1).split(",") if d]
-
-
-def _split_call(rest: str) -> tuple[list[str], str]:
-  """'a, b), attrs' -> operand names, attribute text."""
-  depth = 1
-  for i, ch in enumerate(rest):
-    depth += {"(": 1, ")": -1}.get(ch, 0)
-    if depth == 0:
-      return re.findall(r"%([\w.\-]+)", rest[:i]), rest[i + 1:]
-  return [], rest
-
-
-def _attr(attrs: str, key: str) -> str | None:
-  match = re.search(rf"(?:^|[ ,]){key}=(\{{[^}}]*\}}|[^ ,]+)", attrs)
-  return match.group(1) if match else None
-
-
-def _int_list(text: str | None) -> list[int]:
-  return [int(v) for v in re.findall(r"-?\d+", text or "")]
-
-
-def _conv_flops(out: list[int], lhs: list[int], attrs: str) -> float:
-  """XLA HloCostAnalysis::GetConvolutionFlops: 2 x the FMAs at valid (non-padding) taps."""
-  labels = _attr(attrs, "dim_labels")
-  lhs_labels, rest = labels.split("_")
-  rhs_labels, out_labels = rest.split("->")
-  spatial = sorted(ch for ch in lhs_labels if ch.isdigit())
-  window = {}
-  window_text = (_attr(attrs, "window") or "{}").strip("{}")
-  for item in window_text.split():
-    key, value = item.split("=")
-    window[key] = value.split("x")
-  def window_value(key, i, default):
-    return int(window[key][i]) if key in window else default
-  valid_product = 1
-  for i, dim in enumerate(spatial):
-    input_limit = lhs[lhs_labels.index(dim)]
-    output_limit = out[out_labels.index(dim)]
-    kernel_limit = window_value("size", i, 1)
-    stride = window_value("stride", i, 1)
-    pad_low = int(window["pad"][i].split("_")[0]) if "pad" in window else 0
-    lhs_dilate = window_value("lhs_dilate", i, 1)
-    rhs_dilate = window_value("rhs_dilate", i, 1)
-    valid = 0
-    for o in range(output_limit):
-      for k in range(kernel_limit):
-        undilated = o * stride - pad_low + k * rhs_dilate
-        if undilated % lhs_dilate == 0 and 0 <= undilated // lhs_dilate < input_limit:
-          valid += 1
-    valid_product *= valid
-  feature_groups = int(_attr(attrs, "feature_group_count") or 1)
-  batch_groups = int(_attr(attrs, "batch_group_count") or 1)
-  input_feature = lhs[lhs_labels.index("f")]
-  batch = lhs[lhs_labels.index("b")]
-  output_feature = out[out_labels.index("f")]
-  return 2.0 * (input_feature // feature_groups) * output_feature * (batch // batch_groups) \
-      * valid_product
-
-
-def hlo_matmul_flops(hlo_text: str) -> tuple[float, float, list[int]]:
-  """(matmul FLOPs with loop trip counts, the same counting each loop body once, trip counts)
-  of one device's program, from `compiled.as_text()`."""
-  computations: dict[str, list[tuple[str, str, list[str], str, list[int] | None]]] = {}
-  shapes: dict[str, list[int] | None] = {}
-  entry, current = None, None
-  for line in hlo_text.splitlines():
-    if line and not line[0].isspace() and line.rstrip().endswith("{"):
-      header = line.split()
-      is_entry = header[0] == "ENTRY"
-      current = header[1 if is_entry else 0].lstrip("%")
-      computations[current] = []
-      if is_entry:
-        entry = current
-      continue
-    if current is None or line.startswith("}"):
-      continue
-    match = _INSTRUCTION.match(line)
-    if match is None:
-      continue
-    name, shape, opcode, rest = match.groups()
-    operands, attrs = _split_call(rest)
-    shapes[name] = _dims(shape)
-    computations[current].append((name, opcode, operands, attrs, shapes[name]))
-
-  instructions = {name: (opcode, operands, attrs)
-                  for body in computations.values() for name, opcode, operands, attrs, _ in body}
-  constants = {}  # scalar integer constants
-  for line in hlo_text.splitlines():
-    match = re.match(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = [su]\d+\[\]\S* constant\((-?\d+)\)", line)
-    if match:
-      constants[match.group(1)] = int(match.group(2))
-
-  def constant(name: str) -> int | None:
-    while name not in constants and instructions.get(name, ("",))[0] in ("copy", "bitcast", "convert"):
-      name = instructions[name][1][0]
-    return constants.get(name)
-
-  def tuple_index(name: str) -> int | None:
-    opcode, _, attrs = instructions.get(name, ("", [], ""))
-    return int(_attr(attrs, "index")) if opcode == "get-tuple-element" else None
-
-  def trip_count(init_tuple: str, condition: str, body: str) -> int | None:
-    """Loops `for (i = init; i < limit; i += step)` over tuple element k: (limit - init) / step;
-    init and step default to 0 and 1 when they are not constants."""
-    for _, opcode, operands, attrs, _ in computations.get(condition, []):
-      if opcode == "compare" and _attr(attrs, "direction") == "LT" and len(operands) == 2:
-        k, limit = tuple_index(operands[0]), constant(operands[1])
-        if k is not None and limit is not None:
-          break
-    else:
-      return None
-    init, step = 0, 1
-    tuple_operands = instructions.get(init_tuple, ("", [], ""))[1]
-    if k < len(tuple_operands) and constant(tuple_operands[k]) is not None:
-      init = constant(tuple_operands[k])
-    root = next((ops for _, op, ops, _, _ in reversed(computations.get(body, [])) if op == "tuple"),
-                None)
-    if root is not None and k < len(root):
-      opcode, operands, _ = instructions.get(root[k], ("", [], ""))
-      if opcode == "add" and len(operands) == 2:
-        for a, b in (operands, operands[::-1]):
-          if tuple_index(a) == k and constant(b):
-            step = constant(b)
-    return max(0, -(-(limit - init) // step))
-
-  trips: list[int] = []
-  cache: dict[tuple[str, bool], float] = {}
-
-  def flops(computation: str, with_trips: bool) -> float:
-    key = (computation, with_trips)
-    if key in cache:
-      return cache[key]
-    total = 0.0
-    for name, opcode, operands, attrs, out in computations.get(computation, []):
-      if opcode == "convolution" and out is not None:
-        total += _conv_flops(out, shapes[operands[0]], attrs)
-      elif opcode == "dot" and out is not None:
-        lhs = shapes[operands[0]]
-        contracted = math.prod(lhs[d] for d in _int_list(_attr(attrs, "lhs_contracting_dims")))
-        total += 2.0 * math.prod(out) * contracted
-      elif opcode == "while":
-        body, condition = _attr(attrs, "body").lstrip("%"), _attr(attrs, "condition").lstrip("%")
-        known = re.search(r'"known_trip_count":\{"n":"(\d+)"', attrs)
-        n = int(known.group(1)) if known else trip_count(operands[0], condition, body)
-        if with_trips:
-          trips.append(n)
-        total += (n if with_trips and n else 1) * (flops(body, with_trips) + flops(condition, with_trips))
-      elif opcode in ("fusion", "call", "async-start", "custom-call") and _attr(attrs, "calls"):
-        for callee in re.findall(r"%?([\w.\-]+)", _attr(attrs, "calls")):
-          total += flops(callee, with_trips)
-      elif opcode == "conditional":
-        branches = re.findall(r"%([\w.\-]+)", _attr(attrs, "branch_computations") or "")
-        total += max((flops(b, with_trips) for b in branches), default=0.0)
-    cache[key] = total
-    return total
-
-  return flops(entry, True), flops(entry, False), trips
-
-
 def compile_report(cfg: Any, topology: str, chip_config: str | None = None,
                    hlo_path: str | None = None) -> dict:
   """AOT-compiles `make_trainer(cfg, mesh).step` for `topology`; returns the compiler's numbers.
@@ -297,7 +121,7 @@ def compile_report(cfg: Any, topology: str, chip_config: str | None = None,
 
   FLOPs are per step for the whole slice (per-device numbers times the device count):
   `compiled_flops` counts the dots/convolutions of the compiled HLO with every loop body times
-  its trip count (`hlo_matmul_flops`); `cost_analysis_flops` is XLA's cost_analysis(), which
+  its trip count (`hlo_flops.matmul_flops`); `cost_analysis_flops` is XLA's cost_analysis(), which
   counts each loop body once; `analytic_flops` is metrics.flops_per_token x batch x seq_len.
   `hlo_path` saves the compiled HLO text.
   """
@@ -352,7 +176,7 @@ def compile_report(cfg: Any, topology: str, chip_config: str | None = None,
       f.write(hlo_text)
   report.update(_memory(compiled))
   # Both per device (one SPMD partition), times the devices for the whole step.
-  matmul, matmul_once, trips = hlo_matmul_flops(hlo_text)
+  matmul, matmul_once, trips = hlo_flops.matmul_flops(hlo_text)
   report["loop_trip_counts"] = trips
   report["cost_analysis_flops"] = _flops(compiled) * len(devices)
   report["hlo_matmul_flops_loops_once"] = matmul_once * len(devices)

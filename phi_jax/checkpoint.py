@@ -33,6 +33,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from phi_jax import hf_format
 from phi_jax import model as model_lib
 
 _ARRAY_ITEMS = ("params", "opt_state")
@@ -350,8 +351,7 @@ def load_init(init_from: str, expected: model_lib.ModelConfig, shardings: Any) -
   intact step), a workdir's `checkpoints/<step>` directory, or a Hugging Face phi directory."""
   path = epath.Path(init_from)
   if (path / "config.json").exists():
-    from phi_jax import convert  # safetensors and the HF name tables; only this source needs them
-    model_config, numpy_params = convert.load_hf(init_from, expected.param_dtype)
+    model_config, numpy_params = hf_format.load_hf(init_from, expected.param_dtype)
     check_fits(model_config, expected, f"train.init_from={init_from}")
     shardings = _on_first_device(model_config) if shardings is None else shardings
     params = jax.tree.map(  # each process puts only its own shards

@@ -54,16 +54,3 @@ def test_step_that_cannot_fit_is_reported_not_raised():
   assert "RESOURCE_EXHAUSTED" in r["error"]
   assert r["compiler_hbm_limit_bytes"] <= 16 * GiB
   assert r.get("total_bytes", r.get("temp_bytes", 0)) > r["compiler_hbm_limit_bytes"]
-
-
-def test_hlo_matmul_flops_multiplies_loop_bodies_by_trip_counts():
-  import jax
-  import jax.numpy as jnp
-
-  def chain(x, w):
-    return jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=5)[0]
-
-  text = jax.jit(chain).lower(jnp.ones((8, 16)), jnp.ones((16, 16))).compile().as_text()
-  flops, _, trips = aot.hlo_matmul_flops(text)
-  assert flops == 5 * 2 * 8 * 16 * 16
-  assert None not in trips

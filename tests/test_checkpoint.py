@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from phi_jax import checkpoint, configs, convert, model, sharding, train, train_step
+from phi_jax import checkpoint, configs, convert, hf_format, model, sharding, train, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, head_dim=16, mlp_dim=128,
@@ -312,8 +312,8 @@ def test_pretraining_to_finetuning_handoff(trained, tmp_path):
   assert [r["step"] for r in resumes] == [1]
 
   # Any checkpoint exports to Hugging Face, and a Hugging Face directory is a source too.
-  convert.main(["orbax_to_hf", f"--workdir={tmp_path / 'finetune'}", f"--out={tmp_path / 'hf'}"])
-  model_config, exported = convert.load_hf(tmp_path / "hf")
+  convert.orbax_to_hf(str(tmp_path / "finetune"), str(tmp_path / "hf"))
+  model_config, exported = hf_format.load_hf(tmp_path / "hf")
   assert_trees_equal(exported, finetuned)
   trainer = train_step.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
   params, source = checkpoint.load_init(str(tmp_path / "hf"), model_config,

@@ -1,7 +1,12 @@
-"""Hugging Face interop: logits parity with transformers, bit-exact round trips, clear errors."""
+"""Hugging Face interop: logits parity with transformers, bit-exact round trips, clear errors,
+and the conversion CLI (phi_jax.convert)."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -11,7 +16,9 @@ import safetensors.numpy
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from phi_jax import checkpoint, convert, model  # noqa: E402
+from phi_jax import checkpoint, hf_format, model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 SHAPES = {
     "phi1_like": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4),
@@ -45,7 +52,7 @@ def _tokens(batch, length, vocab=113, seed=0):
 def test_logits_match_transformers(tmp_path, shape):
   hf_model = _hf_model(shape)
   hf_model.save_pretrained(tmp_path)
-  config, params = convert.load_hf(tmp_path)
+  config, params = hf_format.load_hf(tmp_path)
   for length in (1, 17, 64):
     tokens = _tokens(3, length, seed=length)
     ours = np.asarray(model.forward(config, params, tokens))
@@ -55,8 +62,8 @@ def test_logits_match_transformers(tmp_path, shape):
 def test_save_after_load_is_bit_exact_and_reloads_in_transformers(tmp_path):
   hf_model = _hf_model()
   hf_model.save_pretrained(tmp_path / "src")
-  config, params = convert.load_hf(tmp_path / "src")
-  convert.save_hf(config, params, tmp_path / "out")
+  config, params = hf_format.load_hf(tmp_path / "src")
+  hf_format.save_hf(config, params, tmp_path / "out")
   original = safetensors.numpy.load_file(tmp_path / "src" / "model.safetensors")
   exported = safetensors.numpy.load_file(tmp_path / "out" / "model.safetensors")
   assert original.keys() == exported.keys()
@@ -70,11 +77,11 @@ def test_save_after_load_is_bit_exact_and_reloads_in_transformers(tmp_path):
 def test_sharded_checkpoints_both_ways(tmp_path):
   hf_model = _hf_model()
   hf_model.save_pretrained(tmp_path / "src")
-  config, params = convert.load_hf(tmp_path / "src")
-  convert.save_hf(config, params, tmp_path / "sharded", max_shard_bytes=64 << 10)
+  config, params = hf_format.load_hf(tmp_path / "src")
+  hf_format.save_hf(config, params, tmp_path / "sharded", max_shard_bytes=64 << 10)
   index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
   assert len(set(index["weight_map"].values())) > 2
-  _, params2 = convert.load_hf(tmp_path / "sharded")
+  _, params2 = hf_format.load_hf(tmp_path / "sharded")
   jax.tree.map(np.testing.assert_array_equal, params, params2)
   reloaded = transformers.PhiForCausalLM.from_pretrained(tmp_path / "sharded").eval()
   tokens = _tokens(2, 9)
@@ -84,8 +91,8 @@ def test_sharded_checkpoints_both_ways(tmp_path):
 def test_bf16_checkpoint_round_trips(tmp_path):
   hf_model = _hf_model().to(torch.bfloat16)
   hf_model.save_pretrained(tmp_path / "src")
-  config, params = convert.load_hf(tmp_path / "src")
-  convert.save_hf(config, params, tmp_path / "out", dtype="bfloat16")
+  config, params = hf_format.load_hf(tmp_path / "src")
+  hf_format.save_hf(config, params, tmp_path / "out", dtype="bfloat16")
   original = safetensors.numpy.load_file(tmp_path / "src" / "model.safetensors")
   exported = safetensors.numpy.load_file(tmp_path / "out" / "model.safetensors")
   for name, tensor in original.items():
@@ -130,7 +137,7 @@ def _write_legacy(hf_model, path, model_type):
 def test_legacy_fused_wqkv_layouts(tmp_path, model_type):
   hf_model = _hf_model()
   _write_legacy(hf_model, tmp_path / "legacy", model_type)
-  config, params = convert.load_hf(tmp_path / "legacy")
+  config, params = hf_format.load_hf(tmp_path / "legacy")
   tokens = _tokens(2, 21)
   assert np.abs(np.asarray(model.forward(config, params, tokens)) - _hf_logits(hf_model, tokens)).max() <= 1e-4
 
@@ -154,45 +161,45 @@ def test_broken_checkpoints_name_the_key_and_shape(tmp_path):
     del t["model.layers.1.mlp.fc2.bias"]
     return t
 
-  with pytest.raises(convert.CheckpointError,
+  with pytest.raises(hf_format.CheckpointError,
                      match=r"missing key 'model.layers.1.mlp.fc2.bias' \(expected shape \(64,\)\)"):
-    convert.load_hf(variant("missing", drop))
+    hf_format.load_hf(variant("missing", drop))
 
   def reshape(t):
     t["model.layers.2.self_attn.q_proj.weight"] = t["model.layers.2.self_attn.q_proj.weight"][:32]
     return t
 
-  with pytest.raises(convert.CheckpointError,
+  with pytest.raises(hf_format.CheckpointError,
                      match=r"'model.layers.2.self_attn.q_proj.weight' has shape \(32, 64\), expected \(64, 64\)"):
-    convert.load_hf(variant("shape", reshape))
+    hf_format.load_hf(variant("shape", reshape))
 
-  with pytest.raises(convert.CheckpointError, match="unknown architecture: model_type='llama'"):
-    convert.load_hf(variant("arch", mutate_config=lambda c: {**c, "model_type": "llama"}))
+  with pytest.raises(hf_format.CheckpointError, match="unknown architecture: model_type='llama'"):
+    hf_format.load_hf(variant("arch", mutate_config=lambda c: {**c, "model_type": "llama"}))
 
   def extra(t):
     t["model.layers.9.mlp.fc1.bias"] = t["model.layers.0.mlp.fc1.bias"]
     return t
 
-  with pytest.raises(convert.CheckpointError, match="unexpected keys.*model.layers.9.mlp.fc1.bias"):
-    convert.load_hf(variant("extra", extra))
+  with pytest.raises(hf_format.CheckpointError, match="unexpected keys.*model.layers.9.mlp.fc1.bias"):
+    hf_format.load_hf(variant("extra", extra))
 
   (tmp_path / "empty").mkdir()
   (tmp_path / "empty" / "config.json").write_text((tmp_path / "good" / "config.json").read_text())
-  with pytest.raises(convert.CheckpointError, match="no model.safetensors"):
-    convert.load_hf(tmp_path / "empty")
+  with pytest.raises(hf_format.CheckpointError, match="no model.safetensors"):
+    hf_format.load_hf(tmp_path / "empty")
 
 
 def test_save_hf_never_leaves_a_partial_directory(tmp_path):
-  config, params = convert.load_hf(_saved(tmp_path))
+  config, params = hf_format.load_hf(_saved(tmp_path))
   target = tmp_path / "export"
   broken = jax.tree.map(lambda x: x, params)
   del broken["lm_head"]["bias"]
   with pytest.raises(KeyError):
-    convert.save_hf(config, broken, target)
+    hf_format.save_hf(config, broken, target)
   assert not target.exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
-  convert.save_hf(config, params, target)
+  hf_format.save_hf(config, params, target)
   with pytest.raises(FileExistsError, match="not empty"):
-    convert.save_hf(config, params, target)
+    hf_format.save_hf(config, params, target)
 
 
 def _saved(tmp_path):
@@ -200,13 +207,35 @@ def _saved(tmp_path):
   return tmp_path / "src"
 
 
-def test_cli_round_trip_through_orbax(tmp_path):
+def _convert(args, cwd):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, "-m", "phi_jax.convert", *args], capture_output=True,
+                        text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_cli_round_trip_through_orbax_with_relative_paths(tmp_path):
   src = _saved(tmp_path)
-  convert.main(["hf_to_orbax", f"--hf_dir={src}", f"--out={tmp_path / 'run'}"])
+  result = _convert(["hf_to_orbax", "--hf_dir=src", "--out=run"], cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
   config, params = checkpoint.restore_params(tmp_path / "run")
-  assert config == convert.load_hf(src)[0]
-  convert.main(["orbax_to_hf", f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'back'}"])
+  assert config == hf_format.load_hf(src)[0]
+  result = _convert(["orbax_to_hf", "--workdir=run", "--out=back", "--dtype=float32"], cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
   original = safetensors.numpy.load_file(src / "model.safetensors")
   back = safetensors.numpy.load_file(tmp_path / "back" / "model.safetensors")
   for name, tensor in original.items():
     assert np.array_equal(back[name], tensor), name
+
+
+@pytest.mark.parametrize("args, named", [
+    (["hf_to_orbx", "--hf_dir=src", "--out=run"], "unknown command 'hf_to_orbx'"),
+    (["--hf_dir=src", "--out=run"], "no command given"),
+    (["orbax_to_hf", "--out=back"], "orbax_to_hf needs --workdir"),
+    (["hf_to_orbax", "--hf_dir=src", "--out=run", "--step=3"], "hf_to_orbax takes no --step"),
+])
+def test_cli_usage_errors_exit_2_naming_the_mistake(tmp_path, args, named):
+  result = _convert(args, cwd=tmp_path)
+  assert result.returncode == 2
+  assert named in result.stderr.strip().splitlines()[-1]
+  assert not (tmp_path / "run").exists()
