@@ -156,7 +156,7 @@ def matmul_flops(hlo_text: str) -> tuple[float, float, list[int]]:
     if key in cache:
       return cache[key]
     total = 0.0
-    for name, opcode, operands, attrs, out in computations.get(computation, []):
+    for _, opcode, operands, attrs, out in computations.get(computation, []):
       if opcode == "convolution" and out is not None:
         total += _conv_flops(out, shapes[operands[0]], attrs)
       elif opcode == "dot" and out is not None:
