@@ -9,9 +9,11 @@ Layout: `DIR/checkpoints/<step>/`, one orbax CheckpointManager directory (local 
 Orbax writes a step as `<step>.orbax-checkpoint-tmp` and renames (on GCS: commits) it once every
 item is complete, so only complete steps are listed; a half-written one left by a killed process
 is deleted by the next training manager. Damage to a complete step (a truncated, missing or
-changed file) is found when it is read: orbax's read fails or an array's fingerprint differs from
-the saved one, and CorruptCheckpointError names the step. Readers of "the latest step" fall back
-to the newest intact one.
+changed file) is found when it is read: orbax's read says that a file is missing, cut short or
+undecodable, or an array's fingerprint differs from the saved one, and CorruptCheckpointError
+names the step. Readers of "the latest step" fall back to the newest intact one. Any other
+failure (a permission, a request that does not fit the step, out of memory, a bug) is raised as
+it is: it says nothing about the step, which stays where it is.
 
 Weights move between stages in this form: a converted Hugging Face model (convert hf_to_orbax), a
 pretraining workdir and a finetuning run's `train.init_from` are all read by `restore_params`.
@@ -22,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
+import re
 import time
 from typing import Any, Callable
 
@@ -33,6 +37,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from phi_jax import files
 from phi_jax import hf_format
 from phi_jax import model as model_lib
 
@@ -48,7 +53,8 @@ class CorruptCheckpointError(RuntimeError):
 
 
 def checkpoint_dir(workdir: str | epath.PathLike) -> epath.Path:
-  return epath.Path(workdir) / "checkpoints"
+  """`workdir`'s checkpoints directory, made absolute: orbax refuses relative paths."""
+  return epath.Path(files.absolute(workdir)) / "checkpoints"
 
 
 def _item_handlers() -> dict:
@@ -186,26 +192,116 @@ def save_params(workdir: str | epath.PathLike, model_config: model_lib.ModelConf
 
 # --------------------------------------------------------------------------- restoring
 
-def _all_processes_agree(ok: bool) -> bool:
+# TensorStore raises its errors as ValueError, the status code first (none for INVALID_ARGUMENT).
+# Damaged files read as NOT_FOUND (missing), OUT_OF_RANGE (truncated), DATA_LOSS (a checksum)
+# or, for bytes that do not decode, INVALID_ARGUMENT or FAILED_PRECONDITION with the decoder's
+# words ("Error decoding ...", "...; at byte 0"); without them those two codes mean a request that
+# does not fit the files. PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE, ... say nothing of
+# the files.
+_STATUS_CODE = re.compile(r"([A-Z_]+): ")
+_UNDECODABLE = re.compile(r"Error decoding|; at byte \d+")
+
+# How reading a step went on one process; all processes act on the worst.
+_INTACT, _DAMAGED, _FAILED = 0, 1, 2
+
+
+def _missing_files(step_dir: epath.Path, items: dict[str, Any]) -> list[str]:
+  """The files that orbax wrote for each of `items` (JSON: `metadata`, arrays: the tree's
+  `_METADATA`) that `step_dir` lacks. Without _METADATA orbax infers the tree from the arrays and
+  fails on the mismatch, not on the missing file."""
+  expected = [f"{name}/metadata" if abstract is None else f"{name}/_METADATA"
+              for name, abstract in items.items()]
+  return [path for path in expected if not (step_dir / path).exists()]
+
+
+def _cause(error: BaseException) -> BaseException:
+  """The exception that `error` was raised from, first in its chain (orbax wraps TensorStore's
+  read errors in a plain Exception)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  return error
+
+
+def _is_damage(error: Exception, step_dir: epath.Path) -> bool:
+  """Whether `error`, raised reading `step_dir`, says that a file of it is missing, cut short or
+  undecodable, rather than unreachable, mismatched to the request, or a bug."""
+  cause = _cause(error)
+  message = str(cause)
+  if isinstance(cause, (json.JSONDecodeError, UnicodeDecodeError)):  # orbax's JSON files
+    return True
+  if isinstance(cause, FileNotFoundError):
+    return str(step_dir) in message  # a file of this step, not some other path
+  if type(cause) is not ValueError:  # TensorStore's are plain ValueErrors
+    return False
+  code = _STATUS_CODE.match(message)
+  code = code.group(1) if code else "INVALID_ARGUMENT"
+  if code == "NOT_FOUND":
+    return str(step_dir) in message
+  return code in ("OUT_OF_RANGE", "DATA_LOSS") or (
+      code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION") and bool(_UNDECODABLE.search(message)))
+
+
+def _permission_error(step_dir: epath.Path) -> PermissionError | None:
+  """The first PermissionError met opening every file of a local step, or None (orbax reports an
+  unreadable item directory as missing; on object stores a denial reads as one)."""
+  if files.is_remote(step_dir):
+    return None
+  walk_errors = []
+  for root, _, names in os.walk(step_dir, onerror=walk_errors.append):
+    for name in names:
+      try:
+        open(os.path.join(root, name), "rb").close()
+      except PermissionError as e:
+        return e
+  return next((e for e in walk_errors if isinstance(e, PermissionError)), None)
+
+
+def _failure(error: Exception, step_dir: epath.Path) -> tuple[int, Exception]:
+  """(_DAMAGED or _FAILED, the error to report) for `error`, raised reading `step_dir`."""
+  if not _is_damage(error, step_dir):
+    return _FAILED, error
+  denied = _permission_error(step_dir)
+  if denied is None:
+    return _DAMAGED, error
+  denied.__cause__ = error
+  return _FAILED, denied
+
+
+def _worst_on_all_processes(outcome: int) -> int:
   if jax.process_count() == 1:
-    return ok
-  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+    return outcome
+  return int(np.max(multihost_utils.process_allgather(np.int32(outcome))))
 
 
 def _read(checkpoints: ocp.CheckpointManager, step: int, items: dict[str, Any]) -> Any:
-  """Reads `items` ({name: abstract tree for arrays, None for JSON}) of `step`; any failure on
-  any process is a CorruptCheckpointError on all of them."""
+  """Reads `items` ({name: abstract tree for arrays, None for JSON}) of `step`.
+
+  Damage on any process, and nothing else failing on any, is a CorruptCheckpointError on all of
+  them. Any other failure is raised as it is where it happened and as a RuntimeError on the other
+  processes: none of them takes the step for damaged.
+  """
+  step_dir = checkpoints.directory / str(step)
   args = {name: ocp.args.JsonRestore() if abstract is None else ocp.args.StandardRestore(abstract)
           for name, abstract in items.items()}
-  restored, error = None, None
+  restored, error, outcome = None, None, _INTACT
   try:
+    missing = _missing_files(step_dir, items)
+    if missing:
+      raise FileNotFoundError(f"{step_dir} lacks {', '.join(missing)}")
     restored = checkpoints.restore(step, args=ocp.args.Composite(**args))
-  except Exception as e:  # noqa: BLE001 - whatever the damage, orbax's message says what it is
-    error = e
-  if not _all_processes_agree(error is None):
-    # orbax's first line says what failed; the chained exception keeps the rest (TensorStore specs)
-    reason = (f"{type(error).__name__}: {str(error).splitlines()[0][:300]}" if error
-              else "another process could not read it")
+  except Exception as e:  # noqa: BLE001 - classified, and raised as it is unless damage
+    outcome, error = _failure(e, step_dir)
+  worst = _worst_on_all_processes(outcome)
+  if worst == _FAILED:
+    if outcome == _FAILED:
+      raise error
+    raise RuntimeError(f"another process failed to read checkpoint step {step} ({step_dir}), "
+                       f"not for damage: see its log") from error
+  if worst == _DAMAGED:
+    # The cause's first line says what failed; the chain keeps the rest (TensorStore specs).
+    cause = None if error is None else _cause(error)
+    reason = ("another process could not read it" if cause is None
+              else f"{type(cause).__name__}: {str(cause).splitlines()[0][:300]}")
     raise CorruptCheckpointError(step, checkpoints.directory, reason) from error
   return restored
 
@@ -349,6 +445,7 @@ def _restore_params_at(workdir, step, shardings, expected):
 def load_init(init_from: str, expected: model_lib.ModelConfig, shardings: Any) -> tuple[Any, dict]:
   """(params on `shardings`, a record of the source) for `train.init_from`: a workdir (its newest
   intact step), a workdir's `checkpoints/<step>` directory, or a Hugging Face phi directory."""
+  init_from = files.absolute(init_from)
   path = epath.Path(init_from)
   if (path / "config.json").exists():
     model_config, numpy_params = hf_format.load_hf(init_from, expected.param_dtype)

@@ -1,21 +1,28 @@
-"""Checkpoints: killed runs resume bit for bit, damaged steps are named and skipped, checkpoints
-restore onto other meshes, and pretrained params hand off to finetuning."""
+"""Checkpoints: killed runs resume bit for bit, damaged steps are named and skipped while other
+failures to read a step leave it in place, checkpoints restore onto other meshes, and pretrained
+params hand off to finetuning."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from orbax.checkpoint._src.serialization import serialization as orbax_serialization
 
 from phi_jax import checkpoint, configs, convert, hf_format, model, sharding, train, train_step
 
@@ -50,14 +57,29 @@ def steps_in(workdir: Path) -> list[int]:
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
+def _largest_params_file(step_dir: Path) -> Path:
+  return max((step_dir / "params").rglob("d/*"), key=lambda p: p.stat().st_size)
+
+
 def _damage(step_dir: Path, how: str) -> None:
   if how == "missing_item":
     shutil.rmtree(step_dir / "opt_state")
+  elif how == "missing_file":  # a chunk's: TensorStore finds no bytes to decode
+    _largest_params_file(step_dir).unlink()
+  elif how == "missing_manifest":  # TensorStore: NOT_FOUND
+    (step_dir / "params" / "manifest.ocdbt").unlink()
+  elif how == "missing_metadata":  # the tree's: orbax would infer another tree from the arrays
+    (step_dir / "opt_state" / "_METADATA").unlink()
   elif how == "truncated_progress":
     path = step_dir / "progress" / "metadata"
     path.write_bytes(path.read_bytes()[:20])
+  elif how == "undecodable_manifest":  # byte 14 starts its zstd frame
+    path = step_dir / "params" / "manifest.ocdbt"
+    data = bytearray(path.read_bytes())
+    data[14] ^= 0xff
+    path.write_bytes(bytes(data))
   else:  # the largest params data file: truncated, or one byte changed (only fingerprints see that)
-    path = max((step_dir / "params").rglob("d/*"), key=lambda p: p.stat().st_size)
+    path = _largest_params_file(step_dir)
     data = bytearray(path.read_bytes())
     if how == "truncated_params":
       data = data[:len(data) // 2]
@@ -227,15 +249,16 @@ def trained(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("how", ["truncated_params", "changed_byte", "missing_item",
-                                 "truncated_progress"])
+@pytest.mark.parametrize("how", ["truncated_params", "changed_byte", "missing_item", "missing_file",
+                                 "missing_manifest", "missing_metadata", "truncated_progress",
+                                 "undecodable_manifest"])
 def test_damaged_step_is_named_and_resume_falls_back(trained, tmp_path, how):
   workdir = tmp_path / "run"
   shutil.copytree(trained, workdir)
   _damage(workdir / "checkpoints" / "8", how)
   cfg = small_config()
   model_config = model.as_model_config(cfg)
-  if how != "missing_item":  # params and their fingerprints are read by every reader
+  if how not in ("missing_item", "missing_metadata"):  # params and fingerprints: every reader
     with pytest.raises(checkpoint.CorruptCheckpointError, match=r"checkpoint step 8 \(.*/8\)"):
       checkpoint.restore_params(workdir, step=8)
     _, latest = checkpoint.restore_params(workdir)  # "latest" = the newest intact step
@@ -281,6 +304,183 @@ def test_resuming_on_another_stream_is_refused(trained, tmp_path):
   cfg.train.global_batch = 16
   with pytest.raises(ValueError, match=r"another data stream \(global_batch: 8 then, 16 now\)"):
     train.run(cfg, workdir)
+
+
+# --------------------------------------------------------------------------- not damage
+
+def test_relative_workdir_trains_resumes_and_restores(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  train.run(small_config(steps=2), "run")
+  train.run(small_config(steps=4), "run")  # resumes at 2
+  workdir = tmp_path / "run"
+  assert steps_in(workdir) == [2, 4] and not _tmp_dirs(workdir)
+  assert [r["step"] for r in json.loads((workdir / "run.json").read_text())["resumes"]] == [2]
+  _, params = checkpoint.restore_params("run")
+  assert_trees_equal(params, checkpoint.restore_params(workdir, 4)[1])
+  _, source = checkpoint.load_init("run", model.as_model_config(small_config()), None)
+  assert source == {"workdir": str(workdir), "step": 4}
+
+
+NOBODY = 65534
+
+
+@contextlib.contextmanager
+def _unprivileged():
+  """Runs the block as nobody when the tests run as root, whom file modes do not stop."""
+  if os.geteuid() != 0:
+    yield
+    return
+  os.setegid(NOBODY)
+  os.seteuid(NOBODY)
+  try:
+    yield
+  finally:
+    os.seteuid(0)
+    os.setegid(0)
+
+
+@pytest.fixture
+def own_copy(trained, tmp_path):
+  """A copy of `trained` owned by the user that `_unprivileged` runs as, where that user can reach
+  it (pytest's tmp_path is root's alone)."""
+  if os.geteuid() != 0:
+    shutil.copytree(trained, tmp_path / "run")
+    yield tmp_path / "run"
+    return
+  parent = Path(tempfile.mkdtemp())
+  parent.chmod(0o755)
+  workdir = parent / "run"
+  shutil.copytree(trained, workdir)
+  for path in [workdir, *workdir.rglob("*")]:
+    os.chown(path, NOBODY, NOBODY)
+  yield workdir
+  shutil.rmtree(parent)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+  chain = [error]
+  while chain[-1].__cause__ is not None:
+    chain.append(chain[-1].__cause__)
+  return chain
+
+
+def _raise(error: BaseException):
+  def raising(*args, **kwargs):
+    raise error
+  return raising
+
+
+async def _out_of_host_memory(*args, **kwargs):
+  raise MemoryError()
+
+
+# What is done to a good run (step 8 or every step), and the error (or a cause of it) that must
+# come out: type and message pattern.
+OTHER_FAILURES = {
+    # A manager on a relative path (the workdir functions make theirs absolute).
+    "relative_path": (ValueError, "Checkpoint path should be absolute"),
+    # Step 8's largest params file, its params directory, its progress JSON: mode 000.
+    "unreadable_file": (ValueError, "PERMISSION_DENIED"),
+    "unreadable_item": (PermissionError, "Permission denied"),
+    "unreadable_json": (PermissionError, "Permission denied"),
+    # A config whose optimizer state has another structure (no gradient clipping).
+    "other_optimizer": (ValueError, "tree structures do not match"),
+    # Out of device memory putting the read arrays on devices; out of host memory reading them.
+    "device_oom": (jax.errors.JaxRuntimeError, "RESOURCE_EXHAUSTED: Out of memory"),
+    "host_oom": (MemoryError, ""),
+    # A bug in the restore.
+    "bug": (TypeError, "unexpected keyword argument"),
+}
+
+
+@pytest.mark.parametrize("how", list(OTHER_FAILURES))
+def test_other_failures_set_nothing_aside_and_name_their_cause(own_copy, monkeypatch, how):
+  workdir, step_8 = own_copy, own_copy / "checkpoints" / "8"
+  cfg = small_config()
+  if how == "other_optimizer":
+    cfg.optim.grad_clip_norm = 0.0
+  trainer = train_step.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
+  if how == "relative_path":
+    monkeypatch.chdir(workdir.parent)
+    checkpoints = ocp.CheckpointManager("run/checkpoints")
+  else:
+    checkpoints = checkpoint.manager(workdir, cfg.checkpoint)
+  unreadable = {"unreadable_file": _largest_params_file(step_8),
+                "unreadable_item": step_8 / "params",
+                "unreadable_json": step_8 / "progress" / "metadata"}.get(how)
+  if unreadable:
+    unreadable.chmod(0)
+  injected = {
+      "device_oom": (jax, "device_put", _raise(jax.errors.JaxRuntimeError(
+          "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 16384 bytes."))),
+      "host_oom": (orbax_serialization, "_read_shard", _out_of_host_memory),
+      "bug": (ocp.StandardCheckpointHandler, "restore", _raise(TypeError(
+          "restore() got an unexpected keyword argument 'strict'"))),
+  }.get(how)
+  if injected:
+    monkeypatch.setattr(*injected)
+  expected, pattern = OTHER_FAILURES[how]
+  with checkpoints, pytest.raises(Exception) as raised, _unprivileged():
+    checkpoint.restore_latest_state(checkpoints, trainer.abstract_state, model.as_model_config(cfg))
+  error = raised.value
+  assert not isinstance(error, checkpoint.CorruptCheckpointError), error
+  assert any(isinstance(e, expected) and re.search(pattern, str(e)) for e in _chain(error)), error
+  assert steps_in(workdir) == [2, 4, 6, 8] and not (workdir / "checkpoints_corrupt").exists()
+
+
+# One process of a two-process job restoring step 8 of a workdir: argv = port, process id,
+# workdir, file for the outcome. Process 1's restore has a bug.
+_RESTORE_ON_TWO_PROCESSES = """
+import sys
+import jax
+port, process, workdir, out = sys.argv[1:]
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=int(process))
+import orbax.checkpoint as ocp
+from phi_jax import checkpoint
+if process == "1":
+  def bug(*args, **kwargs):
+    raise TypeError("a bug on process 1")
+  ocp.StandardCheckpointHandler.restore = bug
+try:
+  checkpoint.restore_params(workdir, step=8)
+  outcome = "restored"
+except Exception as e:
+  outcome = f"{type(e).__name__}: {e}"
+open(out, "w").write(outcome)
+"""
+
+
+def test_a_failure_on_one_process_that_is_not_damage_is_not_damage_on_any(trained, tmp_path):
+  """Process 0 finds step 8 damaged (its copy), process 1 fails on a bug: the bug is raised on
+  process 1 and, on process 0, an error that is no CorruptCheckpointError."""
+  shutil.copytree(trained, tmp_path / "damaged")
+  _damage(tmp_path / "damaged" / "checkpoints" / "8", "truncated_params")
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  # No inherited JAX_* settings; no proxies (gRPC would send the loopback coordinator through).
+  env = {k: v for k, v in os.environ.items()
+         if "proxy" not in k.lower() and not k.startswith("JAX_")}
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}")
+  outs = [tmp_path / f"outcome{i}" for i in range(2)]
+  with (tmp_path / "log").open("w") as log:
+    procs = [subprocess.Popen([sys.executable, "-c", _RESTORE_ON_TWO_PROCESSES, str(port), str(i),
+                               str(workdir), str(out)], env=env, cwd=REPO, stdout=log,
+                              stderr=subprocess.STDOUT)
+             for i, (workdir, out) in enumerate(zip([tmp_path / "damaged", trained], outs))]
+    try:
+      for proc in procs:
+        proc.wait(timeout=180)
+    finally:
+      for proc in procs:
+        proc.kill()
+  outcomes = [out.read_text() if out.exists() else None for out in outs]
+  assert outcomes[0] is not None and outcomes[0].startswith(
+      "RuntimeError: another process failed to read checkpoint step 8"), (
+          outcomes, (tmp_path / "log").read_text()[-3000:])
+  assert outcomes[1] == "TypeError: a bug on process 1", outcomes
 
 
 # --------------------------------------------------------------------------- the handoff
