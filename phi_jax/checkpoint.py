@@ -6,6 +6,8 @@ Layout: `DIR/checkpoints/<step>/`, one orbax CheckpointManager directory (local 
   progress   JSON: the step, the data position and the settings that fix the data stream (seed
              included: with the step it is the whole RNG state), and a fingerprint per array
   config     JSON: the model config, the run's config and where its params started (init_from)
+and beside it `DIR/run.json`, the run's record: its config, where its params came from, when it
+started and each resume (with any damaged steps set aside).
 Orbax writes a step as `<step>.orbax-checkpoint-tmp` and renames (on GCS: commits) it once every
 item is complete, so only complete steps are listed; a half-written one left by a killed process
 is deleted by the next training manager. Damage to a complete step (a truncated, missing or
@@ -42,6 +44,7 @@ from phi_jax import hf_format
 from phi_jax import model as model_lib
 
 _ARRAY_ITEMS = ("params", "opt_state")
+RUN_RECORD = "run.json"  # beside checkpoints/: the run's config, params source and resumes
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -408,6 +411,31 @@ def restore_latest_state(checkpoints: ocp.CheckpointManager, abstract_state: Any
     logging.warning("resuming from step %d; damaged steps %s moved to %s", progress["step"],
                     damaged, aside)
   return state, progress, damaged
+
+
+def _write_run_record(workdir: epath.Path, record: dict) -> None:
+  if jax.process_index() == 0:
+    files.write_atomic(epath.Path(workdir) / RUN_RECORD, json.dumps(record, indent=2) + "\n")
+
+
+def record_start(workdir: str | epath.PathLike, run_config: dict, init_from: dict | None) -> None:
+  """Starts DIR/run.json for a run with no checkpoint yet: its config (as JSON), where its params
+  came from and when it started."""
+  _write_run_record(epath.Path(workdir), {
+      "config": run_config, "init_from": init_from,
+      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumes": []})
+
+
+def record_resume(workdir: str | epath.PathLike, step: int, set_aside: list[int]) -> dict | None:
+  """Adds a resume at `step` (and the damaged steps set aside) to DIR/run.json; returns where
+  the run's params first came from (its `init_from` record)."""
+  path = epath.Path(workdir) / RUN_RECORD
+  record = json.loads(path.read_text()) if path.exists() else {}
+  record.setdefault("resumes", []).append({
+      "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+      "damaged_steps_set_aside": set_aside})
+  _write_run_record(epath.Path(workdir), record)
+  return record.get("init_from")
 
 
 def restore_params(workdir: str | epath.PathLike, step: int | None = None, shardings: Any = None,

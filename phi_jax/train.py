@@ -98,12 +98,6 @@ class _Sigterm:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _write_json(path: epath.Path, value: dict) -> None:
-  """Writes `path` whole or not at all (process 0 only)."""
-  if jax.process_index() == 0:
-    files.write_atomic(path, json.dumps(value, indent=2) + "\n")
-
-
 def _check_same_stream(saved: dict, now: dict, workdir: epath.Path) -> None:
   changed = configs.differences(saved, now)
   if changed:
@@ -119,7 +113,6 @@ def _initial_state(cfg: Any, workdir: epath.Path, model_config: model_lib.ModelC
   """(state, next batch, init_from record): resumed from the workdir's own checkpoints when it
   has any, else fresh from train.init_from or from train.seed."""
   resumed = checkpoint.restore_latest_state(checkpoints, trainer.abstract_state, model_config)
-  run_json = workdir / "run.json"
   if resumed is not None:
     state, progress, set_aside = resumed
     saved_stream = dict(progress["stream"])
@@ -127,12 +120,8 @@ def _initial_state(cfg: Any, workdir: epath.Path, model_config: model_lib.ModelC
       saved_stream["dir"] = files.absolute(saved_stream["dir"])
     _check_same_stream(saved_stream, input_pipeline.stream_signature(cfg), workdir)
     logging.warning("resuming %s from step %d", workdir, progress["step"])
-    metadata = json.loads(run_json.read_text()) if run_json.exists() else {}
-    metadata.setdefault("resumes", []).append({
-        "step": progress["step"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "damaged_steps_set_aside": set_aside})
-    _write_json(run_json, metadata)
-    return state, progress["next_batch"], metadata.get("init_from")
+    init_from = checkpoint.record_resume(workdir, progress["step"], set_aside)
+    return state, progress["next_batch"], init_from
   init_from = cfg.train.init_from
   if init_from is None:
     raise ValueError("this config finetunes pretrained params: set --config.train.init_from to a "
@@ -143,9 +132,7 @@ def _initial_state(cfg: Any, workdir: epath.Path, model_config: model_lib.ModelC
     state = trainer.state_from_params(params)
   else:
     state, record = trainer.init_state(jax.random.key(int(cfg.train.seed))), None
-  _write_json(run_json, {"config": json.loads(cfg.to_json_best_effort()),
-                         "init_from": record, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                         "resumes": []})
+  checkpoint.record_start(workdir, json.loads(cfg.to_json_best_effort()), record)
   return state, 0, record
 
 
