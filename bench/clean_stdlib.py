@@ -46,8 +46,9 @@ def main(argv=None):
     if args.corpus:
       Path(args.corpus).write_text("".join(json.dumps(d) + "\n" for d in docs))
   report["corpus_s"] = round(time.perf_counter() - t, 2)
-  report["documents"] = {k: sum(d["kind"] == k for d in docs) for k in ("code", "textbook",
-                                                                         "exercise")}
+  report["documents"] = {
+    k: sum(d["kind"] == k for d in docs) for k in ("code", "textbook", "exercise")
+  }
   report["characters"] = sum(len(d["text"]) for d in docs)
 
   t = time.perf_counter()
@@ -57,9 +58,12 @@ def main(argv=None):
   t = time.perf_counter()
   references = dc.load_references()
   index = dc.ReferenceIndex(references, ngram=13)
-  report["references"] = {"records": len(references), "ngrams": len(index.ngram_owner),
-                          "ast_sequences": len(index.ast_seqs),
-                          "seconds": round(time.perf_counter() - t, 2)}
+  report["references"] = {
+    "records": len(references),
+    "ngrams": len(index.ngram_owner),
+    "ast_sequences": len(index.ast_seqs),
+    "seconds": round(time.perf_counter() - t, 2),
+  }
 
   exercises = [d for d in docs if d["kind"] == "exercise"]
   report["ast_exercises"] = {}
@@ -67,44 +71,69 @@ def main(argv=None):
     t = time.perf_counter()
     _, removed, stats = dc.decontaminate(exercises, index, tau=tau, ngram=0)
     report["ast_exercises"][str(tau)] = {
-        "exercises": len(exercises), "removed": len(removed),
-        "seconds": round(time.perf_counter() - t, 2),
-        "which": [f"{d['source']} ~ {d['contamination']['task_id']} "
-                  f"({d['contamination']['match_rate']:.3f})" for d in removed]}
+      "exercises": len(exercises),
+      "removed": len(removed),
+      "seconds": round(time.perf_counter() - t, 2),
+      "which": [
+        f"{d['source']} ~ {d['contamination']['task_id']} ({d['contamination']['match_rate']:.3f})"
+        for d in removed
+      ],
+    }
 
   t = time.perf_counter()
   _, removed, stats = dc.decontaminate(docs, index, ast_scope="none")
   report["ngram_all_documents"] = {
-      "documents": len(docs), "removed": len(removed),
-      "seconds": round(time.perf_counter() - t, 2),
-      "which": [f"{d['source']} ~ {d['contamination']['task_id']}: "
-                f"{d['contamination']['ngram']}" for d in removed]}
+    "documents": len(docs),
+    "removed": len(removed),
+    "seconds": round(time.perf_counter() - t, 2),
+    "which": [
+      f"{d['source']} ~ {d['contamination']['task_id']}: {d['contamination']['ngram']}"
+      for d in removed
+    ],
+  }
 
   if args.ast_all:
     t = time.perf_counter()
     _, removed, stats = dc.decontaminate(docs, index, ast_scope="all", ngram=0)
-    report["ast_all_documents_tau_0.95"] = {"removed": len(removed), "by_kind": {
-        k: sum(d["kind"] == k for d in removed) for k in ("code", "textbook", "exercise")},
-        "seconds": round(time.perf_counter() - t, 2)}
+    report["ast_all_documents_tau_0.95"] = {
+      "removed": len(removed),
+      "by_kind": {
+        k: sum(d["kind"] == k for d in removed) for k in ("code", "textbook", "exercise")
+      },
+      "seconds": round(time.perf_counter() - t, 2),
+    }
 
   if args.beam:
     import tempfile
+
     import apache_beam as beam
     from apache_beam.metrics.metric import MetricsFilter
+
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
       pipeline = beam.Pipeline(runner="DirectRunner")
-      (pipeline | beam.Create(docs) | dedup.Deduplicate() | dc.Decontaminate(references)
-       | beam.Map(lambda d: d["id"]) | beam.io.WriteToText(f"{tmp}/ids"))
+      (
+        pipeline
+        | beam.Create(docs)
+        | dedup.Deduplicate()
+        | dc.Decontaminate(references)
+        | beam.Map(lambda d: d["id"])
+        | beam.io.WriteToText(f"{tmp}/ids")
+      )
       result = pipeline.run()
       result.wait_until_finish()
       out = sorted(line for f in Path(tmp).glob("ids*") for line in f.read_text().splitlines())
-    counters = {m.key.metric.name: m.result for m in result.metrics().query(
-        MetricsFilter().with_namespace(dedup.NAMESPACE))["counters"]}
+    counters = {
+      m.key.metric.name: m.result
+      for m in result.metrics().query(MetricsFilter().with_namespace(dedup.NAMESPACE))["counters"]
+    }
     pure_kept, _, _ = dc.decontaminate(unique, index)
     report["beam_direct_runner"] = {
-        "seconds": round(time.perf_counter() - t, 2), "counters": counters,
-        "kept": len(out), "same_as_in_memory": out == sorted(d["id"] for d in pure_kept)}
+      "seconds": round(time.perf_counter() - t, 2),
+      "counters": counters,
+      "kept": len(out),
+      "same_as_in_memory": out == sorted(d["id"] for d in pure_kept),
+    }
 
   json.dump(report, sys.stdout, indent=1)
   print()

@@ -51,8 +51,9 @@ def main(argv=None):
   params = model_lib.init(config, jax.random.key(0))
   prompts = np.random.default_rng(0).integers(3, config.vocab_size, (args.batch, args.prompt))
 
-  sampling = decode.SamplingConfig(max_new_tokens=args.new, eos_id=-1, prompt_bucket=args.prompt,
-                                   chunk_tokens=args.new)
+  sampling = decode.SamplingConfig(
+    max_new_tokens=args.new, eos_id=-1, prompt_bucket=args.prompt, chunk_tokens=args.new
+  )
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
   decoder = decode.Decoder(config, params, sampling, mesh)
 
@@ -67,10 +68,17 @@ def main(argv=None):
 
   def run_torch():
     with torch.no_grad():
-      out = hf.generate(hf_inputs, attention_mask=torch.ones_like(hf_inputs), do_sample=False,
-                        max_new_tokens=args.new, min_new_tokens=args.new, use_cache=True,
-                        eos_token_id=None, pad_token_id=0)
-    return out[:, args.prompt:].tolist()
+      out = hf.generate(
+        hf_inputs,
+        attention_mask=torch.ones_like(hf_inputs),
+        do_sample=False,
+        max_new_tokens=args.new,
+        min_new_tokens=args.new,
+        use_cache=True,
+        eos_token_id=None,
+        pad_token_id=0,
+      )
+    return out[:, args.prompt :].tolist()
 
   start = time.perf_counter()
   jax_tokens = run_jax()
@@ -88,23 +96,33 @@ def main(argv=None):
       times[name].append(time.perf_counter() - start)
 
   tokens = args.batch * args.new
-  agree = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x))
-           for x, y in zip(jax_tokens, torch_tokens)]
+  agree = [
+    next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x))
+    for x, y in zip(jax_tokens, torch_tokens)
+  ]
   report = {
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-      "model": "configs/tiny.py", "batch": args.batch, "prompt_tokens": args.prompt,
-      "new_tokens": args.new, "repeats": args.repeats,
-      "warmup_s": {"phi_jax": warmup_jax, "transformers": warmup_torch},
-      "median_s": {k: statistics.median(v) for k, v in times.items()},
-      "tokens_per_s": {k: tokens / statistics.median(v) for k, v in times.items()},
-      "ratio_of_medians": statistics.median(times["transformers"]) / statistics.median(
-          times["phi_jax"]),
-      "median_paired_ratio": statistics.median(
-          t / j for j, t in zip(times["phi_jax"], times["transformers"])),
-      "tokens_agreeing_before_first_difference": agree,
-      "versions": {"jax": jax.__version__, "torch": torch.__version__,
-                   "transformers": transformers.__version__},
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "cpus": os.cpu_count(),
+    "load_average": os.getloadavg(),
+    "model": "configs/tiny.py",
+    "batch": args.batch,
+    "prompt_tokens": args.prompt,
+    "new_tokens": args.new,
+    "repeats": args.repeats,
+    "warmup_s": {"phi_jax": warmup_jax, "transformers": warmup_torch},
+    "median_s": {k: statistics.median(v) for k, v in times.items()},
+    "tokens_per_s": {k: tokens / statistics.median(v) for k, v in times.items()},
+    "ratio_of_medians": statistics.median(times["transformers"])
+    / statistics.median(times["phi_jax"]),
+    "median_paired_ratio": statistics.median(
+      t / j for j, t in zip(times["phi_jax"], times["transformers"])
+    ),
+    "tokens_agreeing_before_first_difference": agree,
+    "versions": {
+      "jax": jax.__version__,
+      "torch": torch.__version__,
+      "transformers": transformers.__version__,
+    },
   }
   text = json.dumps(report, indent=2)
   print(text)

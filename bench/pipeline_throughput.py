@@ -23,8 +23,9 @@ from phi_jax import configs, input_pipeline, sharding, train_step
 def pipeline_tokens_per_second(cfg, use_cached: bool, batches: int) -> float:
   data = cfg.data
   data.use_cached = use_cached
-  dataset = input_pipeline.seqio_dataset(data, cfg.train.seq_len, cfg.train.global_batch,
-                                         cfg.train.seed, "train")
+  dataset = input_pipeline.seqio_dataset(
+    data, cfg.train.seq_len, cfg.train.global_batch, cfg.train.seed, "train"
+  )
   iterator = dataset.as_numpy_iterator()
   next(iterator)  # start-up (graph building, file opening) is not throughput
   start = time.perf_counter()
@@ -59,18 +60,21 @@ def main():
   cfg.logging.progress_bar = False
   if not args.data_dir:
     from data_pipeline import build
+
     args.data_dir = tempfile.mkdtemp(prefix="phi1_bench_data_")
     cfg.corpus.update(max_files=300, quality_model_steps=20)
     build.run(cfg, args.data_dir)
   cfg.data.update(source="seqio", dir=args.data_dir, mixture="phi1_pretrain")
 
   results = {
-      "on_the_fly": pipeline_tokens_per_second(cfg, False, args.batches),
-      "from_cache": pipeline_tokens_per_second(cfg, True, args.batches),
-      "trainer_consumes": trainer_tokens_per_second(cfg, args.steps),
+    "on_the_fly": pipeline_tokens_per_second(cfg, False, args.batches),
+    "from_cache": pipeline_tokens_per_second(cfg, True, args.batches),
+    "trainer_consumes": trainer_tokens_per_second(cfg, args.steps),
   }
-  print(f"batch {cfg.train.global_batch} x {cfg.train.seq_len} tokens (configs/tiny.py), "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s)\n")
+  print(
+    f"batch {cfg.train.global_batch} x {cfg.train.seq_len} tokens (configs/tiny.py), "
+    f"{jax.device_count()} {jax.devices()[0].platform} device(s)\n"
+  )
   print("| source | tokens/s | x trainer |\n|---|---|---|")
   for name, value in results.items():
     print(f"| {name} | {value:,.0f} | {value / results['trainer_consumes']:.1f} |")

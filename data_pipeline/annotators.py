@@ -17,10 +17,11 @@ import math
 import re
 import statistics
 import tokenize
-from typing import Mapping
+from collections.abc import Mapping
 
 EDUCATIONAL_VALUE_QUESTION = (
-    "educational value for a student whose goal is to learn basic coding concepts")
+  "educational value for a student whose goal is to learn basic coding concepts"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +51,15 @@ class Annotator(abc.ABC):
 
 # Short names that are conventional, so not counted against "meaningful identifiers".
 _CONVENTIONAL_SHORT_NAMES = frozenset(
-    "_ i j k n m x y z a b c d e f s t v fn fp io os re ok op db id ch".split())
+  "_ i j k n m x y z a b c d e f s t v fn fp io os re ok op db id ch".split()
+)
 # Numbers that are not "magic": loop bounds, halves, percentages.
 _PLAIN_NUMBERS = frozenset([0, 1, 2, -1, 10, 100, 0.5, 1.0, 0.0, 2.0])
 _GENERATED_MARKER = re.compile(
-    r"auto-?generated|generated (?:by|from|automatically|with)|do not edit|don't edit|"
-    r"machine[- ]generated|this file was generated", re.IGNORECASE)
+  r"auto-?generated|generated (?:by|from|automatically|with)|do not edit|don't edit|"
+  r"machine[- ]generated|this file was generated",
+  re.IGNORECASE,
+)
 _LARGE_LITERAL_ELEMENTS = 256  # a container literal this big is a data table
 _HUGE_LINE_CHARS = 1000  # a line this long is data (or minified), not code
 
@@ -69,16 +73,23 @@ def _ramp(value: float, zero_at: float, one_at: float) -> float:
 
 def _docstring(node: ast.AST) -> ast.Constant | None:
   body = node.body
-  if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-      and isinstance(body[0].value.value, str)):
+  if (
+    body
+    and isinstance(body[0], ast.Expr)
+    and isinstance(body[0].value, ast.Constant)
+    and isinstance(body[0].value.value, str)
+  ):
     return body[0].value
   return None
 
 
 def _comment_lines(text: str) -> set[int] | None:
   try:
-    return {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(text).readline)
-            if tok.type == tokenize.COMMENT}
+    return {
+      tok.start[0]
+      for tok in tokenize.generate_tokens(io.StringIO(text).readline)
+      if tok.type == tokenize.COMMENT
+    }
   except (tokenize.TokenError, IndentationError, SyntaxError):
     return None
 
@@ -87,7 +98,7 @@ def _literal_chars(node: ast.Constant, line_lengths: list[int]) -> int:
   if node.lineno == node.end_lineno:
     return max(0, node.end_col_offset - node.col_offset)
   first = line_lengths[node.lineno - 1] - node.col_offset
-  middle = sum(line_lengths[node.lineno:node.end_lineno - 1])
+  middle = sum(line_lengths[node.lineno : node.end_lineno - 1])
   return max(0, first + middle + node.end_col_offset)
 
 
@@ -150,28 +161,31 @@ def heuristic_features(text: str) -> dict[str, float]:
           if value not in _PLAIN_NUMBERS:
             magic_numbers += 1
   documented = {id(node) for node, _ in docstrings}
-  doctest_docs = sum(any(line.lstrip().startswith(">>>") for line in c.value.splitlines())
-                     for _, c in docstrings)
+  doctest_docs = sum(
+    any(line.lstrip().startswith(">>>") for line in c.value.splitlines()) for _, c in docstrings
+  )
   code_lines = max(1, n_nonblank - len(doc_lines & set(nonblank)))
-  meaningful = [name for name in identifiers
-                if len(name.strip("_")) >= 3 or name in _CONVENTIONAL_SHORT_NAMES]
+  meaningful = [
+    name for name in identifiers if len(name.strip("_")) >= 3 or name in _CONVENTIONAL_SHORT_NAMES
+  ]
   func_lengths = [node.end_lineno - node.lineno + 1 for node in funcs]
   total_chars = max(1, len(text))
   features.update(
-      doc_line_ratio=len(doc_lines & set(nonblank)) / max(1, n_nonblank),
-      n_defs=float(len(defs)),
-      documented_def_ratio=(sum(id(d) in documented for d in defs) / len(defs)) if defs else 0.0,
-      doctest_docstrings=float(doctest_docs),
-      meaningful_identifier_ratio=(len(meaningful) / len(identifiers)) if identifiers else -1.0,
-      median_function_lines=float(statistics.median(func_lengths)) if func_lengths else -1.0,
-      literal_char_ratio=literal_chars / total_chars,
-      magic_numbers_per_code_line=magic_numbers / code_lines,
-      short_line_ratio=(sum(len(lines[i - 1]) <= 100 for i in nonblank) / n_nonblank
-                        if n_nonblank else 0.0),
-      max_line_chars=float(max((len(line) for line in lines), default=0)),
-      n_imports=float(n_imports),
-      largest_literal_elements=float(largest_literal),
-      generated_marker=float(bool(_GENERATED_MARKER.search(text))),
+    doc_line_ratio=len(doc_lines & set(nonblank)) / max(1, n_nonblank),
+    n_defs=float(len(defs)),
+    documented_def_ratio=(sum(id(d) in documented for d in defs) / len(defs)) if defs else 0.0,
+    doctest_docstrings=float(doctest_docs),
+    meaningful_identifier_ratio=(len(meaningful) / len(identifiers)) if identifiers else -1.0,
+    median_function_lines=float(statistics.median(func_lengths)) if func_lengths else -1.0,
+    literal_char_ratio=literal_chars / total_chars,
+    magic_numbers_per_code_line=magic_numbers / code_lines,
+    short_line_ratio=(
+      sum(len(lines[i - 1]) <= 100 for i in nonblank) / n_nonblank if n_nonblank else 0.0
+    ),
+    max_line_chars=float(max((len(line) for line in lines), default=0)),
+    n_imports=float(n_imports),
+    largest_literal_elements=float(largest_literal),
+    generated_marker=float(bool(_GENERATED_MARKER.search(text))),
   )
   return features
 
@@ -206,9 +220,15 @@ class HeuristicAnnotator(Annotator):
   """
 
   WEIGHTS = {
-      "doc_lines": 0.20, "documented_defs": 0.20, "doctests": 0.10, "identifiers": 0.10,
-      "function_length": 0.10, "few_literals": 0.15, "few_magic_numbers": 0.05,
-      "short_lines": 0.05, "few_imports": 0.05,
+    "doc_lines": 0.20,
+    "documented_defs": 0.20,
+    "doctests": 0.10,
+    "identifiers": 0.10,
+    "function_length": 0.10,
+    "few_literals": 0.15,
+    "few_magic_numbers": 0.05,
+    "short_lines": 0.05,
+    "few_imports": 0.05,
   }
 
   def __init__(self, threshold: float = 0.6, generated_factor: float = 0.3):
@@ -216,7 +236,9 @@ class HeuristicAnnotator(Annotator):
     self.generated_factor = generated_factor
 
   def __repr__(self):
-    return f"HeuristicAnnotator(threshold={self.threshold}, generated_factor={self.generated_factor})"
+    return (
+      f"HeuristicAnnotator(threshold={self.threshold}, generated_factor={self.generated_factor})"
+    )
 
   @staticmethod
   def sub_scores(features: Mapping[str, float]) -> dict[str, float]:
@@ -231,21 +253,26 @@ class HeuristicAnnotator(Annotator):
     else:
       length_score = 1.0 - _ramp(median, 30, 150)
     return {
-        "doc_lines": doc_score,
-        "documented_defs": f["documented_def_ratio"],
-        "doctests": min(1.0, f["doctest_docstrings"] / max(1.0, 0.25 * f["n_defs"])),
-        "identifiers": 0.5 if f["meaningful_identifier_ratio"] < 0 else f["meaningful_identifier_ratio"],
-        "function_length": length_score,
-        "few_literals": 1.0 - _ramp(f["literal_char_ratio"], 0.25, 0.6),
-        "few_magic_numbers": 1.0 - _ramp(f["magic_numbers_per_code_line"], 0.0, 0.5),
-        "short_lines": f["short_line_ratio"],
-        "few_imports": 1.0 - _ramp(f["n_imports"], 5, 25),
+      "doc_lines": doc_score,
+      "documented_defs": f["documented_def_ratio"],
+      "doctests": min(1.0, f["doctest_docstrings"] / max(1.0, 0.25 * f["n_defs"])),
+      "identifiers": 0.5
+      if f["meaningful_identifier_ratio"] < 0
+      else f["meaningful_identifier_ratio"],
+      "function_length": length_score,
+      "few_literals": 1.0 - _ramp(f["literal_char_ratio"], 0.25, 0.6),
+      "few_magic_numbers": 1.0 - _ramp(f["magic_numbers_per_code_line"], 0.0, 0.5),
+      "short_lines": f["short_line_ratio"],
+      "few_imports": 1.0 - _ramp(f["n_imports"], 5, 25),
     }
 
   def penalty(self, features: Mapping[str, float]) -> float:
     factor = 1.0
-    if (features["generated_marker"] or features["largest_literal_elements"] >= _LARGE_LITERAL_ELEMENTS
-        or features["max_line_chars"] >= _HUGE_LINE_CHARS):
+    if (
+      features["generated_marker"]
+      or features["largest_literal_elements"] >= _LARGE_LITERAL_ELEMENTS
+      or features["max_line_chars"] >= _HUGE_LINE_CHARS
+    ):
       factor *= self.generated_factor
     factor *= min(1.0, features["nonblank_lines"] / 10.0)
     if not features["parses"]:

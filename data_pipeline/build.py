@@ -31,8 +31,8 @@ from typing import Any
 
 import apache_beam as beam
 import seqio
-from absl import flags, logging
 import tensorflow as tf
+from absl import flags, logging
 from etils import epath
 from seqio import beam_utils
 
@@ -43,12 +43,7 @@ from data_pipeline import dedup as dedup_lib
 from data_pipeline import embeddings as embeddings_lib
 from data_pipeline import quality as quality_lib
 from data_pipeline import tokenizer as tokenizer_lib
-from phi_jax import cli
-from phi_jax import configs
-from phi_jax import files
-from phi_jax import tasks
-from phi_jax import train
-from phi_jax import vocabularies
+from phi_jax import cli, configs, files, tasks, train, vocabularies
 
 TASK_KINDS = {"phi1_code_textbook": ("code", "textbook"), "phi1_code_exercises": ("exercise",)}
 
@@ -82,7 +77,9 @@ class ParseDocument(beam.DoFn):
     except (ValueError, KeyError, TypeError):
       stages.counter("jsonl_skipped_malformed").inc()
       return
-    if kind not in ("code", "textbook", "exercise") or not isinstance(text, str) or not text.strip():
+    if (
+      kind not in ("code", "textbook", "exercise") or not isinstance(text, str) or not text.strip()
+    ):
       stages.counter("jsonl_skipped_malformed").inc()
       return
     fields = {k: record[k] for k in ("prompt", "solution") if kind == "exercise"}
@@ -93,39 +90,56 @@ class ParseDocument(beam.DoFn):
 
 def extract(corpus: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
   def body(stage: epath.Path) -> dict:
-    files = [(name, str(path)) for name, path in
-             sources.python_files(sources.python_roots(list(corpus.roots)))]
+    files = [
+      (name, str(path))
+      for name, path in sources.python_files(sources.python_roots(list(corpus.roots)))
+    ]
     if not files and not corpus.jsonl:
-      raise stages.EmptyStageError(f"no .py files under corpus.roots={list(corpus.roots)} and "
-                                   "no corpus.jsonl inputs")
+      raise stages.EmptyStageError(
+        f"no .py files under corpus.roots={list(corpus.roots)} and no corpus.jsonl inputs"
+      )
     if corpus.max_files:
-      files = files[:corpus.max_files]
+      files = files[: corpus.max_files]
     topics = list(sources.topic_documents()) if corpus.help_topics else []
 
     def build(p):
-      docs = (p | "Files" >> beam.Create(files, reshuffle=False)
-              | "Extract" >> beam.ParDo(ExtractDocuments(corpus.max_file_bytes)))
+      docs = (
+        p
+        | "Files" >> beam.Create(files, reshuffle=False)
+        | "Extract" >> beam.ParDo(ExtractDocuments(corpus.max_file_bytes))
+      )
       parts = [docs]
       if topics:
         parts.append(p | "Topics" >> beam.Create(topics))
       for i, pattern in enumerate(corpus.jsonl):
-        parts.append(p | f"Read JSONL {i}" >> beam.io.ReadFromText(pattern)
-                     | f"Parse JSONL {i}" >> beam.ParDo(ParseDocument()))
+        parts.append(
+          p
+          | f"Read JSONL {i}" >> beam.io.ReadFromText(pattern)
+          | f"Parse JSONL {i}" >> beam.ParDo(ParseDocument())
+        )
       stages.write_docs(parts | beam.Flatten(), stage, "docs")
 
     counters = stages.run_pipeline(build, beam_options)
     counters["extracted_textbook"] = counters.get("extracted_textbook", 0) + len(topics)
-    counters["extracted_total"] = sum(v for k, v in counters.items() if k.startswith("extracted_")
-                                      and k != "extracted_total")
-    stages.require_documents(counters, "extracted_total", "extract",
-                             f"no readable Python under corpus.roots={list(corpus.roots)}")
+    counters["extracted_total"] = sum(
+      v for k, v in counters.items() if k.startswith("extracted_") and k != "extracted_total"
+    )
+    stages.require_documents(
+      counters,
+      "extracted_total",
+      "extract",
+      f"no readable Python under corpus.roots={list(corpus.roots)}",
+    )
     return counters
+
   return files.run_stage(out, "extract", body)
 
 
-def filter_stage(name: str, transform_fn, previous: str, out: epath.PathLike,
-                 beam_options: list[str]) -> dict:
+def filter_stage(
+  name: str, transform_fn, previous: str, out: epath.PathLike, beam_options: list[str]
+) -> dict:
   """A Beam stage docs -> docs, reading stage `previous` and writing stage `name`."""
+
   def body(stage: epath.Path) -> dict:
     def build(p):
       docs = stages.read_docs(p, files.completed(out, previous), previous)
@@ -135,9 +149,11 @@ def filter_stage(name: str, transform_fn, previous: str, out: epath.PathLike,
       stages.write_docs(kept, stage, "kept")
 
     counters = stages.run_pipeline(build, beam_options)
-    stages.require_documents(counters, f"{name}_kept", name,
-                             f"all {counters.get(f'{name}_in', 0)} documents were removed")
+    stages.require_documents(
+      counters, f"{name}_kept", name, f"all {counters.get(f'{name}_in', 0)} documents were removed"
+    )
     return counters
+
   return files.run_stage(out, name, body)
 
 
@@ -146,24 +162,35 @@ def dedup(corpus: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
   return filter_stage("dedup", lambda: dedup_lib.Deduplicate(config), "extract", out, beam_options)
 
 
-def decontaminate(corpus: Any, mbpp_path: str, out: epath.PathLike, beam_options: list[str]
-                  ) -> dict:
+def decontaminate(
+  corpus: Any, mbpp_path: str, out: epath.PathLike, beam_options: list[str]
+) -> dict:
   """Drops documents overlapping HumanEval or MBPP (`mbpp_path`: the config's eval.mbpp_path)."""
   references = decontam_lib.load_references(mbpp_path or None)
   return filter_stage(
-      "decontam", lambda: decontam_lib.Decontaminate(references, ngram=corpus.decontam_ngram,
-                                                     tau=corpus.decontam_tau),
-      "dedup", out, beam_options)
+    "decontam",
+    lambda: decontam_lib.Decontaminate(
+      references, ngram=corpus.decontam_ngram, tau=corpus.decontam_tau
+    ),
+    "dedup",
+    out,
+    beam_options,
+  )
 
 
 def tokenizer(corpus: Any, vocab_size: int, out: epath.PathLike) -> dict:
   """SentencePiece on the deduplicated, decontaminated corpus: OUT/tokenizer/spm.model."""
 
   def body(stage: epath.Path) -> dict:
-    tokenizer_lib.train_sentencepiece(stages.iter_docs(files.completed(out, "decontam")), stage,
-                                      name="spm", vocab_size=vocab_size,
-                                      max_documents=corpus.tokenizer_max_documents)
+    tokenizer_lib.train_sentencepiece(
+      stages.iter_docs(files.completed(out, "decontam")),
+      stage,
+      name="spm",
+      vocab_size=vocab_size,
+      max_documents=corpus.tokenizer_max_documents,
+    )
     return json.loads((stage / "spm.train.json").read_text())["sample"]
+
   return files.run_stage(out, "tokenizer", body)
 
 
@@ -180,10 +207,12 @@ def embedding_model(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> s
 
   def body(stage: epath.Path) -> dict:
     unfiltered = stage / "data"
-    write_task(cfg.corpus, "phi1_code_textbook", files.completed(out, "decontam"), unfiltered,
-               beam_options)
-    files.copy_file(files.completed(out, "tokenizer") / "spm.model",
-                     unfiltered / "tokenizer" / "spm.model")
+    write_task(
+      cfg.corpus, "phi1_code_textbook", files.completed(out, "decontam"), unfiltered, beam_options
+    )
+    files.copy_file(
+      files.completed(out, "tokenizer") / "spm.model", unfiltered / "tokenizer" / "spm.model"
+    )
     model_cfg = copy.deepcopy(cfg)
     model_cfg.data.update(source="seqio", dir=os.fspath(unfiltered), mixture="phi1_pretrain")
     model_cfg.train.update(steps=cfg.corpus.quality_model_steps)
@@ -194,6 +223,7 @@ def embedding_model(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> s
       files.copy_tree(workdir, stage / "run")
     unfiltered.rmtree()
     return {"steps": cfg.corpus.quality_model_steps, "final_loss": metrics["loss"]}
+
   files.run_stage(out, "quality_model", body)
   return os.fspath(epath.Path(out) / "quality_model" / "run")
 
@@ -208,9 +238,10 @@ def quality_tokenizer(corpus: Any, out: epath.PathLike) -> str:
   if corpus.quality_tokenizer:
     if not corpus.quality_model:
       raise ValueError(
-          f"corpus.quality_tokenizer={corpus.quality_tokenizer!r} without corpus.quality_model: "
-          "the model trained by the build reads the corpus SentencePiece; set quality_model to "
-          "the checkpoint this tokenizer belongs to, or clear quality_tokenizer")
+        f"corpus.quality_tokenizer={corpus.quality_tokenizer!r} without corpus.quality_model: "
+        "the model trained by the build reads the corpus SentencePiece; set quality_model to "
+        "the checkpoint this tokenizer belongs to, or clear quality_tokenizer"
+      )
     return vocabularies.tokenizer_file(corpus.quality_tokenizer)
   if corpus.quality_model:
     beside = epath.Path(corpus.quality_model) / "tokenizer.json"
@@ -225,44 +256,61 @@ def quality(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
   corpus = cfg.corpus
   model_dir = embedding_model(cfg, out, beam_options)
   encode = vocabularies.TokenizerEncoder(quality_tokenizer(corpus, out), corpus.quality_max_len)
-  annotator = (llm_judge.LLMJudgeAnnotator(corpus.llm_base_url, corpus.llm_model)
-               if corpus.llm_base_url else annotators.HeuristicAnnotator())
+  annotator = (
+    llm_judge.LLMJudgeAnnotator(corpus.llm_base_url, corpus.llm_model)
+    if corpus.llm_base_url
+    else annotators.HeuristicAnnotator()
+  )
   docs_dir = files.completed(out, "decontam")
 
   def body(stage: epath.Path) -> dict:
     def embed(p):
       docs = stages.read_docs(p, docs_dir, "decontam")
       embedded = docs | "Embed" >> quality_lib.Embed(
-          embeddings_lib.CheckpointLoader(model_dir), encode, max_len=corpus.quality_max_len,
-          vocab_size=encode.vocab_size)
+        embeddings_lib.CheckpointLoader(model_dir),
+        encode,
+        max_len=corpus.quality_max_len,
+        vocab_size=encode.vocab_size,
+      )
       stages.write_docs(embedded, stage / "embedded", "embedded")
-      (embedded
-       | "Annotate" >> quality_lib.Annotate(annotator, fraction=corpus.annotate_fraction,
-                                            seed=cfg.train.seed)
-       | "Examples" >> quality_lib.ToTrainingExample()
-       | "Write examples" >> beam.io.WriteToText(os.fspath(stage / "annotated" / "examples"),
-                                                 ".jsonl"))
+      (
+        embedded
+        | "Annotate"
+        >> quality_lib.Annotate(annotator, fraction=corpus.annotate_fraction, seed=cfg.train.seed)
+        | "Examples" >> quality_lib.ToTrainingExample()
+        | "Write examples"
+        >> beam.io.WriteToText(os.fspath(stage / "annotated" / "examples"), ".jsonl")
+      )
 
     counters = stages.run_pipeline(embed, beam_options)
     _, embeddings, labels = quality_lib.read_training_examples(
-        os.fspath(stage / "annotated" / "examples*.jsonl"))
+      os.fspath(stage / "annotated" / "examples*.jsonl")
+    )
     classifier, report = classifier_lib.train_classifier(embeddings, labels, seed=cfg.train.seed)
     classifier_lib.save_classifier(stage / "classifier.joblib", classifier, report)
 
     def score(p):
       docs = stages.read_docs(p, stage / "embedded", "embedded")
       kept = docs | "Score" >> quality_lib.ScoreAndFilter(
-          os.fspath(stage / "classifier.joblib"), threshold=corpus.quality_threshold)
+        os.fspath(stage / "classifier.joblib"), threshold=corpus.quality_threshold
+      )
       stages.write_docs(kept, stage, "kept")
 
     counters.update(stages.run_pipeline(score, beam_options))
     (stage / "embedded").rmtree()
     scored = counters.get("quality_score_scored", 0)
-    counters.update({f"classifier_{k}": v for k, v in report.items()},
-                    fraction_kept=counters.get("quality_score_kept", 0) / max(scored, 1))
-    stages.require_documents(counters, "quality_score_kept", "quality",
-                             "the classifier kept no code; lower corpus.quality_threshold")
+    counters.update(
+      {f"classifier_{k}": v for k, v in report.items()},
+      fraction_kept=counters.get("quality_score_kept", 0) / max(scored, 1),
+    )
+    stages.require_documents(
+      counters,
+      "quality_score_kept",
+      "quality",
+      "the classifier kept no code; lower corpus.quality_threshold",
+    )
     return counters
+
   return files.run_stage(out, "quality", body)
 
 
@@ -273,34 +321,46 @@ def _split(doc_id: str, validation_fraction: float) -> str:
 
 def _example(doc: dict) -> bytes:
   keys = ("prompt", "solution") if doc["kind"] == "exercise" else ("text",)
-  feature = {k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[doc[k].encode()]))
-             for k in keys + ("id", "kind", "source")}
+  feature = {
+    k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[doc[k].encode()]))
+    for k in keys + ("id", "kind", "source")
+  }
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def write_task(corpus: Any, task: str, docs_dir: epath.PathLike, out: epath.PathLike,
-               beam_options: list[str]) -> dict:
+def write_task(
+  corpus: Any, task: str, docs_dir: epath.PathLike, out: epath.PathLike, beam_options: list[str]
+) -> dict:
   """One seqio task's source files: OUT/<task>/<split>.tfrecord-SSSSS-of-NNNNN."""
   kinds = TASK_KINDS[task]
 
   def body(stage: epath.Path) -> dict:
     def build(p):
-      docs = (stages.read_docs(p, docs_dir, "docs")
-              | "Select" >> beam.Filter(lambda d: d["kind"] in kinds))
+      docs = stages.read_docs(p, docs_dir, "docs") | "Select" >> beam.Filter(
+        lambda d: d["kind"] in kinds
+      )
       for split in ("train", "validation"):
-        (docs
-         | f"Split {split}" >> beam.Filter(
-             lambda d, split=split: _split(d["id"], corpus.validation_fraction) == split)
-         | f"Count {split}" >> beam.Map(
-             lambda d, split=split: (stages.counter(f"{split}_documents").inc(), d)[1])
-         | f"Example {split}" >> beam.Map(_example)
-         | f"Write {split}" >> beam.io.WriteToTFRecord(os.fspath(stage / f"{split}.tfrecord"),
-                                                        num_shards=corpus.num_shards))
+        (
+          docs
+          | f"Split {split}"
+          >> beam.Filter(
+            lambda d, split=split: _split(d["id"], corpus.validation_fraction) == split
+          )
+          | f"Count {split}"
+          >> beam.Map(lambda d, split=split: (stages.counter(f"{split}_documents").inc(), d)[1])
+          | f"Example {split}" >> beam.Map(_example)
+          | f"Write {split}"
+          >> beam.io.WriteToTFRecord(
+            os.fspath(stage / f"{split}.tfrecord"), num_shards=corpus.num_shards
+          )
+        )
 
     counters = stages.run_pipeline(build, beam_options)
-    stages.require_documents(counters, "train_documents", task,
-                             f"every {'/'.join(kinds)} document was filtered out")
+    stages.require_documents(
+      counters, "train_documents", task, f"every {'/'.join(kinds)} document was filtered out"
+    )
     return counters
+
   return files.run_stage(out, task, body)
 
 
@@ -320,26 +380,46 @@ def cache(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
         done_markers = []
         for split in task.splits:
           label = f"{name}_{split}"
-          examples = (p | f"{label} preprocess" >> beam_utils.PreprocessTask(
-                          task, split, setup_fn=setup, preprocessors_seed=cfg.train.seed)
-                      | f"{label} count" >> beam.Map(
-                          lambda ex, label=label: (stages.counter(f"{label}_cached").inc(), ex)[1]))
-          done_markers.append(examples | f"{label} write" >> beam_utils.WriteExampleTfRecord(
-              seqio.get_cached_tfrecord_prefix(task_dir, split),
-              num_shards=cfg.corpus.num_shards))
-          done_markers.append(examples | f"{label} info" >> beam_utils.GetInfo(
-              cfg.corpus.num_shards) | f"{label} write info" >> beam_utils.WriteJson(
-                  seqio.get_cached_info_path(task_dir, split)))
-          done_markers.append(examples | f"{label} stats" >> beam_utils.GetStats(
-              task.output_features) | f"{label} write stats" >> beam_utils.WriteJson(
-                  seqio.get_cached_stats_path(task_dir, split)))
-        _ = (done_markers | f"{name} done" >> beam.Flatten()
-             | f"{name} none" >> beam.Filter(lambda _: False)
-             | f"{name} completed" >> beam.io.textio.WriteToText(
-                 os.path.join(task_dir, "COMPLETED"), num_shards=1,
-                 shard_name_template=""))
+          examples = (
+            p
+            | f"{label} preprocess"
+            >> beam_utils.PreprocessTask(
+              task, split, setup_fn=setup, preprocessors_seed=cfg.train.seed
+            )
+            | f"{label} count"
+            >> beam.Map(lambda ex, label=label: (stages.counter(f"{label}_cached").inc(), ex)[1])
+          )
+          done_markers.append(
+            examples
+            | f"{label} write"
+            >> beam_utils.WriteExampleTfRecord(
+              seqio.get_cached_tfrecord_prefix(task_dir, split), num_shards=cfg.corpus.num_shards
+            )
+          )
+          done_markers.append(
+            examples
+            | f"{label} info" >> beam_utils.GetInfo(cfg.corpus.num_shards)
+            | f"{label} write info"
+            >> beam_utils.WriteJson(seqio.get_cached_info_path(task_dir, split))
+          )
+          done_markers.append(
+            examples
+            | f"{label} stats" >> beam_utils.GetStats(task.output_features)
+            | f"{label} write stats"
+            >> beam_utils.WriteJson(seqio.get_cached_stats_path(task_dir, split))
+          )
+        _ = (
+          done_markers
+          | f"{name} done" >> beam.Flatten()
+          | f"{name} none" >> beam.Filter(lambda _: False)
+          | f"{name} completed"
+          >> beam.io.textio.WriteToText(
+            os.path.join(task_dir, "COMPLETED"), num_shards=1, shard_name_template=""
+          )
+        )
 
     return stages.run_pipeline(build, beam_options)
+
   return files.run_stage(out, "cache", body)
 
 
@@ -348,19 +428,19 @@ def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) ->
   cfg, out = configs.resolve_paths(cfg), epath.Path(files.absolute(out))
   beam_options = list(beam_options or [])
   manifest = {
-      "extract": extract(cfg.corpus, out, beam_options),
-      "dedup": dedup(cfg.corpus, out, beam_options),
-      "decontam": decontaminate(cfg.corpus, cfg.eval.mbpp_path, out, beam_options),
-      "tokenizer": tokenizer(cfg.corpus, int(cfg.model.vocab_size), out),
-      "quality": quality(cfg, out, beam_options),
+    "extract": extract(cfg.corpus, out, beam_options),
+    "dedup": dedup(cfg.corpus, out, beam_options),
+    "decontam": decontaminate(cfg.corpus, cfg.eval.mbpp_path, out, beam_options),
+    "tokenizer": tokenizer(cfg.corpus, int(cfg.model.vocab_size), out),
+    "quality": quality(cfg, out, beam_options),
   }
   for task in TASK_KINDS:
-    manifest[task] = write_task(cfg.corpus, task, files.completed(out, "quality"), out,
-                                beam_options)
+    manifest[task] = write_task(
+      cfg.corpus, task, files.completed(out, "quality"), out, beam_options
+    )
   if cfg.corpus.cache:
     manifest["cache"] = cache(cfg, out, beam_options)
-  files.write_atomic(out / "manifest.json",
-                      json.dumps(manifest, indent=2, sort_keys=True).encode())
+  files.write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
   return manifest
 
 
@@ -374,9 +454,16 @@ def main(argv):
 
 if __name__ == "__main__":
   cli.define_config(help_text="A configs/*.py file (its corpus section).")
-  flags.DEFINE_string("out", None, "Output directory (relative to the current directory, "
-                      "absolute, or gs://): the trainer's data.dir.")
-  flags.DEFINE_list("beam_options", [], "Beam pipeline options, e.g. "
-                                    "--beam_options=--runner=DataflowRunner,--project=...")
+  flags.DEFINE_string(
+    "out",
+    None,
+    "Output directory (relative to the current directory, "
+    "absolute, or gs://): the trainer's data.dir.",
+  )
+  flags.DEFINE_list(
+    "beam_options",
+    [],
+    "Beam pipeline options, e.g. --beam_options=--runner=DataflowRunner,--project=...",
+  )
   flags.mark_flags_as_required(["config", "out"])
   cli.run(main)

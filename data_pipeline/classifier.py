@@ -8,7 +8,8 @@ row); `save_classifier`/`load_classifier` move it between stages, locally or on 
 from __future__ import annotations
 
 import io
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import joblib
 import numpy as np
@@ -21,12 +22,19 @@ from sklearn.model_selection import train_test_split
 from phi_jax import files
 
 
-def train_classifier(embeddings: np.ndarray, labels: Sequence[bool] | np.ndarray, seed: int = 0,
-                     holdout_fraction: float = 0.2, *, n_estimators: int = 200,
-                     max_depth: int | None = None, min_samples_leaf: int = 1,
-                     max_features: str | float | int | None = "sqrt",
-                     class_weight: str | None = None, n_jobs: int | None = 1
-                     ) -> tuple[Any, dict]:
+def train_classifier(
+  embeddings: np.ndarray,
+  labels: Sequence[bool] | np.ndarray,
+  seed: int = 0,
+  holdout_fraction: float = 0.2,
+  *,
+  n_estimators: int = 200,
+  max_depth: int | None = None,
+  min_samples_leaf: int = 1,
+  max_features: str | float | int | None = "sqrt",
+  class_weight: str | None = None,
+  n_jobs: int | None = 1,
+) -> tuple[Any, dict]:
   """(RandomForestClassifier fitted on the training split, held-out report).
 
   The split is stratified by label (when each class has >= 2 members) and deterministic in
@@ -44,25 +52,32 @@ def train_classifier(embeddings: np.ndarray, labels: Sequence[bool] | np.ndarray
   counts = np.bincount(y.astype(int), minlength=2)
   stratify = y if counts.min() >= 2 else None
   x_train, x_test, y_train, y_test = train_test_split(
-      x, y, test_size=holdout_fraction, random_state=seed, stratify=stratify)
+    x, y, test_size=holdout_fraction, random_state=seed, stratify=stratify
+  )
   classifier = RandomForestClassifier(
-      n_estimators=n_estimators, max_depth=max_depth, min_samples_leaf=min_samples_leaf,
-      max_features=max_features, class_weight=class_weight, n_jobs=n_jobs, random_state=seed)
+    n_estimators=n_estimators,
+    max_depth=max_depth,
+    min_samples_leaf=min_samples_leaf,
+    max_features=max_features,
+    class_weight=class_weight,
+    n_jobs=n_jobs,
+    random_state=seed,
+  )
   classifier.fit(x_train, y_train)
   _, predicted = select(classifier, x_test, 0.5)
   predicted = predicted >= 0.5
   report = {
-      "precision": float(precision_score(y_test, predicted, zero_division=0)),
-      "recall": float(recall_score(y_test, predicted, zero_division=0)),
-      "f1": float(f1_score(y_test, predicted, zero_division=0)),
-      "accuracy": float(accuracy_score(y_test, predicted)),
-      "n_train": int(len(y_train)),
-      "n_heldout": int(len(y_test)),
-      "positive_rate": float(y.mean()),
-      "heldout_positive_rate": float(y_test.mean()),
-      "predicted_positive_rate": float(predicted.mean()),
-      "seed": seed,
-      "n_estimators": n_estimators,
+    "precision": float(precision_score(y_test, predicted, zero_division=0)),
+    "recall": float(recall_score(y_test, predicted, zero_division=0)),
+    "f1": float(f1_score(y_test, predicted, zero_division=0)),
+    "accuracy": float(accuracy_score(y_test, predicted)),
+    "n_train": int(len(y_train)),
+    "n_heldout": int(len(y_test)),
+    "positive_rate": float(y.mean()),
+    "heldout_positive_rate": float(y_test.mean()),
+    "predicted_positive_rate": float(predicted.mean()),
+    "seed": seed,
+    "n_estimators": n_estimators,
   }
   return classifier, report
 
@@ -80,8 +95,9 @@ def positive_scores(classifier: Any, embeddings: np.ndarray) -> np.ndarray:
   return probabilities[:, positive[0]].astype(np.float64)
 
 
-def select(classifier: Any, embeddings: np.ndarray, threshold: float = 0.5
-           ) -> tuple[np.ndarray, np.ndarray]:
+def select(
+  classifier: Any, embeddings: np.ndarray, threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
   """(keep mask = score >= threshold, scores): scores are P(positive) per row."""
   scores = positive_scores(classifier, embeddings)
   return scores >= threshold, scores
@@ -90,8 +106,12 @@ def select(classifier: Any, embeddings: np.ndarray, threshold: float = 0.5
 def save_classifier(path: epath.PathLike, classifier: Any, report: Mapping | None = None) -> None:
   """Writes {classifier, report, versions} with joblib, locally or remotely (gs://...); the
   file appears only once complete (`phi_jax.files.write_atomic`)."""
-  bundle = {"format": 1, "classifier": classifier, "report": dict(report or {}),
-            "sklearn_version": sklearn.__version__}
+  bundle = {
+    "format": 1,
+    "classifier": classifier,
+    "report": dict(report or {}),
+    "sklearn_version": sklearn.__version__,
+  }
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   buffer = io.BytesIO()

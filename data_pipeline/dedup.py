@@ -29,7 +29,7 @@ import dataclasses
 import functools
 import hashlib
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 import apache_beam as beam
 import numpy as np
@@ -42,13 +42,13 @@ from data_pipeline.words import code_words
 
 @dataclasses.dataclass(frozen=True)
 class DedupConfig:
-  threshold: float = 0.85     # estimated Jaccard at or above which two documents are duplicates
-  num_perm: int = 128         # MinHash permutations (signature length)
-  shingle_size: int = 5       # words per shingle
-  seed: int = 1               # MinHash permutation seed
-  bands: int | None = None    # LSH bands; None: chosen from threshold and num_perm
-  rows: int | None = None     # rows per band; with bands, bands * rows <= num_perm
-  near: bool = True           # False: exact deduplication only
+  threshold: float = 0.85  # estimated Jaccard at or above which two documents are duplicates
+  num_perm: int = 128  # MinHash permutations (signature length)
+  shingle_size: int = 5  # words per shingle
+  seed: int = 1  # MinHash permutation seed
+  bands: int | None = None  # LSH bands; None: chosen from threshold and num_perm
+  rows: int | None = None  # rows per band; with bands, bands * rows <= num_perm
+  near: bool = True  # False: exact deduplication only
 
   def __post_init__(self):
     if not 0.0 < self.threshold <= 1.0:
@@ -57,10 +57,12 @@ class DedupConfig:
       raise ValueError("shingle_size and num_perm must be positive")
     if (self.bands is None) != (self.rows is None):
       raise ValueError("give both bands and rows, or neither")
-    if self.bands is not None and (self.bands < 1 or self.rows < 1
-                                   or self.bands * self.rows > self.num_perm):
-      raise ValueError(f"bands * rows ({self.bands} x {self.rows}) must be <= num_perm "
-                       f"({self.num_perm})")
+    if self.bands is not None and (
+      self.bands < 1 or self.rows < 1 or self.bands * self.rows > self.num_perm
+    ):
+      raise ValueError(
+        f"bands * rows ({self.bands} x {self.rows}) must be <= num_perm ({self.num_perm})"
+      )
 
   @property
   def banding(self) -> tuple[int, int]:
@@ -93,7 +95,7 @@ def shingles(text: str, size: int) -> set[str]:
     return set()
   if len(words) <= size:
     return {" ".join(words)}
-  return {" ".join(words[i:i + size]) for i in range(len(words) - size + 1)}
+  return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
 
 
 @functools.lru_cache(maxsize=8)
@@ -106,8 +108,12 @@ def signature(text: str, config: DedupConfig) -> np.ndarray | None:
   grams = shingles(text, config.shingle_size)
   if not grams:
     return None
-  minhash = MinHash(num_perm=config.num_perm, seed=config.seed, scheme="affine32",
-                    permutations=_permutations(config.num_perm, config.seed))
+  minhash = MinHash(
+    num_perm=config.num_perm,
+    seed=config.seed,
+    scheme="affine32",
+    permutations=_permutations(config.num_perm, config.seed),
+  )
   minhash.update_batch([g.encode("utf-8") for g in grams])  # a min: order-free
   return minhash.hashvalues.astype(np.uint32)
 
@@ -118,15 +124,16 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @functools.lru_cache(maxsize=64)
-def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.5,
-               fn_weight: float = 0.5) -> tuple[int, int]:
+def lsh_params(
+  threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5
+) -> tuple[int, int]:
   """(bands, rows) minimising weighted false-positive + false-negative probability areas."""
   s = np.linspace(0.0, 1.0, 2001)
   below, above = s <= threshold, s >= threshold
   best, best_cost = (1, 1), float("inf")
   for bands in range(1, num_perm + 1):
     for rows in range(1, num_perm // bands + 1):
-      p = 1.0 - (1.0 - s ** rows) ** bands  # probability of sharing at least one band
+      p = 1.0 - (1.0 - s**rows) ** bands  # probability of sharing at least one band
       fp = np.trapezoid(p[below], s[below])
       fn = np.trapezoid(1.0 - p[above], s[above])
       cost = fp_weight * fp + fn_weight * fn
@@ -137,13 +144,16 @@ def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.5,
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> list[bytes]:
   """One bucket key per band: the band index and a digest of its rows."""
-  return [i.to_bytes(2, "big")
-          + hashlib.blake2b(sig[i * rows:(i + 1) * rows].tobytes(), digest_size=12).digest()
-          for i in range(bands)]
+  return [
+    i.to_bytes(2, "big")
+    + hashlib.blake2b(sig[i * rows : (i + 1) * rows].tobytes(), digest_size=12).digest()
+    for i in range(bands)
+  ]
 
 
-def bucket_duplicates(members: Iterable[tuple[str, bytes | np.ndarray]],
-                      threshold: float) -> list[str]:
+def bucket_duplicates(
+  members: Iterable[tuple[str, bytes | np.ndarray]], threshold: float
+) -> list[str]:
   """Ids in one LSH bucket that have a smaller-id member with estimated Jaccard >= threshold."""
   members = sorted(members, key=lambda m: m[0])
   if len(members) < 2:
@@ -151,8 +161,9 @@ def bucket_duplicates(members: Iterable[tuple[str, bytes | np.ndarray]],
   ids = [m[0] for m in members]
   if len(set(ids)) != len(ids):
     raise ValueError(f"document ids are not unique: {sorted({i for i in ids if ids.count(i) > 1})}")
-  sigs = np.stack([np.frombuffer(s, dtype=np.uint32) if isinstance(s, bytes) else s
-                   for _, s in members])
+  sigs = np.stack(
+    [np.frombuffer(s, dtype=np.uint32) if isinstance(s, bytes) else s for _, s in members]
+  )
   duplicates = []
   for j in range(1, len(ids)):
     if np.mean(sigs[:j] == sigs[j], axis=1).max() >= threshold:
@@ -170,14 +181,17 @@ def exact_groups(docs: Iterable[dict]) -> dict[str, tuple[dict, int]]:
   return groups
 
 
-def deduplicate(docs: Iterable[dict], config: DedupConfig | None = None, **overrides
-                ) -> tuple[list[dict], dict[str, int]]:
+def deduplicate(
+  docs: Iterable[dict], config: DedupConfig | None = None, **overrides
+) -> tuple[list[dict], dict[str, int]]:
   """In memory: (kept documents sorted by id, {counter name: documents removed})."""
   cfg = make_config(config, **overrides)
   groups = exact_groups(docs)
   unique = sorted((doc for doc, _ in groups.values()), key=rank)
-  stats = {"exact_duplicates_removed": sum(n - 1 for _, n in groups.values()),
-           "near_duplicates_removed": 0}
+  stats = {
+    "exact_duplicates_removed": sum(n - 1 for _, n in groups.values()),
+    "near_duplicates_removed": 0,
+  }
   ids = [d["id"] for d in unique]
   if len(set(ids)) != len(ids):
     raise ValueError("document ids are not unique across different texts")
@@ -224,7 +238,6 @@ class _SmallestRank(beam.CombineFn):
 
 
 class _EmitRepresentative(beam.DoFn):
-
   def __init__(self):
     self.removed = Metrics.counter(NAMESPACE, "exact_duplicates_removed")
 
@@ -248,7 +261,6 @@ def _band_entries(entry, bands: int, rows: int):
 
 
 class _DropMarked(beam.DoFn):
-
   def __init__(self):
     self.removed = Metrics.counter(NAMESPACE, "near_duplicates_removed")
 
@@ -275,22 +287,27 @@ class Deduplicate(beam.PTransform):
 
   def expand(self, docs):
     cfg = self.config
-    unique = (docs
-              | "KeyByContent" >> beam.Map(lambda d: (content_hash(d["text"]), d))
-              | "SmallestIdPerContent" >> beam.CombinePerKey(_SmallestRank())
-              | "DropExact" >> beam.ParDo(_EmitRepresentative()))
+    unique = (
+      docs
+      | "KeyByContent" >> beam.Map(lambda d: (content_hash(d["text"]), d))
+      | "SmallestIdPerContent" >> beam.CombinePerKey(_SmallestRank())
+      | "DropExact" >> beam.ParDo(_EmitRepresentative())
+    )
     if not cfg.near:
       return unique
     bands, rows = cfg.banding
-    marks = (unique
-             | "MinHash" >> beam.FlatMap(_signature_entry, cfg)
-             | "Bands" >> beam.FlatMap(_band_entries, bands, rows)
-             | "GroupBuckets" >> beam.GroupByKey()
-             | "CompareInBucket" >> beam.FlatMap(lambda kv, t: bucket_duplicates(kv[1], t),
-                                                 cfg.threshold)
-             | "DistinctDuplicates" >> beam.Distinct()
-             | "MarkDuplicate" >> beam.Map(lambda doc_id: (doc_id, True)))
+    marks = (
+      unique
+      | "MinHash" >> beam.FlatMap(_signature_entry, cfg)
+      | "Bands" >> beam.FlatMap(_band_entries, bands, rows)
+      | "GroupBuckets" >> beam.GroupByKey()
+      | "CompareInBucket" >> beam.FlatMap(lambda kv, t: bucket_duplicates(kv[1], t), cfg.threshold)
+      | "DistinctDuplicates" >> beam.Distinct()
+      | "MarkDuplicate" >> beam.Map(lambda doc_id: (doc_id, True))
+    )
     keyed = unique | "KeyById" >> beam.Map(lambda d: (d["id"], d))
-    return ({"doc": keyed, "dup": marks}
-            | "JoinMarks" >> beam.CoGroupByKey()
-            | "DropNear" >> beam.ParDo(_DropMarked()))
+    return (
+      {"doc": keyed, "dup": marks}
+      | "JoinMarks" >> beam.CoGroupByKey()
+      | "DropNear" >> beam.ParDo(_DropMarked())
+    )

@@ -11,15 +11,15 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from phi_jax import checkpoint
-from phi_jax import files
+from phi_jax import checkpoint, files
 from phi_jax import model as model_lib
 
 
@@ -36,11 +36,13 @@ def length_buckets(max_len: int, smallest: int = 32) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=16)
 def _pooled_hidden_fn(model_config):
   """jit(params, tokens, mask) -> mean of final hidden states over mask; one per config."""
+
   def pooled(params, tokens, mask):
     # Padding is segment 0: real tokens (segment 1) never attend to it; right padding and the
     # causal mask keep it out anyway.
-    hidden = model_lib.forward(model_config, params, tokens, segment_ids=mask.astype(jnp.int32),
-                               return_hidden=True).astype(jnp.float32)
+    hidden = model_lib.forward(
+      model_config, params, tokens, segment_ids=mask.astype(jnp.int32), return_hidden=True
+    ).astype(jnp.float32)
     weights = mask.astype(jnp.float32)[..., None]
     count = jnp.maximum(weights.sum(axis=1), 1.0)
     return (hidden * weights).sum(axis=1) / count
@@ -48,9 +50,15 @@ def _pooled_hidden_fn(model_config):
   return jax.jit(pooled)
 
 
-def embed_texts(model_config: Any, params: Any, encode_fn: Callable[[str], Sequence[int]],
-                texts: Sequence[str], max_len: int = 512, batch_size: int = 8,
-                buckets: Sequence[int] | None = None) -> np.ndarray:
+def embed_texts(
+  model_config: Any,
+  params: Any,
+  encode_fn: Callable[[str], Sequence[int]],
+  texts: Sequence[str],
+  max_len: int = 512,
+  batch_size: int = 8,
+  buckets: Sequence[int] | None = None,
+) -> np.ndarray:
   """float32 [len(texts), d_model]: each text's mean final-LayerNorm hidden state over its tokens.
 
   Texts are encoded with `encode_fn` (text -> token ids), cut to `max_len` tokens, sorted by
@@ -67,14 +75,16 @@ def embed_texts(model_config: Any, params: Any, encode_fn: Callable[[str], Seque
   for text in texts:
     ids = np.asarray(list(encode_fn(text))[:max_len], dtype=np.int64)
     if ids.size and (ids.min() < 0 or ids.max() >= config.vocab_size):
-      raise ValueError(f"encode_fn produced token id {int(ids.max() if ids.max() >= 0 else ids.min())}"
-                       f" outside the model's vocabulary [0, {config.vocab_size})")
+      raise ValueError(
+        f"encode_fn produced token id {int(ids.max() if ids.max() >= 0 else ids.min())}"
+        f" outside the model's vocabulary [0, {config.vocab_size})"
+      )
     encoded.append(ids.astype(np.int32))
   out = np.zeros((len(texts), config.d_model), np.float32)
   fn = _pooled_hidden_fn(config)
   order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
   for start in range(0, len(order), batch_size):
-    rows = order[start:start + batch_size]
+    rows = order[start : start + batch_size]
     longest = max(len(encoded[i]) for i in rows)
     if longest == 0:
       continue
@@ -82,10 +92,10 @@ def embed_texts(model_config: Any, params: Any, encode_fn: Callable[[str], Seque
     tokens = np.zeros((batch_size, length), np.int32)
     mask = np.zeros((batch_size, length), bool)
     for r, i in enumerate(rows):
-      tokens[r, :len(encoded[i])] = encoded[i]
-      mask[r, :len(encoded[i])] = True
+      tokens[r, : len(encoded[i])] = encoded[i]
+      mask[r, : len(encoded[i])] = True
     pooled = np.asarray(fn(params, tokens, mask))
-    out[rows] = pooled[:len(rows)]
+    out[rows] = pooled[: len(rows)]
   return out
 
 
@@ -99,16 +109,18 @@ def _byte_encode(text: str, vocab_size: int, max_len: int | None) -> list[int]:
   return [b % vocab_size for b in data]
 
 
-def check_vocabulary_fits(vocab_size: int | None, model_config: Any, encoder: Any, model: Any
-                          ) -> None:
+def check_vocabulary_fits(
+  vocab_size: int | None, model_config: Any, encoder: Any, model: Any
+) -> None:
   """ValueError unless `encoder`'s `vocab_size` ids (None: unknown, not checked) fit the
   embedding table of `model`: an id past it has no embedding row."""
   model_vocab = model_lib.as_model_config(model_config).vocab_size
   if vocab_size is not None and vocab_size > model_vocab:
     raise ValueError(
-        f"{encoder!r} has {vocab_size} token ids but the model from {model!r} embeds only "
-        f"{model_vocab} (its vocab_size): encode documents with the model's own tokenizer "
-        "(corpus.quality_tokenizer, or a tokenizer.json in the checkpoint workdir)")
+      f"{encoder!r} has {vocab_size} token ids but the model from {model!r} embeds only "
+      f"{model_vocab} (its vocab_size): encode documents with the model's own tokenizer "
+      "(corpus.quality_tokenizer, or a tokenizer.json in the checkpoint workdir)"
+    )
 
 
 def restore_checkpoint(workdir: str, step: int | None = None) -> tuple[Any, Any]:

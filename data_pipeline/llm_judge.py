@@ -21,18 +21,22 @@ class LLMJudgeError(RuntimeError):
 
 
 LLM_JUDGE_SYSTEM_PROMPT = (
-    "You are an expert programming teacher who rates source code for its educational value.")
+  "You are an expert programming teacher who rates source code for its educational value."
+)
 LLM_JUDGE_PROMPT = (
-    "Determine the {question} of the following code.\n"
-    "Code that is clear, self-contained, well documented and teaches algorithms or language "
-    "concepts has high value; configuration, boilerplate, data tables, generated code and code "
-    "that mostly calls external systems have low value.\n"
-    "Answer on the first line with 'Score: N', N an integer from 0 (none) to 10 (excellent), "
-    "then at most one sentence of justification.\n\n"
-    "```python\n{code}\n```")
+  "Determine the {question} of the following code.\n"
+  "Code that is clear, self-contained, well documented and teaches algorithms or language "
+  "concepts has high value; configuration, boilerplate, data tables, generated code and code "
+  "that mostly calls external systems have low value.\n"
+  "Answer on the first line with 'Score: N', N an integer from 0 (none) to 10 (excellent), "
+  "then at most one sentence of justification.\n\n"
+  "```python\n{code}\n```"
+)
 
 _SCORE_PATTERN = re.compile(
-    r"score\W{0,3}(?:is\W{0,3})?(-?\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*(\d+(?:\.\d+)?))?", re.IGNORECASE)
+  r"score\W{0,3}(?:is\W{0,3})?(-?\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*(\d+(?:\.\d+)?))?",
+  re.IGNORECASE,
+)
 _FRACTION_PATTERN = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:/|out of)\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 _NUMBER_PATTERN = re.compile(r"-?\d+(?:\.\d+)?")
 _YES_NO_PATTERN = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
@@ -75,10 +79,20 @@ class LLMJudgeAnnotator(annotators.Annotator):
   raise `LLMJudgeError` at once. Code longer than `max_chars` is cut.
   """
 
-  def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
-               timeout: float = 60.0, max_retries: int = 3, backoff_s: float = 1.0,
-               threshold: float = 0.5, max_chars: int = 12_000, temperature: float = 0.0,
-               max_tokens: int = 64):
+  def __init__(
+    self,
+    base_url: str,
+    model: str,
+    *,
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout: float = 60.0,
+    max_retries: int = 3,
+    backoff_s: float = 1.0,
+    threshold: float = 0.5,
+    max_chars: int = 12_000,
+    temperature: float = 0.0,
+    max_tokens: int = 64,
+  ):
     self.base_url = base_url.rstrip("/")
     self.model = model
     self.api_key_env = api_key_env
@@ -98,14 +112,23 @@ class LLMJudgeAnnotator(annotators.Annotator):
     return f"{self.base_url}/chat/completions"
 
   def messages(self, text: str) -> list[dict]:
-    prompt = LLM_JUDGE_PROMPT.format(question=annotators.EDUCATIONAL_VALUE_QUESTION,
-                                     code=text[:self.max_chars])
-    return [{"role": "system", "content": LLM_JUDGE_SYSTEM_PROMPT},
-            {"role": "user", "content": prompt}]
+    prompt = LLM_JUDGE_PROMPT.format(
+      question=annotators.EDUCATIONAL_VALUE_QUESTION, code=text[: self.max_chars]
+    )
+    return [
+      {"role": "system", "content": LLM_JUDGE_SYSTEM_PROMPT},
+      {"role": "user", "content": prompt},
+    ]
 
   def _request(self, text: str) -> urllib.request.Request:
-    body = json.dumps({"model": self.model, "messages": self.messages(text),
-                       "temperature": self.temperature, "max_tokens": self.max_tokens}).encode()
+    body = json.dumps(
+      {
+        "model": self.model,
+        "messages": self.messages(text),
+        "temperature": self.temperature,
+        "max_tokens": self.max_tokens,
+      }
+    ).encode()
     headers = {"Content-Type": "application/json"}
     key = os.environ.get(self.api_key_env) if self.api_key_env else None
     if key:
@@ -136,7 +159,7 @@ class LLMJudgeAnnotator(annotators.Annotator):
         return payload["choices"][0]["message"]["content"]
       except (KeyError, IndexError, TypeError) as error:
         raise LLMJudgeError(
-            f"{self.url} returned no choices[0].message.content: {json.dumps(payload)[:500]}"
+          f"{self.url} returned no choices[0].message.content: {json.dumps(payload)[:500]}"
         ) from error
     raise LLMJudgeError(f"gave up after {self.max_retries + 1} attempts: {last_error}")
 

@@ -27,17 +27,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import apache_beam as beam
 import jax
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from data_pipeline import annotators
+from data_pipeline import annotators, stages
 from data_pipeline import classifier as classifier_lib
 from data_pipeline import embeddings as embeddings_lib
-from data_pipeline import stages
 
 
 def in_sample(doc_id: str, fraction: float, seed: int = 0) -> bool:
@@ -45,7 +44,7 @@ def in_sample(doc_id: str, fraction: float, seed: int = 0) -> bool:
   if fraction >= 1.0:
     return True
   digest = hashlib.sha256(f"{seed}\0{doc_id}".encode()).digest()
-  return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < fraction
+  return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
 
 
 def _kind_matches(doc: Mapping, kinds: tuple[str, ...] | None) -> bool:
@@ -53,9 +52,14 @@ def _kind_matches(doc: Mapping, kinds: tuple[str, ...] | None) -> bool:
 
 
 class _AnnotateFn(beam.DoFn):
-
-  def __init__(self, annotator: annotators.Annotator, fraction: float, seed: int,
-               kinds: tuple[str, ...] | None, on_error: str):
+  def __init__(
+    self,
+    annotator: annotators.Annotator,
+    fraction: float,
+    seed: int,
+    kinds: tuple[str, ...] | None,
+    on_error: str,
+  ):
     self.annotator, self.fraction, self.seed = annotator, fraction, seed
     self.kinds, self.on_error = kinds, on_error
     self.seen = stages.counter("quality_annotate_seen")
@@ -81,9 +85,9 @@ class _AnnotateFn(beam.DoFn):
 
 
 class _EmbedFn(beam.DoFn):
-
-  def __init__(self, model_loader, encode_fn, max_len: int, batch_size: int, field: str,
-               vocab_size: int | None):
+  def __init__(
+    self, model_loader, encode_fn, max_len: int, batch_size: int, field: str, vocab_size: int | None
+  ):
     self.model_loader, self.encode_fn = model_loader, encode_fn
     self.max_len, self.batch_size, self.field = max_len, batch_size, field
     self.vocab_size = vocab_size
@@ -94,15 +98,21 @@ class _EmbedFn(beam.DoFn):
   def setup(self):
     # (model config, params), once per worker; params go to the device once, not per batch.
     model_config, params = tuple(self.model_loader())[:2]
-    embeddings_lib.check_vocabulary_fits(self.vocab_size, model_config, self.encode_fn,
-                                         self.model_loader)
+    embeddings_lib.check_vocabulary_fits(
+      self.vocab_size, model_config, self.encode_fn, self.model_loader
+    )
     self._model = (model_config, jax.device_put(params))
 
   def process(self, batch):
     model_config, params = self._model
-    vectors = embeddings_lib.embed_texts(model_config, params, self.encode_fn,
-                                         [d["text"] for d in batch], max_len=self.max_len,
-                                         batch_size=self.batch_size)
+    vectors = embeddings_lib.embed_texts(
+      model_config,
+      params,
+      self.encode_fn,
+      [d["text"] for d in batch],
+      max_len=self.max_len,
+      batch_size=self.batch_size,
+    )
     self.batches.inc()
     self.documents.inc(len(batch))
     for doc, vector in zip(batch, vectors):
@@ -110,7 +120,6 @@ class _EmbedFn(beam.DoFn):
 
 
 class _ScoreFn(beam.DoFn):
-
   def __init__(self, classifier_path: str, threshold: float, field: str, drop_embedding: bool):
     self.classifier_path, self.threshold = classifier_path, threshold
     self.field, self.drop_embedding = field, drop_embedding
@@ -127,7 +136,8 @@ class _ScoreFn(beam.DoFn):
     if missing:
       raise KeyError(f"documents without '{self.field}' (run Embed first): {missing[:5]}")
     keep, scores = classifier_lib.select(
-        self._classifier, np.stack([np.asarray(d[self.field]) for d in batch]), self.threshold)
+      self._classifier, np.stack([np.asarray(d[self.field]) for d in batch]), self.threshold
+    )
     self.scored.inc(len(batch))
     for doc, keep_it, score in zip(batch, keep, scores):
       if not keep_it:
@@ -140,7 +150,6 @@ class _ScoreFn(beam.DoFn):
 
 
 class _PassThroughFn(beam.DoFn):
-
   def __init__(self, counter_name: str):
     self.count = stages.counter(counter_name)
 
@@ -169,8 +178,14 @@ class Annotate(beam.PTransform):
   on an annotator error (Beam retries it); 'skip' drops the document and counts it.
   """
 
-  def __init__(self, annotator: annotators.Annotator | None = None, fraction: float = 1.0,
-               seed: int = 0, kinds: Sequence[str] | None = ("code",), on_error: str = "raise"):
+  def __init__(
+    self,
+    annotator: annotators.Annotator | None = None,
+    fraction: float = 1.0,
+    seed: int = 0,
+    kinds: Sequence[str] | None = ("code",),
+    on_error: str = "raise",
+  ):
     super().__init__()
     if on_error not in ("raise", "skip"):
       raise ValueError(f"on_error={on_error!r} is not 'raise' or 'skip'")
@@ -182,7 +197,8 @@ class Annotate(beam.PTransform):
 
   def expand(self, pcoll):
     return pcoll | "Annotate" >> beam.ParDo(
-        _AnnotateFn(self.annotator, self.fraction, self.seed, self.kinds, self.on_error))
+      _AnnotateFn(self.annotator, self.fraction, self.seed, self.kinds, self.on_error)
+    )
 
 
 class Embed(beam.PTransform):
@@ -196,10 +212,17 @@ class Embed(beam.PTransform):
   quality_embed_{documents,batches,passthrough}.
   """
 
-  def __init__(self, model_loader: Callable[[], tuple], encode_fn: Callable[[str], Sequence[int]],
-               max_len: int = 512, batch_size: int = 8, kinds: Sequence[str] | None = ("code",),
-               field: str = "embedding", max_group: int | None = None,
-               vocab_size: int | None = None):
+  def __init__(
+    self,
+    model_loader: Callable[[], tuple],
+    encode_fn: Callable[[str], Sequence[int]],
+    max_len: int = 512,
+    batch_size: int = 8,
+    kinds: Sequence[str] | None = ("code",),
+    field: str = "embedding",
+    max_group: int | None = None,
+    vocab_size: int | None = None,
+  ):
     super().__init__()
     self.model_loader, self.encode_fn, self.vocab_size = model_loader, encode_fn, vocab_size
     self.max_len, self.batch_size, self.field = max_len, batch_size, field
@@ -208,10 +231,21 @@ class Embed(beam.PTransform):
 
   def expand(self, pcoll):
     selected, others = _split_by_kind(pcoll, self.kinds, "Embed")
-    embedded = (selected
-                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_group)
-                | "Embed" >> beam.ParDo(_EmbedFn(self.model_loader, self.encode_fn, self.max_len,
-                                                 self.batch_size, self.field, self.vocab_size)))
+    embedded = (
+      selected
+      | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_group)
+      | "Embed"
+      >> beam.ParDo(
+        _EmbedFn(
+          self.model_loader,
+          self.encode_fn,
+          self.max_len,
+          self.batch_size,
+          self.field,
+          self.vocab_size,
+        )
+      )
+    )
     if others is None:
       return embedded
     others = others | "PassThrough" >> beam.ParDo(_PassThroughFn("quality_embed_passthrough"))
@@ -227,9 +261,15 @@ class ScoreAndFilter(beam.PTransform):
   quality_score_{scored,kept,removed,passthrough}; kept + removed = scored.
   """
 
-  def __init__(self, classifier_path: str, threshold: float = 0.5,
-               kinds: Sequence[str] | None = ("code",), field: str = "embedding",
-               drop_embedding: bool = True, batch_size: int = 256):
+  def __init__(
+    self,
+    classifier_path: str,
+    threshold: float = 0.5,
+    kinds: Sequence[str] | None = ("code",),
+    field: str = "embedding",
+    drop_embedding: bool = True,
+    batch_size: int = 256,
+  ):
     super().__init__()
     self.classifier_path, self.threshold = str(classifier_path), threshold
     self.kinds = None if kinds is None else tuple(kinds)
@@ -237,10 +277,12 @@ class ScoreAndFilter(beam.PTransform):
 
   def expand(self, pcoll):
     selected, others = _split_by_kind(pcoll, self.kinds, "Score")
-    kept = (selected
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
-            | "Score" >> beam.ParDo(_ScoreFn(self.classifier_path, self.threshold, self.field,
-                                             self.drop_embedding)))
+    kept = (
+      selected
+      | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+      | "Score"
+      >> beam.ParDo(_ScoreFn(self.classifier_path, self.threshold, self.field, self.drop_embedding))
+    )
     if others is None:
       return kept
     others = others | "PassThrough" >> beam.ParDo(_PassThroughFn("quality_score_passthrough"))
@@ -249,10 +291,14 @@ class ScoreAndFilter(beam.PTransform):
 
 def training_example_json(doc: Mapping, field: str = "embedding") -> str:
   """One annotated + embedded document as a JSON line for `read_training_examples`."""
-  return json.dumps({
-      "id": doc["id"], "quality_label": bool(doc["quality_label"]),
+  return json.dumps(
+    {
+      "id": doc["id"],
+      "quality_label": bool(doc["quality_label"]),
       "quality_annotation": float(doc["quality_annotation"]),
-      "embedding": [float(v) for v in np.asarray(doc[field], np.float32)]})
+      "embedding": [float(v) for v in np.asarray(doc[field], np.float32)],
+    }
+  )
 
 
 class ToTrainingExample(beam.PTransform):
@@ -279,5 +325,8 @@ def read_training_examples(file_pattern: str) -> tuple[list[str], np.ndarray, np
   if not rows:
     raise FileNotFoundError(f"no training examples match {file_pattern}")
   rows.sort(key=lambda r: r["id"])
-  return ([r["id"] for r in rows], np.asarray([r["embedding"] for r in rows], np.float32),
-          np.asarray([r["quality_label"] for r in rows], bool))
+  return (
+    [r["id"] for r in rows],
+    np.asarray([r["embedding"] for r in rows], np.float32),
+    np.asarray([r["quality_label"] for r in rows], bool),
+  )

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import sysconfig
 import site
+import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 MIN_DOCTEST_PROMPTS = 2
 EXERCISE_BODY_LINES = (2, 40)
@@ -41,14 +41,16 @@ def python_roots(names: list[str]) -> dict[str, Path]:
     else:
       path = Path(name)
       if not path.is_dir():
-        raise FileNotFoundError(f"corpus root '{name}' is neither 'stdlib', 'site-packages' "
-                                "nor a directory")
+        raise FileNotFoundError(
+          f"corpus root '{name}' is neither 'stdlib', 'site-packages' nor a directory"
+        )
       roots[name] = path
   return roots
 
 
-def python_files(roots: dict[str, Path], exclude_parts: tuple[str, ...] = ("site-packages",)
-                 ) -> Iterator[tuple[str, Path]]:
+def python_files(
+  roots: dict[str, Path], exclude_parts: tuple[str, ...] = ("site-packages",)
+) -> Iterator[tuple[str, Path]]:
   """(source name, path) of every .py file under the roots, in a stable order.
 
   A root's own nested site-packages (stdlib contains it) is skipped so that files are counted once.
@@ -87,26 +89,36 @@ def documents_from_source(source: str, text: str) -> Iterator[dict]:
     if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
       continue
     doc = ast.get_docstring(node, clean=True)
-    if doc and sum(line.lstrip().startswith(">>>") for line in doc.splitlines()) >= MIN_DOCTEST_PROMPTS:
+    if (
+      doc
+      and sum(line.lstrip().startswith(">>>") for line in doc.splitlines()) >= MIN_DOCTEST_PROMPTS
+    ):
       title = getattr(node, "name", source.rsplit(":", 1)[-1])
       yield document("textbook", f"{source}:{title}", f"{title}\n\n{doc}\n")
   for node in tree.body:
     exercise = _exercise(node, lines)
     if exercise:
-      yield document("exercise", f"{source}:{node.name}", exercise[0] + exercise[1],
-                     prompt=exercise[0], solution=exercise[1])
+      yield document(
+        "exercise",
+        f"{source}:{node.name}",
+        exercise[0] + exercise[1],
+        prompt=exercise[0],
+        solution=exercise[1],
+      )
 
 
 def _exercise(node: ast.stmt, lines: list[str]) -> tuple[str, str] | None:
   """(signature + docstring, body) of a documented top-level function with a real body."""
-  if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or ast.get_docstring(node) is None:
+  if (
+    not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or ast.get_docstring(node) is None
+  ):
     return None
   docstring, body = node.body[0], node.body[1:]
   if not body or _is_placeholder(body):
     return None
   start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
-  prompt = "".join(lines[start:docstring.end_lineno])
-  solution = "".join(lines[docstring.end_lineno:node.end_lineno])
+  prompt = "".join(lines[start : docstring.end_lineno])
+  solution = "".join(lines[docstring.end_lineno : node.end_lineno])
   n_lines = sum(1 for line in solution.splitlines() if line.strip())
   if not EXERCISE_BODY_LINES[0] <= n_lines <= EXERCISE_BODY_LINES[1]:
     return None
@@ -116,11 +128,13 @@ def _exercise(node: ast.stmt, lines: list[str]) -> tuple[str, str] | None:
 def _is_placeholder(body: list[ast.stmt]) -> bool:
   only = body[0] if len(body) == 1 else None
   return isinstance(only, (ast.Pass, ast.Raise)) or (
-      isinstance(only, ast.Expr) and isinstance(only.value, ast.Constant))
+    isinstance(only, ast.Expr) and isinstance(only.value, ast.Constant)
+  )
 
 
 def topic_documents() -> Iterator[dict]:
   """The interpreter's help topics (`help('for')`, ...): the Python reference, as textbook text."""
   from pydoc_data.topics import topics  # 1 MB of text, read only when help_topics is on
+
   for name, text in sorted(topics.items()):
     yield document("textbook", f"pydoc_topics:{name}", text)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -33,8 +33,9 @@ def pipeline_counters(result) -> dict[str, int]:
   return totals
 
 
-def run_pipeline(build: Callable[[beam.Pipeline], None], options: list[str] | None = None
-                 ) -> dict[str, int]:
+def run_pipeline(
+  build: Callable[[beam.Pipeline], None], options: list[str] | None = None
+) -> dict[str, int]:
   """Runs a Beam pipeline (DirectRunner unless `options` say otherwise); returns its counters."""
   pipeline_options = beam.options.pipeline_options.PipelineOptions(options or [])
   pipeline = beam.Pipeline(options=pipeline_options)
@@ -46,15 +47,20 @@ def run_pipeline(build: Callable[[beam.Pipeline], None], options: list[str] | No
 
 def read_docs(pipeline: beam.Pipeline, directory: epath.PathLike, label: str):
   pattern = os.fspath(epath.Path(directory) / "docs-*.jsonl")
-  return (pipeline | f"Read {label}" >> beam.io.ReadFromText(pattern)
-          | f"Parse {label}" >> beam.Map(json.loads))
+  return (
+    pipeline
+    | f"Read {label}" >> beam.io.ReadFromText(pattern)
+    | f"Parse {label}" >> beam.Map(json.loads)
+  )
 
 
 def write_docs(docs, directory: epath.PathLike, label: str, num_shards: int = 0):
   prefix = os.fspath(epath.Path(directory) / "docs")
-  return (docs | f"Serialize {label}" >> beam.Map(
-      lambda d: json.dumps(d, sort_keys=True, default=_jsonable))
-          | f"Write {label}" >> beam.io.WriteToText(prefix, ".jsonl", num_shards=num_shards))
+  return (
+    docs
+    | f"Serialize {label}" >> beam.Map(lambda d: json.dumps(d, sort_keys=True, default=_jsonable))
+    | f"Write {label}" >> beam.io.WriteToText(prefix, ".jsonl", num_shards=num_shards)
+  )
 
 
 def _jsonable(value):

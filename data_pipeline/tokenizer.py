@@ -35,7 +35,8 @@ import json
 import random
 import re
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import sentencepiece as spm
 from etils import epath
@@ -48,20 +49,18 @@ _LINES = re.compile(r"[^\n]*\n|[^\n]+")  # lines with their '\n' (only '\n' ends
 
 # Defaults for train_sentencepiece (kwargs, so a config dict can be splatted in).
 DEFAULTS = dict(
-    vocab_size=32768,
-    model_type="bpe",
-    max_documents=50_000,
-    max_chars=20_000_000,
-    max_sentence_length=8192,
-    character_coverage=0.9999,
-    user_defined_symbols=("\n",),
-    split_digits=True,
-    max_sentencepiece_length=16,
-    seed=0,
-    num_threads=1,
+  vocab_size=32768,
+  model_type="bpe",
+  max_documents=50_000,
+  max_chars=20_000_000,
+  max_sentence_length=8192,
+  character_coverage=0.9999,
+  user_defined_symbols=("\n",),
+  split_digits=True,
+  max_sentencepiece_length=16,
+  seed=0,
+  num_threads=1,
 )
-
-
 
 
 def split_for_training(text: str, max_bytes: int) -> Iterator[str]:
@@ -105,8 +104,14 @@ def _split_long_line(line: str, max_bytes: int) -> Iterator[str]:
     yield data.decode("utf-8")
 
 
-def training_sample(texts: Iterable[str | dict], *, max_documents: int, max_chars: int,
-                    max_sentence_length: int, seed: int) -> tuple[list[str], dict]:
+def training_sample(
+  texts: Iterable[str | dict],
+  *,
+  max_documents: int,
+  max_chars: int,
+  max_sentence_length: int,
+  seed: int,
+) -> tuple[list[str], dict]:
   """(chunks, stats): the bounded training sample.
 
   The first `max_documents` documents of `texts` (strings or corpus dicts with 'text') are cut
@@ -134,43 +139,58 @@ def training_sample(texts: Iterable[str | dict], *, max_documents: int, max_char
       keep.append(i)
       size += len(chunks[i])
     chunks = [chunks[i] for i in sorted(keep)]
-  stats = {"documents": n_docs, "chunks": len(chunks), "chars": sum(map(len, chunks)),
-           "chars_before_sampling": total}
+  stats = {
+    "documents": n_docs,
+    "chunks": len(chunks),
+    "chars": sum(map(len, chunks)),
+    "chars_before_sampling": total,
+  }
   return chunks, stats
 
 
-def trainer_options(*, vocab_size: int, model_type: str, max_sentence_length: int,
-                    character_coverage: float, user_defined_symbols: Sequence[str],
-                    split_digits: bool, max_sentencepiece_length: int, num_threads: int
-                    ) -> dict[str, Any]:
+def trainer_options(
+  *,
+  vocab_size: int,
+  model_type: str,
+  max_sentence_length: int,
+  character_coverage: float,
+  user_defined_symbols: Sequence[str],
+  split_digits: bool,
+  max_sentencepiece_length: int,
+  num_threads: int,
+) -> dict[str, Any]:
   """The SentencePiece trainer options (see the module docstring for why each is set)."""
   return dict(
-      vocab_size=vocab_size,
-      model_type=model_type,
-      normalization_rule_name="identity",
-      add_dummy_prefix=False,
-      remove_extra_whitespaces=False,
-      split_by_whitespace=True,
-      allow_whitespace_only_pieces=True,
-      split_digits=split_digits,
-      byte_fallback=True,
-      character_coverage=character_coverage,
-      user_defined_symbols=list(user_defined_symbols),
-      max_sentence_length=max_sentence_length,
-      max_sentencepiece_length=max_sentencepiece_length,
-      pad_id=PAD_ID, pad_piece="<pad>",
-      eos_id=EOT_ID, eos_piece=EOT_PIECE,
-      unk_id=UNK_ID, unk_piece="<unk>",
-      bos_id=-1,
-      input_sentence_size=0,          # we sample ourselves (training_sample)
-      shuffle_input_sentence=False,
-      num_threads=num_threads,
-      minloglevel=2,
+    vocab_size=vocab_size,
+    model_type=model_type,
+    normalization_rule_name="identity",
+    add_dummy_prefix=False,
+    remove_extra_whitespaces=False,
+    split_by_whitespace=True,
+    allow_whitespace_only_pieces=True,
+    split_digits=split_digits,
+    byte_fallback=True,
+    character_coverage=character_coverage,
+    user_defined_symbols=list(user_defined_symbols),
+    max_sentence_length=max_sentence_length,
+    max_sentencepiece_length=max_sentencepiece_length,
+    pad_id=PAD_ID,
+    pad_piece="<pad>",
+    eos_id=EOT_ID,
+    eos_piece=EOT_PIECE,
+    unk_id=UNK_ID,
+    unk_piece="<unk>",
+    bos_id=-1,
+    input_sentence_size=0,  # we sample ourselves (training_sample)
+    shuffle_input_sentence=False,
+    num_threads=num_threads,
+    minloglevel=2,
   )
 
 
-def train_sentencepiece(texts: Iterable[str | dict], out_dir: epath.PathLike, *,
-                        name: str = "tokenizer", **options) -> epath.Path:
+def train_sentencepiece(
+  texts: Iterable[str | dict], out_dir: epath.PathLike, *, name: str = "tokenizer", **options
+) -> epath.Path:
   """Trains a SentencePiece model on corpus documents; returns the path of `<out_dir>/<name>.model`.
 
   `out_dir` may be local or remote (gs://...): the trainer writes the model into memory.
@@ -186,13 +206,29 @@ def train_sentencepiece(texts: Iterable[str | dict], out_dir: epath.PathLike, *,
     raise TypeError(f"unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
   opts = {**DEFAULTS, **options}
   chunks, stats = training_sample(
-      texts, max_documents=opts["max_documents"], max_chars=opts["max_chars"],
-      max_sentence_length=opts["max_sentence_length"], seed=opts["seed"])
+    texts,
+    max_documents=opts["max_documents"],
+    max_chars=opts["max_chars"],
+    max_sentence_length=opts["max_sentence_length"],
+    seed=opts["seed"],
+  )
   if not chunks:
     raise ValueError("no training text: every document was empty")
-  spm_opts = trainer_options(**{k: opts[k] for k in (
-      "vocab_size", "model_type", "max_sentence_length", "character_coverage",
-      "user_defined_symbols", "split_digits", "max_sentencepiece_length", "num_threads")})
+  spm_opts = trainer_options(
+    **{
+      k: opts[k]
+      for k in (
+        "vocab_size",
+        "model_type",
+        "max_sentence_length",
+        "character_coverage",
+        "user_defined_symbols",
+        "split_digits",
+        "max_sentencepiece_length",
+        "num_threads",
+      )
+    }
+  )
   spm.set_random_generator_seed(int(opts["seed"]))
   start = time.perf_counter()
   writer = io.BytesIO()
@@ -204,10 +240,13 @@ def train_sentencepiece(texts: Iterable[str | dict], out_dir: epath.PathLike, *,
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   path = out / f"{name}.model"
-  meta = {"options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()},
-          "sample": stats, "train_seconds": round(seconds, 3),
-          "sentencepiece_version": spm.__version__,
-          "model_sha256": hashlib.sha256(model).hexdigest()}
+  meta = {
+    "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()},
+    "sample": stats,
+    "train_seconds": round(seconds, 3),
+    "sentencepiece_version": spm.__version__,
+    "model_sha256": hashlib.sha256(model).hexdigest(),
+  }
   files.write_atomic(out / f"{name}.train.json", json.dumps(meta, indent=2).encode())
   files.write_atomic(path, model)  # last: the .model appearing means everything is written
   return path
@@ -218,8 +257,9 @@ def _check_model(model: bytes, vocab_size: int) -> None:
   sp = spm.SentencePieceProcessor(model_proto=model)
   got = (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id(), sp.id_to_piece(EOT_ID))
   if got != (PAD_ID, EOT_ID, UNK_ID, -1, EOT_PIECE) or sp.get_piece_size() != vocab_size:
-    raise RuntimeError(f"trained model has unexpected specials/size: {got}, "
-                       f"{sp.get_piece_size()} pieces")
+    raise RuntimeError(
+      f"trained model has unexpected specials/size: {got}, {sp.get_piece_size()} pieces"
+    )
   if not proto.trainer_spec.byte_fallback:
     raise RuntimeError("trained model lacks byte fallback")
 

@@ -16,4 +16,3 @@ _WORD = re.compile(r"\w+")
 def code_words(text: str) -> list[str]:
   """The words of `text`, in order."""
   return _WORD.findall(text)
-

@@ -39,10 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 # TPU software versions Cloud TPU recommends for JAX, per generation (accelerator type prefix).
 RUNTIME_VERSIONS = {
-    "v4": "tpu-ubuntu2204-base",
-    "v5litepod": "v2-alpha-tpuv5-lite",  # v5e
-    "v5p": "v2-alpha-tpuv5",
-    "v6e": "v2-alpha-tpuv6e",
+  "v4": "tpu-ubuntu2204-base",
+  "v5litepod": "v2-alpha-tpuv5-lite",  # v5e
+  "v5p": "v2-alpha-tpuv5",
+  "v6e": "v2-alpha-tpuv6e",
 }
 ACCELERATOR_TYPE = re.compile(rf"({'|'.join(RUNTIME_VERSIONS)})-([1-9][0-9]*)")
 ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")  # us-central2-b, europe-west4-a
@@ -75,8 +75,9 @@ class LaunchError(Exception):
 
 class CommandFailed(LaunchError):
   def __init__(self, argv: list[str], code: int, stderr: str = ""):
-    super().__init__("\n".join(filter(None, [f"exit status {code} from: {shlex.join(argv)}",
-                                             stderr.strip()])))
+    super().__init__(
+      "\n".join(filter(None, [f"exit status {code} from: {shlex.join(argv)}", stderr.strip()]))
+    )
 
 
 class Preempted(Exception):
@@ -85,9 +86,11 @@ class Preempted(Exception):
 
 # --------------------------------------------------------------------------- gcloud commands
 
+
 @dataclasses.dataclass(frozen=True)
 class Slice:
   """One TPU slice: a queued resource and the TPU node it provisions, both named `name`."""
+
   name: str
   zone: str
   project: str | None
@@ -99,40 +102,102 @@ class Slice:
     """This slice's options for another launch/tpu_pod.py subcommand, for messages."""
     return shlex.join([f"--name={self.name}", *self._where()])
 
-  def create(self, accelerator_type: str, runtime_version: str, spot: bool, reserved: bool,
-             valid_until_duration: str | None) -> list[str]:
-    return ["gcloud", "compute", "tpus", "queued-resources", "create", self.name,
-            f"--node-id={self.name}", f"--accelerator-type={accelerator_type}",
-            f"--runtime-version={runtime_version}", *self._where(),
-            *(["--spot"] if spot else []), *(["--reserved"] if reserved else []),
-            *([f"--valid-until-duration={valid_until_duration}"] if valid_until_duration else []),
-            "--quiet"]
+  def create(
+    self,
+    accelerator_type: str,
+    runtime_version: str,
+    spot: bool,
+    reserved: bool,
+    valid_until_duration: str | None,
+  ) -> list[str]:
+    return [
+      "gcloud",
+      "compute",
+      "tpus",
+      "queued-resources",
+      "create",
+      self.name,
+      f"--node-id={self.name}",
+      f"--accelerator-type={accelerator_type}",
+      f"--runtime-version={runtime_version}",
+      *self._where(),
+      *(["--spot"] if spot else []),
+      *(["--reserved"] if reserved else []),
+      *([f"--valid-until-duration={valid_until_duration}"] if valid_until_duration else []),
+      "--quiet",
+    ]
 
   def describe(self) -> list[str]:
-    return ["gcloud", "compute", "tpus", "queued-resources", "describe", self.name, *self._where(),
-            "--format=value(state.state)"]
+    return [
+      "gcloud",
+      "compute",
+      "tpus",
+      "queued-resources",
+      "describe",
+      self.name,
+      *self._where(),
+      "--format=value(state.state)",
+    ]
 
   def node_state(self) -> list[str]:
-    return ["gcloud", "compute", "tpus", "tpu-vm", "describe", self.name, *self._where(),
-            "--format=value(state)"]
+    return [
+      "gcloud",
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "describe",
+      self.name,
+      *self._where(),
+      "--format=value(state)",
+    ]
 
   def delete(self) -> list[str]:
     # --force deletes the TPU node with the request; gcloud waits until both are gone.
-    return ["gcloud", "compute", "tpus", "queued-resources", "delete", self.name, *self._where(),
-            "--force", "--quiet"]
+    return [
+      "gcloud",
+      "compute",
+      "tpus",
+      "queued-resources",
+      "delete",
+      self.name,
+      *self._where(),
+      "--force",
+      "--quiet",
+    ]
 
   def scp(self, local: Path, remote: str) -> list[str]:
-    return ["gcloud", "compute", "tpus", "tpu-vm", "scp", str(local), f"{self.name}:{remote}",
-            "--worker=all", *self._where(), "--quiet"]
+    return [
+      "gcloud",
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "scp",
+      str(local),
+      f"{self.name}:{remote}",
+      "--worker=all",
+      *self._where(),
+      "--quiet",
+    ]
 
   def ssh(self, command: str, worker: str = "all") -> list[str]:
-    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", self.name, f"--worker={worker}",
-            *self._where(), f"--command={command}", "--quiet"]
+    return [
+      "gcloud",
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "ssh",
+      self.name,
+      f"--worker={worker}",
+      *self._where(),
+      f"--command={command}",
+      "--quiet",
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
   """Where workers get phi_jax: this checkout (packed and copied) or a git repository."""
+
   repo_url: str | None
   ref: str | None
   python: str  # the venv's Python version (jax 0.10 needs >= 3.11; TPU images ship 3.10)
@@ -148,6 +213,7 @@ class Job:
 
 # --------------------------------------------------------------------------- what runs on workers
 
+
 def install_script(source: Source) -> str:
   """Fresh code and venv: uv brings its own Python, since the TPU images' is too old for jax."""
   if source.repo_url is None:
@@ -156,7 +222,8 @@ def install_script(source: Source) -> str:
     fetch = f"git clone --quiet {shlex.quote(source.repo_url)} {REMOTE_SOURCE}"
     if source.ref:
       fetch += f" && git -C {REMOTE_SOURCE} checkout --quiet {shlex.quote(source.ref)}"
-  return " && ".join([
+  return " && ".join(
+    [
       f"rm -rf {REMOTE_SOURCE} {REMOTE_VENV}",
       fetch,
       "python3 -m pip install --user --quiet --upgrade uv",
@@ -164,7 +231,8 @@ def install_script(source: Source) -> str:
       f"cd {REMOTE_SOURCE}",
       f"{REMOTE_UV} pip install --quiet --python {REMOTE_VENV}/bin/python "
       f"-e {shlex.quote(f'.[{source.extras}]')}",
-  ])
+    ]
+  )
 
 
 def trainer_args(job: Job) -> list[str]:
@@ -173,18 +241,28 @@ def trainer_args(job: Job) -> list[str]:
   distributed.enabled makes each worker call jax.distributed.initialize(), which finds its
   peers through the TPU metadata; user overrides come last so they win.
   """
-  return ["-m", "phi_jax.train", f"--config={job.config}", f"--workdir={job.workdir}",
-          "--config.distributed.enabled=True", *job.overrides]
+  return [
+    "-m",
+    "phi_jax.train",
+    f"--config={job.config}",
+    f"--workdir={job.workdir}",
+    "--config.distributed.enabled=True",
+    *job.overrides,
+  ]
 
 
 def train_script(job: Job) -> str:
   """Starts the trainer detached (it outlives the ssh session); its exit status lands in a file
   written whole (temp + rename), so a half-written status is never read."""
   trainer = f"{REMOTE_VENV}/bin/python {shlex.join(trainer_args(job))}"
-  detached = (f"{trainer} >> {REMOTE_LOG} 2>&1 ; "
-              f"echo $? > {REMOTE_EXIT}.tmp && mv {REMOTE_EXIT}.tmp {REMOTE_EXIT}")
-  return (f"cd {REMOTE_SOURCE} && rm -f {REMOTE_EXIT} && "
-          f"(setsid nohup bash -c {shlex.quote(detached)} > /dev/null 2>&1 < /dev/null &)")
+  detached = (
+    f"{trainer} >> {REMOTE_LOG} 2>&1 ; "
+    f"echo $? > {REMOTE_EXIT}.tmp && mv {REMOTE_EXIT}.tmp {REMOTE_EXIT}"
+  )
+  return (
+    f"cd {REMOTE_SOURCE} && rm -f {REMOTE_EXIT} && "
+    f"(setsid nohup bash -c {shlex.quote(detached)} > /dev/null 2>&1 < /dev/null &)"
+  )
 
 
 def status_script() -> str:
@@ -192,9 +270,11 @@ def status_script() -> str:
 
   The pattern `phi_jax[.]train` matches the trainer but not this script's own command line.
   """
-  return (f"if [ -f {REMOTE_EXIT} ]; then s=$(cat {REMOTE_EXIT}); "
-          "elif pgrep -f 'phi_jax[.]train' > /dev/null; then s=running; else s=missing; fi; "
-          f"echo {STATUS_TAG} $(hostname) $s")
+  return (
+    f"if [ -f {REMOTE_EXIT} ]; then s=$(cat {REMOTE_EXIT}); "
+    "elif pgrep -f 'phi_jax[.]train' > /dev/null; then s=running; else s=missing; fi; "
+    f"echo {STATUS_TAG} $(hostname) $s"
+  )
 
 
 def follow_script(lines: str = "+1") -> str:
@@ -203,6 +283,7 @@ def follow_script(lines: str = "+1") -> str:
 
 
 # --------------------------------------------------------------------------- running commands
+
 
 @dataclasses.dataclass(frozen=True)
 class Answer:
@@ -223,8 +304,10 @@ class Gcloud:
   def __init__(self, dry_run: bool):
     self.dry_run = dry_run
     if not dry_run and shutil.which("gcloud") is None:
-      raise LaunchError("gcloud is not on PATH: install the Google Cloud CLI "
-                        "(https://cloud.google.com/sdk/docs/install), or pass --dry-run")
+      raise LaunchError(
+        "gcloud is not on PATH: install the Google Cloud CLI "
+        "(https://cloud.google.com/sdk/docs/install), or pass --dry-run"
+      )
 
   @staticmethod
   def say(message: str) -> None:
@@ -276,6 +359,7 @@ class LogFollower:
 
 # --------------------------------------------------------------------------- the lifecycle
 
+
 def slice_state(g: Gcloud, tpu: Slice, assume: str = "ACTIVE") -> str:
   """The queued resource's state (ACTIVE, WAITING_FOR_RESOURCES, SUSPENDED, ...)."""
   for attempt in range(DESCRIBE_ATTEMPTS):
@@ -289,10 +373,19 @@ def slice_state(g: Gcloud, tpu: Slice, assume: str = "ACTIVE") -> str:
 
 def create(g: Gcloud, tpu: Slice, args: argparse.Namespace) -> None:
   """Queues the request; the slice exists once wait_until_active returns."""
-  g.say(f"create {tpu.name}: {args.accelerator_type}, {args.runtime_version}, "
-        f"{'spot' if args.spot else 'reserved' if args.reserved else 'on-demand'}, {tpu.zone}")
-  g.run(tpu.create(args.accelerator_type, args.runtime_version, args.spot, args.reserved,
-                   args.valid_until_duration))
+  g.say(
+    f"create {tpu.name}: {args.accelerator_type}, {args.runtime_version}, "
+    f"{'spot' if args.spot else 'reserved' if args.reserved else 'on-demand'}, {tpu.zone}"
+  )
+  g.run(
+    tpu.create(
+      args.accelerator_type,
+      args.runtime_version,
+      args.spot,
+      args.reserved,
+      args.valid_until_duration,
+    )
+  )
 
 
 def wait_until_active(g: Gcloud, tpu: Slice, poll_s: float) -> None:
@@ -308,8 +401,9 @@ def wait_until_active(g: Gcloud, tpu: Slice, poll_s: float) -> None:
       raise Preempted(f"{tpu.name} is {state} before training started")
     if state == "FAILED":
       raise LaunchError(
-          f"queued resource {tpu.name} FAILED (no capacity before --valid-until-duration, quota, "
-          f"or a bad request); the reason: {shlex.join(tpu.describe()[:-1])}")
+        f"queued resource {tpu.name} FAILED (no capacity before --valid-until-duration, quota, "
+        f"or a bad request); the reason: {shlex.join(tpu.describe()[:-1])}"
+      )
     g.sleep(poll_s)
 
 
@@ -320,11 +414,14 @@ def pack_checkout(repo: Path, archive: Path) -> int:
   Returns the number of files.
   """
   listing = subprocess.run(
-      ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-      capture_output=True)
+    ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+    capture_output=True,
+  )
   if listing.returncode:
-    raise LaunchError(f"cannot list the files of {repo} ({listing.stderr.decode().strip()}): "
-                      "install from a git checkout, or pass --repo-url")
+    raise LaunchError(
+      f"cannot list the files of {repo} ({listing.stderr.decode().strip()}): "
+      "install from a git checkout, or pass --repo-url"
+    )
   files = [f for f in listing.stdout.decode().split("\0") if f and (repo / f).is_file()]
   partial = archive.with_name(archive.name + ".partial")
   with tarfile.open(partial, "w:gz") as tar:
@@ -363,8 +460,11 @@ def worker_statuses(g: Gcloud, tpu: Slice) -> list[tuple[str, str]] | None:
   answer = g.query(tpu.ssh(status_script()), assume=f"{STATUS_TAG} {tpu.name}-w-0 0")
   if not answer.ok:
     return None
-  return [tuple(line.split()[1:3]) for line in answer.stdout.splitlines()
-          if line.startswith(STATUS_TAG + " ") and len(line.split()) == 3]
+  return [
+    tuple(line.split()[1:3])
+    for line in answer.stdout.splitlines()
+    if line.startswith(STATUS_TAG + " ") and len(line.split()) == 3
+  ]
 
 
 def wait_for_training(g: Gcloud, tpu: Slice, poll_s: float, simulate_preemption: bool) -> None:
@@ -387,13 +487,17 @@ def wait_for_training(g: Gcloud, tpu: Slice, poll_s: float, simulate_preemption:
         continue  # unreachable for another reason; ask again at the next poll
       saved = [host for host, status in statuses if status == PREEMPTION_EXIT]
       if saved:  # the trainer checkpointed on a preemption notice and stopped: resume elsewhere
-        raise Preempted(f"the trainer saved and stopped on a preemption notice on {', '.join(saved)}")
+        raise Preempted(
+          f"the trainer saved and stopped on a preemption notice on {', '.join(saved)}"
+        )
       failed = [(host, status) for host, status in statuses if status not in ("0", "running")]
       if failed:
         raise LaunchError(
-            "the trainer failed on " + ", ".join(f"{h} (exit status {s})" for h, s in failed)
-            + f"; its log is {REMOTE_LOG} on each worker: launch/tpu_pod.py logs "
-            f"{tpu.launcher_flags()} --worker=N")
+          "the trainer failed on "
+          + ", ".join(f"{h} (exit status {s})" for h, s in failed)
+          + f"; its log is {REMOTE_LOG} on each worker: launch/tpu_pod.py logs "
+          f"{tpu.launcher_flags()} --worker=N"
+        )
       if statuses and all(status == "0" for _, status in statuses):
         g.say(f"training finished on every worker ({len(statuses)})")
         return
@@ -417,8 +521,9 @@ def run(g: Gcloud, tpu: Slice, source: Source, job: Job, args: argparse.Namespac
         wait_until_active(g, tpu, args.poll_s)
         install(g, tpu, source, archive)
         g.run(tpu.ssh(train_script(job)))
-        wait_for_training(g, tpu, args.poll_s,
-                          simulate_preemption=preemptions < args.dry_run_preemptions)
+        wait_for_training(
+          g, tpu, args.poll_s, simulate_preemption=preemptions < args.dry_run_preemptions
+        )
         return
       except (Preempted, CommandFailed) as e:
         # A command that failed because the slice vanished under it is a preemption too.
@@ -426,16 +531,22 @@ def run(g: Gcloud, tpu: Slice, source: Source, job: Job, args: argparse.Namespac
           raise
         preemptions += 1
         if preemptions > args.max_preemptions:
-          raise LaunchError(f"{tpu.name} was preempted {preemptions} times (--max-preemptions="
-                            f"{args.max_preemptions}); rerun to go on from {job.workdir}") from e
-        g.say(f"preempted ({e}): re-creating {tpu.name} ({preemptions}/{args.max_preemptions}), "
-              f"then the same command; the trainer resumes from {job.workdir}")
+          raise LaunchError(
+            f"{tpu.name} was preempted {preemptions} times (--max-preemptions="
+            f"{args.max_preemptions}); rerun to go on from {job.workdir}"
+          ) from e
+        g.say(
+          f"preempted ({e}): re-creating {tpu.name} ({preemptions}/{args.max_preemptions}), "
+          f"then the same command; the trainer resumes from {job.workdir}"
+        )
         g.run(tpu.delete())
         created = False
   finally:
     if created and args.keep:
-      g.say(f"keeping {tpu.name} (--keep); delete it with: "
-            f"launch/tpu_pod.py down {tpu.launcher_flags()}")
+      g.say(
+        f"keeping {tpu.name} (--keep); delete it with: "
+        f"launch/tpu_pod.py down {tpu.launcher_flags()}"
+      )
     elif created:
       g.say(f"tear down {tpu.name}")
       g.run(tpu.delete())
@@ -443,17 +554,22 @@ def run(g: Gcloud, tpu: Slice, source: Source, job: Job, args: argparse.Namespac
 
 # --------------------------------------------------------------------------- checking the input
 
+
 def check_name(name: str) -> str:
   if not NAME.fullmatch(name):
-    raise LaunchError(f"--name={name!r}: use 1-63 lowercase letters, digits and hyphens, "
-                      "starting with a letter (it names the queued resource and the TPU node)")
+    raise LaunchError(
+      f"--name={name!r}: use 1-63 lowercase letters, digits and hyphens, "
+      "starting with a letter (it names the queued resource and the TPU node)"
+    )
   return name
 
 
 def check_zone(zone: str) -> str:
   if not ZONE.fullmatch(zone):
-    raise LaunchError(f"--zone={zone!r} is not a zone name such as us-central2-b "
-                      "(gcloud compute tpus locations list shows where TPUs are)")
+    raise LaunchError(
+      f"--zone={zone!r} is not a zone name such as us-central2-b "
+      "(gcloud compute tpus locations list shows where TPUs are)"
+    )
   return zone
 
 
@@ -462,17 +578,19 @@ def runtime_version(accelerator_type: str, requested: str | None) -> str:
   match = ACCELERATOR_TYPE.fullmatch(accelerator_type)
   if not match:
     raise LaunchError(
-        f"--accelerator-type={accelerator_type!r} is not GENERATION-SIZE with GENERATION one of "
-        f"{', '.join(RUNTIME_VERSIONS)} (e.g. v4-8, v4-32, v5litepod-16, v5p-8, v6e-8)")
+      f"--accelerator-type={accelerator_type!r} is not GENERATION-SIZE with GENERATION one of "
+      f"{', '.join(RUNTIME_VERSIONS)} (e.g. v4-8, v4-32, v5litepod-16, v5p-8, v6e-8)"
+    )
   return requested or RUNTIME_VERSIONS[match.group(1)]
 
 
 def check_workdir(workdir: str) -> str:
   if not BUCKET_PATH.fullmatch(workdir):
     raise LaunchError(
-        f"--workdir={workdir!r} must be a gs://BUCKET/DIR path: the workers of a slice share no "
-        "disk, the slice's disks vanish with a preemption or teardown, and a rerun resumes from "
-        "the workdir's checkpoints")
+      f"--workdir={workdir!r} must be a gs://BUCKET/DIR path: the workers of a slice share no "
+      "disk, the slice's disks vanish with a preemption or teardown, and a rerun resumes from "
+      "the workdir's checkpoints"
+    )
   return workdir
 
 
@@ -484,16 +602,20 @@ def repo_relative_config(config: str) -> str:
   if path.suffix != ".py":
     raise LaunchError(f"--config={config}: a config is a .py file with get_config()")
   if not path.is_relative_to(REPO):
-    raise LaunchError(f"--config={config} is outside {REPO}: workers only get the repository's "
-                      "files; move the config under configs/")
+    raise LaunchError(
+      f"--config={config} is outside {REPO}: workers only get the repository's "
+      "files; move the config under configs/"
+    )
   return path.relative_to(REPO).as_posix()
 
 
 def check_overrides(overrides: list[str]) -> tuple[str, ...]:
   for override in overrides:
     if not OVERRIDE.fullmatch(override):
-      raise LaunchError(f"unrecognized argument {override!r}: options after the launcher's own "
-                        "are trainer config overrides, --config.SECTION.FIELD=VALUE")
+      raise LaunchError(
+        f"unrecognized argument {override!r}: options after the launcher's own "
+        "are trainer config overrides, --config.SECTION.FIELD=VALUE"
+      )
   return tuple(overrides)
 
 
@@ -501,39 +623,57 @@ def check_source(args: argparse.Namespace) -> Source:
   if args.ref and not args.repo_url:
     raise LaunchError("--ref needs --repo-url (without it, workers get this checkout as it is)")
   if not EXTRAS.fullmatch(args.extras):
-    raise LaunchError(f"--extras={args.extras!r}: a comma-separated list of setup.py extras, "
-                      "e.g. tpu,data")
+    raise LaunchError(
+      f"--extras={args.extras!r}: a comma-separated list of setup.py extras, e.g. tpu,data"
+    )
   return Source(args.repo_url, args.ref, args.python, args.extras)
 
 
 # --------------------------------------------------------------------------- CLI
+
 
 def parser() -> argparse.ArgumentParser:
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument("--name", required=True, help="queued resource and TPU node id")
   common.add_argument("--zone", required=True, help="e.g. us-central2-b (v4), us-west4-a (v5e)")
   common.add_argument("--project", default=None, help="default: gcloud's core/project")
-  common.add_argument("--dry-run", action="store_true",
-                      help="print every gcloud command instead of running it")
+  common.add_argument(
+    "--dry-run", action="store_true", help="print every gcloud command instead of running it"
+  )
 
   hardware = argparse.ArgumentParser(add_help=False)
   hardware.add_argument("--accelerator-type", required=True, help="v4-8, v5litepod-16, v5p-8, ...")
-  hardware.add_argument("--runtime-version", default=None, help="default per generation: "
-                        + ", ".join(f"{gen}: {v}" for gen, v in RUNTIME_VERSIONS.items()))
+  hardware.add_argument(
+    "--runtime-version",
+    default=None,
+    help="default per generation: "
+    + ", ".join(f"{gen}: {v}" for gen, v in RUNTIME_VERSIONS.items()),
+  )
   tier = hardware.add_mutually_exclusive_group()
-  tier.add_argument("--spot", action="store_true",
-                    help="Spot VMs: cheaper, preemptible at any time (default: on-demand)")
+  tier.add_argument(
+    "--spot",
+    action="store_true",
+    help="Spot VMs: cheaper, preemptible at any time (default: on-demand)",
+  )
   tier.add_argument("--reserved", action="store_true", help="use the project's reservation")
-  hardware.add_argument("--valid-until-duration", default=None,
-                        help="give up waiting for capacity after this long, e.g. 6h")
-  hardware.add_argument("--poll-s", type=float, default=60.0,
-                        help="seconds between state checks")
+  hardware.add_argument(
+    "--valid-until-duration",
+    default=None,
+    help="give up waiting for capacity after this long, e.g. 6h",
+  )
+  hardware.add_argument("--poll-s", type=float, default=60.0, help="seconds between state checks")
 
   code = argparse.ArgumentParser(add_help=False)
-  code.add_argument("--repo-url", default=None,
-                    help="workers git clone this; default: copy this checkout's working tree")
-  code.add_argument("--ref", default=None, help="branch, tag or commit of --repo-url (a commit "
-                    "keeps re-created slices on the same code)")
+  code.add_argument(
+    "--repo-url",
+    default=None,
+    help="workers git clone this; default: copy this checkout's working tree",
+  )
+  code.add_argument(
+    "--ref",
+    default=None,
+    help="branch, tag or commit of --repo-url (a commit keeps re-created slices on the same code)",
+  )
   code.add_argument("--python", default="3.11", help="Python version of the workers' venv")
   code.add_argument("--extras", default="tpu,data", help="setup.py extras to install")
 
@@ -544,14 +684,20 @@ def parser() -> argparse.ArgumentParser:
   lifecycle = argparse.ArgumentParser(add_help=False)
   lifecycle.add_argument("--keep", action="store_true", help="leave the slice up at the end")
   lifecycle.add_argument("--max-preemptions", type=int, default=50)
-  lifecycle.add_argument("--dry-run-preemptions", type=int, default=0,
-                         help="with --dry-run: the first N training attempts are preempted")
+  lifecycle.add_argument(
+    "--dry-run-preemptions",
+    type=int,
+    default=0,
+    help="with --dry-run: the first N training attempts are preempted",
+  )
 
   main_parser = argparse.ArgumentParser(
-      prog="launch/tpu_pod.py", description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="Trainer config overrides (--config.SECTION.FIELD=VALUE) follow the options of "
-             "train and run.")
+    prog="launch/tpu_pod.py",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog="Trainer config overrides (--config.SECTION.FIELD=VALUE) follow the options of "
+    "train and run.",
+  )
   sub = main_parser.add_subparsers(dest="command", required=True)
   sub.add_parser("up", parents=[common, hardware], help="create the slice, wait until ACTIVE")
   sub.add_parser("install", parents=[common, code], help="install phi_jax on every worker")
@@ -559,8 +705,11 @@ def parser() -> argparse.ArgumentParser:
   logs = sub.add_parser("logs", parents=[common], help="follow a worker's training log")
   logs.add_argument("--worker", type=int, default=0)
   sub.add_parser("down", parents=[common], help="delete the slice")
-  sub.add_parser("run", parents=[common, hardware, code, job, lifecycle],
-                 help="up, install, train, follow; recover from preemptions; down")
+  sub.add_parser(
+    "run",
+    parents=[common, hardware, code, job, lifecycle],
+    help="up, install, train, follow; recover from preemptions; down",
+  )
   return main_parser
 
 
@@ -573,8 +722,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in ("install", "run"):
       source = check_source(args)
     if args.command in ("train", "run"):
-      job = Job(repo_relative_config(args.config), check_workdir(args.workdir),
-                check_overrides(extra))
+      job = Job(
+        repo_relative_config(args.config), check_workdir(args.workdir), check_overrides(extra)
+      )
     elif extra:
       raise LaunchError(f"unrecognized arguments for {args.command}: {shlex.join(extra)}")
     if getattr(args, "dry_run_preemptions", 0) and not args.dry_run:

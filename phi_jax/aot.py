@@ -25,41 +25,39 @@ from typing import Any
 
 from absl import flags
 
-from phi_jax import cli
-from phi_jax import configs
-from phi_jax import hlo_flops
+from phi_jax import cli, configs, hlo_flops, sharding, train_step
 from phi_jax import metrics as metrics_lib
 from phi_jax import model as model_lib
-from phi_jax import sharding
-from phi_jax import train_step
 
-GiB = 2 ** 30
+GiB = 2**30
 
 # HBM per chip, vendor figures (Cloud TPU system-architecture pages), keyed by the chip
 # generation prefix of the topology name.
 HBM_BYTES = {
-    "v4": 32 * GiB,
-    "v5e": 16 * GiB,
-    "v5litepod": 16 * GiB,
-    "v5p": 95 * GiB,
-    "v6e": 32 * GiB,
+  "v4": 32 * GiB,
+  "v5e": 16 * GiB,
+  "v5litepod": 16 * GiB,
+  "v5p": 95 * GiB,
+  "v6e": 32 * GiB,
 }
 # The per-chip HBM limit the TPU compiler itself enforces (libtpu 0.0.42, read from its
 # out-of-memory messages): the vendor capacity less what the runtime reserves.
 COMPILER_HBM_LIMIT_BYTES = {
-    "v4": int(30.75 * GiB),
-    "v5e": int(15.75 * GiB),
-    "v5litepod": int(15.75 * GiB),
-    "v5p": int(95.74 * GiB),
+  "v4": int(30.75 * GiB),
+  "v5e": int(15.75 * GiB),
+  "v5litepod": int(15.75 * GiB),
+  "v5p": int(95.74 * GiB),
 }
 # Chips with two TensorCores, compiled as one megacore device per chip.
 _MEGACORE = ("v4", "v5p")
 
 # The TPU compiler's out-of-memory messages (sizes in its K/M/G/T = KiB/MiB/GiB/TiB).
 _OOM_TOTAL = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
-_OOM_TEMP = re.compile(r"HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM "
-                       r"\(([\d.]+)([KMGT])\)")
-_UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+_OOM_TEMP = re.compile(
+  r"HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM "
+  r"\(([\d.]+)([KMGT])\)"
+)
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def chip_name(topology: str) -> str:
@@ -69,6 +67,7 @@ def chip_name(topology: str) -> str:
 def topology_devices(topology: str, chip_config: str | None = None) -> list:
   """Compile-only devices of a TPU slice, e.g. `v4:2x2x1`; needs libtpu, not a TPU."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
   # Compile-only: no TPU is touched, so skip libtpu's one-process-per-host lock
   # (/tmp/libtpu_lockfile), which any other JAX process that loaded libtpu may hold.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -86,15 +85,20 @@ def topology_devices(topology: str, chip_config: str | None = None) -> list:
 def _memory(compiled) -> dict:
   stats = compiled.memory_analysis()
   out = {
-      "argument_bytes": int(stats.argument_size_in_bytes),
-      "output_bytes": int(stats.output_size_in_bytes),
-      "alias_bytes": int(stats.alias_size_in_bytes),
-      "temp_bytes": int(stats.temp_size_in_bytes),
-      "generated_code_bytes": int(stats.generated_code_size_in_bytes),
+    "argument_bytes": int(stats.argument_size_in_bytes),
+    "output_bytes": int(stats.output_size_in_bytes),
+    "alias_bytes": int(stats.alias_size_in_bytes),
+    "temp_bytes": int(stats.temp_size_in_bytes),
+    "generated_code_bytes": int(stats.generated_code_size_in_bytes),
   }
   # Donated state: the outputs that alias arguments take no extra memory.
-  out["total_bytes"] = (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
-                        + out["temp_bytes"] + out["generated_code_bytes"])
+  out["total_bytes"] = (
+    out["argument_bytes"]
+    + out["output_bytes"]
+    - out["alias_bytes"]
+    + out["temp_bytes"]
+    + out["generated_code_bytes"]
+  )
   peak = getattr(stats, "peak_memory_in_bytes", None)
   if peak:
     out["peak_bytes"] = int(peak)
@@ -108,8 +112,9 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", 0.0))
 
 
-def compile_report(cfg: Any, topology: str, chip_config: str | None = None,
-                   hlo_path: str | None = None) -> dict:
+def compile_report(
+  cfg: Any, topology: str, chip_config: str | None = None, hlo_path: str | None = None
+) -> dict:
   """AOT-compiles `make_trainer(cfg, mesh).step` for `topology`; returns the compiler's numbers.
 
   Memory is per chip (one SPMD partition, `compiled.memory_analysis()`): `total_bytes` is
@@ -135,19 +140,19 @@ def compile_report(cfg: Any, topology: str, chip_config: str | None = None,
   global_batch, seq_len = int(cfg.train.global_batch), int(cfg.train.seq_len)
   analytic = metrics_lib.flops_per_token(model_config, seq_len) * global_batch * seq_len
   report = {
-      "topology": topology,
-      "device_kind": devices[0].device_kind,
-      "num_devices": len(devices),
-      "mesh": dict(mesh.shape),
-      "global_batch": global_batch,
-      "micro_batch": int(cfg.train.micro_batch) or global_batch,
-      "micro_batches": trainer.micro_batches,
-      "seq_len": seq_len,
-      "remat": model_config.remat,
-      "dtype": model_config.dtype,
-      "hbm_bytes": HBM_BYTES.get(chip),
-      "compiler_hbm_limit_bytes": COMPILER_HBM_LIMIT_BYTES.get(chip, HBM_BYTES.get(chip)),
-      "analytic_flops": analytic,
+    "topology": topology,
+    "device_kind": devices[0].device_kind,
+    "num_devices": len(devices),
+    "mesh": dict(mesh.shape),
+    "global_batch": global_batch,
+    "micro_batch": int(cfg.train.micro_batch) or global_batch,
+    "micro_batches": trainer.micro_batches,
+    "seq_len": seq_len,
+    "remat": model_config.remat,
+    "dtype": model_config.dtype,
+    "hbm_bytes": HBM_BYTES.get(chip),
+    "compiler_hbm_limit_bytes": COMPILER_HBM_LIMIT_BYTES.get(chip, HBM_BYTES.get(chip)),
+    "analytic_flops": analytic,
   }
   start = time.perf_counter()
   lowered = trainer.step.lower(trainer.abstract_state, batch)
@@ -159,8 +164,12 @@ def compile_report(cfg: Any, topology: str, chip_config: str | None = None,
     message = str(e)
     if "RESOURCE_EXHAUSTED" not in message:
       raise
-    report.update(compiled=False, fits=False, error=message.strip().splitlines()[0][:500],
-                  compile_s=time.perf_counter() - start)
+    report.update(
+      compiled=False,
+      fits=False,
+      error=message.strip().splitlines()[0][:500],
+      compile_s=time.perf_counter() - start,
+    )
     size = lambda number, unit: int(float(number) * _UNITS[unit])
     if oom := _OOM_TOTAL.search(message):
       report["total_bytes"] = size(*oom.group(1, 2))
@@ -193,40 +202,48 @@ def compile_report(cfg: Any, topology: str, chip_config: str | None = None,
 def format_report(r: dict) -> str:
   gib = lambda b: f"{b / GiB:.2f} GiB"
   lines = [
-      f"topology {r['topology']} ({r['num_devices']} x {r['device_kind']}), mesh {r['mesh']}",
-      f"batch {r['global_batch']} x {r['seq_len']} tokens, micro_batch {r['micro_batch']} "
-      f"({r['micro_batches']} accumulation steps), remat {r['remat']}, dtype {r['dtype']}",
+    f"topology {r['topology']} ({r['num_devices']} x {r['device_kind']}), mesh {r['mesh']}",
+    f"batch {r['global_batch']} x {r['seq_len']} tokens, micro_batch {r['micro_batch']} "
+    f"({r['micro_batches']} accumulation steps), remat {r['remat']}, dtype {r['dtype']}",
   ]
   hbm = r["hbm_bytes"]
   hbm_text = f"{gib(hbm)} HBM per chip (vendor spec)" if hbm else "HBM unknown"
   if "error" in r:
     lines.append(f"DOES NOT FIT: the TPU compiler refused the step: {r['error']}")
     if "compiler_hbm_limit_bytes" in r:
-      needs = (f"needs {gib(r['total_bytes'])} per chip" if "total_bytes" in r else
-               f"needs {gib(r['temp_bytes'])} of temporaries per chip (plus the arguments)")
-      lines.append(f"  {needs}; the compiler's limit is {gib(r['compiler_hbm_limit_bytes'])} "
-                   f"of {hbm_text}")
+      needs = (
+        f"needs {gib(r['total_bytes'])} per chip"
+        if "total_bytes" in r
+        else f"needs {gib(r['temp_bytes'])} of temporaries per chip (plus the arguments)"
+      )
+      lines.append(
+        f"  {needs}; the compiler's limit is {gib(r['compiler_hbm_limit_bytes'])} of {hbm_text}"
+      )
   else:
     limit = r["compiler_hbm_limit_bytes"]
-    verdict = ("fits" if r["fits"] else "compiles, but the sum exceeds the compiler's limit "
-               f"{gib(limit)}: NOT counted as fitting")
+    verdict = (
+      "fits"
+      if r["fits"]
+      else "compiles, but the sum exceeds the compiler's limit "
+      f"{gib(limit)}: NOT counted as fitting"
+    )
     lines += [
-        "per-chip memory (compiled.memory_analysis(), one SPMD partition):",
-        f"  arguments       {gib(r['argument_bytes'])}",
-        f"  outputs         {gib(r['output_bytes'])}  ({gib(r['alias_bytes'])} aliased to donated "
-        "arguments)",
-        f"  temporaries     {gib(r['temp_bytes'])}",
-        f"  generated code  {gib(r['generated_code_bytes'])}",
-        f"  total           {gib(r['total_bytes'])} (the sum) of {hbm_text}, compiler limit "
-        f"{gib(limit) if limit else '?'}: {verdict}",
-        f"  peak            {gib(r.get('peak_bytes', 0))} (XLA's peak of live buffers)",
-        f"FLOPs per step (all {r['num_devices']} chips):",
-        f"  compiled  {r['compiled_flops']:.4g}  (dot/convolution FLOPs of the compiled HLO, "
-        f"loop bodies x trip counts {r['loop_trip_counts']})",
-        f"  analytic  {r['analytic_flops']:.4g}  (metrics.flops_per_token x batch x seq_len); "
-        f"compiled/analytic {r['flops_ratio']:.3f}",
-        f"  cost_analysis() {r['cost_analysis_flops']:.4g}  (XLA counts each loop body once; "
-        f"the HLO walk counting loops once gives {r['hlo_matmul_flops_loops_once']:.4g})",
+      "per-chip memory (compiled.memory_analysis(), one SPMD partition):",
+      f"  arguments       {gib(r['argument_bytes'])}",
+      f"  outputs         {gib(r['output_bytes'])}  ({gib(r['alias_bytes'])} aliased to donated "
+      "arguments)",
+      f"  temporaries     {gib(r['temp_bytes'])}",
+      f"  generated code  {gib(r['generated_code_bytes'])}",
+      f"  total           {gib(r['total_bytes'])} (the sum) of {hbm_text}, compiler limit "
+      f"{gib(limit) if limit else '?'}: {verdict}",
+      f"  peak            {gib(r.get('peak_bytes', 0))} (XLA's peak of live buffers)",
+      f"FLOPs per step (all {r['num_devices']} chips):",
+      f"  compiled  {r['compiled_flops']:.4g}  (dot/convolution FLOPs of the compiled HLO, "
+      f"loop bodies x trip counts {r['loop_trip_counts']})",
+      f"  analytic  {r['analytic_flops']:.4g}  (metrics.flops_per_token x batch x seq_len); "
+      f"compiled/analytic {r['flops_ratio']:.3f}",
+      f"  cost_analysis() {r['cost_analysis_flops']:.4g}  (XLA counts each loop body once; "
+      f"the HLO walk counting loops once gives {r['hlo_matmul_flops_loops_once']:.4g})",
     ]
   lines.append(f"lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s")
   return "\n".join(lines)
@@ -235,15 +252,19 @@ def format_report(r: dict) -> str:
 def main(argv):
   del argv
   flag_values = flags.FLAGS
-  print(format_report(compile_report(flag_values.config, flag_values.topology,
-                                     flag_values.chip_config)))
+  print(
+    format_report(compile_report(flag_values.config, flag_values.topology, flag_values.chip_config))
+  )
 
 
 if __name__ == "__main__":
   # Flags are defined here, not at import, so that other CLIs can import this module.
   cli.define_config()
   flags.DEFINE_string("topology", None, "TPU topology, e.g. v4:2x2x1, v5e:2x4, v5p:2x2x1.")
-  flags.DEFINE_string("chip_config", None, "libtpu chip config: 'megacore' (default for v4/v5p) "
-                      "or 'default' (one device per TensorCore).")
+  flags.DEFINE_string(
+    "chip_config",
+    None,
+    "libtpu chip config: 'megacore' (default for v4/v5p) or 'default' (one device per TensorCore).",
+  )
   flags.mark_flags_as_required(["config", "topology"])
   cli.run(main)

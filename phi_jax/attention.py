@@ -32,7 +32,7 @@ def masked_attention(query, key, value, mask, *, dropout_rate=0.0, dropout_rng=N
   groups = heads // key.shape[2]
   query = query.reshape(batch, q_len, key.shape[2], groups, head_dim)
   scores = jnp.einsum("bqhgd,bkhd->bhgqk", query, key, preferred_element_type=jnp.float32)
-  scores = scores * (head_dim ** -0.5)
+  scores = scores * (head_dim**-0.5)
   scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)  # over the group axis
   probs = jax.nn.softmax(scores, axis=-1)
   if dropout_rate > 0.0:
@@ -44,16 +44,24 @@ def masked_attention(query, key, value, mask, *, dropout_rate=0.0, dropout_rng=N
 
 def xla_attention(query, key, value, *, segment_ids=None, dropout_rate=0.0, dropout_rng=None):
   """Plain einsum attention (`masked_attention` under the causal/segment mask)."""
-  return masked_attention(query, key, value, attention_mask(segment_ids, query.shape[1]),
-                          dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+  return masked_attention(
+    query,
+    key,
+    value,
+    attention_mask(segment_ids, query.shape[1]),
+    dropout_rate=dropout_rate,
+    dropout_rng=dropout_rng,
+  )
 
 
 def fused_attention(query, key, value, *, segment_ids=None, dropout_rate=0.0, dropout_rng=None):
   """`jax.nn.dot_product_attention`: XLA's fused path, cuDNN flash attention on GPU."""
   del dropout_rng
   if dropout_rate > 0.0:
-    raise ValueError("attention='fused' has no attention dropout; set model.attn_dropout=0 "
-                     "or use model.attention='xla'")
+    raise ValueError(
+      "attention='fused' has no attention dropout; set model.attn_dropout=0 "
+      "or use model.attention='xla'"
+    )
   mask = None if segment_ids is None else attention_mask(segment_ids, query.shape[1])
   return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=segment_ids is None)
 
@@ -80,19 +88,31 @@ def _block_mask(segment_ids, start: int, end: int) -> jax.Array:
 # Inside the kernel, heads lead: query [B, KV, G, T, D], key and value [B, KV, T, D], so every
 # block's matmuls are plain batched matmuls over (B, KV) without per-block transposes.
 
+
 def _blockwise_forward(query, key, value, segment_ids, block_size):
   """(out [B, KV, G, T, D], log-sum-exp [B, KV, G, T] fp32)."""
   scale = query.shape[-1] ** -0.5
   outs, lses = [], []
   for start, end in _blocks(query.shape[3], block_size):
-    scores = jnp.einsum("bhgqd,bhkd->bhgqk", query[:, :, :, start:end], key[:, :, :end],
-                        preferred_element_type=jnp.float32) * scale
+    scores = (
+      jnp.einsum(
+        "bhgqd,bhkd->bhgqk",
+        query[:, :, :, start:end],
+        key[:, :, :end],
+        preferred_element_type=jnp.float32,
+      )
+      * scale
+    )
     scores = jnp.where(_block_mask(segment_ids, start, end), scores, jnp.finfo(jnp.float32).min)
     row_max = jnp.max(scores, axis=-1, keepdims=True)
     probs = jnp.exp(scores - row_max)  # unnormalized
     row_sum = jnp.sum(probs, axis=-1, keepdims=True)
-    out = jnp.einsum("bhgqk,bhkd->bhgqd", probs.astype(value.dtype), value[:, :, :end],
-                     preferred_element_type=jnp.float32)
+    out = jnp.einsum(
+      "bhgqk,bhkd->bhgqd",
+      probs.astype(value.dtype),
+      value[:, :, :end],
+      preferred_element_type=jnp.float32,
+    )
     outs.append((out / row_sum).astype(query.dtype))
     lses.append((row_max + jnp.log(row_sum))[..., 0])
   return jnp.concatenate(outs, axis=3), jnp.concatenate(lses, axis=3)
@@ -118,28 +138,44 @@ def _blockwise_bwd(block_size, residuals, d_out):
   d_value = jnp.zeros(value.shape, jnp.float32)
   for start, end in _blocks(query.shape[3], block_size):
     q, do = query[:, :, :, start:end], d_out[:, :, :, start:end]
-    scores = jnp.einsum("bhgqd,bhkd->bhgqk", q, key[:, :, :end],
-                        preferred_element_type=jnp.float32) * scale
-    probs = jnp.where(_block_mask(segment_ids, start, end),
-                      jnp.exp(scores - lse[..., start:end, None]), 0.0)
-    d_value = d_value.at[:, :, :end].add(jnp.einsum(
-        "bhgqk,bhgqd->bhkd", probs.astype(do.dtype), do, preferred_element_type=jnp.float32))
-    d_probs = jnp.einsum("bhgqd,bhkd->bhgqk", do, value[:, :, :end],
-                         preferred_element_type=jnp.float32)
+    scores = (
+      jnp.einsum("bhgqd,bhkd->bhgqk", q, key[:, :, :end], preferred_element_type=jnp.float32)
+      * scale
+    )
+    probs = jnp.where(
+      _block_mask(segment_ids, start, end), jnp.exp(scores - lse[..., start:end, None]), 0.0
+    )
+    d_value = d_value.at[:, :, :end].add(
+      jnp.einsum(
+        "bhgqk,bhgqd->bhkd", probs.astype(do.dtype), do, preferred_element_type=jnp.float32
+      )
+    )
+    d_probs = jnp.einsum(
+      "bhgqd,bhkd->bhgqk", do, value[:, :, :end], preferred_element_type=jnp.float32
+    )
     d_scores = (probs * (d_probs - delta[..., start:end, None]) * scale).astype(query.dtype)
-    d_query.append(jnp.einsum("bhgqk,bhkd->bhgqd", d_scores, key[:, :, :end],
-                              preferred_element_type=jnp.float32).astype(query.dtype))
-    d_key = d_key.at[:, :, :end].add(jnp.einsum(
-        "bhgqk,bhgqd->bhkd", d_scores, q, preferred_element_type=jnp.float32))
-  return (jnp.concatenate(d_query, axis=3), d_key.astype(key.dtype), d_value.astype(value.dtype),
-          None)
+    d_query.append(
+      jnp.einsum(
+        "bhgqk,bhkd->bhgqd", d_scores, key[:, :, :end], preferred_element_type=jnp.float32
+      ).astype(query.dtype)
+    )
+    d_key = d_key.at[:, :, :end].add(
+      jnp.einsum("bhgqk,bhgqd->bhkd", d_scores, q, preferred_element_type=jnp.float32)
+    )
+  return (
+    jnp.concatenate(d_query, axis=3),
+    d_key.astype(key.dtype),
+    d_value.astype(value.dtype),
+    None,
+  )
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
-def blockwise_attention(query, key, value, *, segment_ids=None, dropout_rate=0.0,
-                        dropout_rng=None, block_size=None):
+def blockwise_attention(
+  query, key, value, *, segment_ids=None, dropout_rate=0.0, dropout_rng=None, block_size=None
+):
   """Causal attention over blocks of `BLOCK_SIZE` query rows that skips the key blocks in the
   future (about half the scores at long lengths), with a flash-attention-style custom VJP: only
   the log-sum-exp is saved and the probabilities are recomputed per block in the backward pass.
@@ -147,18 +183,22 @@ def blockwise_attention(query, key, value, *, segment_ids=None, dropout_rate=0.0
   choice on CPU."""
   del dropout_rng
   if dropout_rate > 0.0:
-    raise ValueError("attention='blockwise' has no attention dropout; set model.attn_dropout=0 "
-                     "or use model.attention='xla'")
+    raise ValueError(
+      "attention='blockwise' has no attention dropout; set model.attn_dropout=0 "
+      "or use model.attention='xla'"
+    )
   batch, length, heads, head_dim = query.shape
   kv_heads = key.shape[2]
-  query = query.reshape(batch, length, kv_heads, heads // kv_heads, head_dim).transpose(0, 2, 3, 1, 4)
+  query = query.reshape(batch, length, kv_heads, heads // kv_heads, head_dim).transpose(
+    0, 2, 3, 1, 4
+  )
   key, value = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)
   out = _blockwise(query, key, value, segment_ids, block_size or BLOCK_SIZE)
   return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, head_dim)
 
 
 ATTENTION_FNS = {
-    "xla": xla_attention,
-    "fused": fused_attention,
-    "blockwise": blockwise_attention,
+  "xla": xla_attention,
+  "fused": fused_attention,
+  "blockwise": blockwise_attention,
 }

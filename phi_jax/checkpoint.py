@@ -29,7 +29,8 @@ import json
 import os
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +40,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from phi_jax import files
-from phi_jax import hf_format
+from phi_jax import files, hf_format
 from phi_jax import model as model_lib
 
 _ARRAY_ITEMS = ("params", "opt_state")
@@ -61,8 +61,12 @@ def checkpoint_dir(workdir: str | epath.PathLike) -> epath.Path:
 
 
 def _item_handlers() -> dict:
-  return {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
-          "progress": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+  return {
+    "params": ocp.StandardCheckpointHandler(),
+    "opt_state": ocp.StandardCheckpointHandler(),
+    "progress": ocp.JsonCheckpointHandler(),
+    "config": ocp.JsonCheckpointHandler(),
+  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,24 +100,30 @@ def manager(workdir: str | epath.PathLike, options: Any = None) -> ocp.Checkpoin
   """
   if options is None:
     return ocp.CheckpointManager(
-        checkpoint_dir(workdir), item_handlers=_item_handlers(),
-        options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False))
+      checkpoint_dir(workdir),
+      item_handlers=_item_handlers(),
+      options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False),
+    )
   policies = ocp.checkpoint_managers
   save = [policies.PreemptionCheckpointingPolicy()]
   if options.every_steps:
     save.append(policies.FixedIntervalPolicy(int(options.every_steps)))
   if options.every_seconds:
-    start = _Start(datetime.datetime.now(tz=datetime.timezone.utc))
+    start = _Start(datetime.datetime.now(tz=datetime.UTC))
     save.append(_EveryInterval(minimum_interval_secs=int(options.every_seconds), start=start))
   keep = [policies.LatestN(int(options.keep) or None)]
   if options.keep_every:
     keep.append(policies.EveryNSteps(int(options.keep_every)))
   checkpoints = ocp.CheckpointManager(
-      checkpoint_dir(workdir), item_handlers=_item_handlers(),
-      options=ocp.CheckpointManagerOptions(
-          save_decision_policy=policies.AnySavePolicy(save),
-          preservation_policy=policies.AnyPreservationPolicy(keep),
-          enable_async_checkpointing=bool(options.async_save), cleanup_tmp_directories=True))
+    checkpoint_dir(workdir),
+    item_handlers=_item_handlers(),
+    options=ocp.CheckpointManagerOptions(
+      save_decision_policy=policies.AnySavePolicy(save),
+      preservation_policy=policies.AnyPreservationPolicy(keep),
+      enable_async_checkpointing=bool(options.async_save),
+      cleanup_tmp_directories=True,
+    ),
+  )
   # orbax deletes the half-written steps in a thread that only its next save waits for (not
   # close()); a run that stops before saving would leave it to die with the interpreter.
   getattr(checkpoints, "_maybe_await_cleanup_tmp_directory", lambda: None)()
@@ -121,6 +131,7 @@ def manager(workdir: str | epath.PathLike, options: Any = None) -> ocp.Checkpoin
 
 
 # --------------------------------------------------------------------------- fingerprints
+
 
 def _fingerprint(x: jax.Array) -> jax.Array:
   """sum(bits * (2 * flat_index + 1)) mod 2^32: integer arithmetic, so the same on any mesh, and
@@ -140,24 +151,32 @@ _fingerprints = jax.jit(lambda tree: jax.tree.map(_fingerprint, tree))
 def fingerprints(tree: Any) -> dict[str, int]:
   """{key path: uint32 fingerprint} of every array in `tree` (sharded or not)."""
   values = jax.device_get(_fingerprints(tree))
-  return {jax.tree_util.keystr(path): int(value)
-          for path, value in jax.tree_util.tree_leaves_with_path(values)}
+  return {
+    jax.tree_util.keystr(path): int(value)
+    for path, value in jax.tree_util.tree_leaves_with_path(values)
+  }
 
 
-def _verify(step: int, directory: epath.Path, item: str, tree: Any, saved: dict[str, int]
-            ) -> None:
+def _verify(step: int, directory: epath.Path, item: str, tree: Any, saved: dict[str, int]) -> None:
   found = fingerprints(tree)
   differing = sorted(key for key in found.keys() | saved.keys() if found.get(key) != saved.get(key))
   if differing:
-    raise CorruptCheckpointError(step, directory, (
+    raise CorruptCheckpointError(
+      step,
+      directory,
+      (
         f"{len(differing)} array(s) of '{item}' differ from the fingerprints saved with them, "
-        f"first {item}{differing[0]}"))
+        f"first {item}{differing[0]}"
+      ),
+    )
 
 
 # --------------------------------------------------------------------------- saving
 
-def config_item(model_config: model_lib.ModelConfig, run_config: Any = None,
-                init_from: dict | None = None) -> dict:
+
+def config_item(
+  model_config: model_lib.ModelConfig, run_config: Any = None, init_from: dict | None = None
+) -> dict:
   """The `config` item: the model config, the run's whole config (a ConfigDict) and where its
   params started."""
   item = {"model": dataclasses.asdict(model_config), "init_from": init_from}
@@ -166,30 +185,52 @@ def config_item(model_config: model_lib.ModelConfig, run_config: Any = None,
   return item
 
 
-def save_state(checkpoints: ocp.CheckpointManager, state: Any, progress: dict,
-               config: dict) -> None:
+def save_state(
+  checkpoints: ocp.CheckpointManager, state: Any, progress: dict, config: dict
+) -> None:
   """Saves a TrainState as step `state.step` with `progress` (data position) and `config`.
 
   Returns once the arrays are copied off the devices (the rest is written in the background
   when the manager is async), so the caller may donate `state` to the next step.
   """
   step = int(state.step)
-  progress = {**progress, "step": step, "fingerprints": {
-      item: fingerprints(getattr(state, item)) for item in _ARRAY_ITEMS}}
-  checkpoints.save(step, force=True, args=ocp.args.Composite(
-      params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
-      progress=ocp.args.JsonSave(progress), config=ocp.args.JsonSave(config)))
+  progress = {
+    **progress,
+    "step": step,
+    "fingerprints": {item: fingerprints(getattr(state, item)) for item in _ARRAY_ITEMS},
+  }
+  checkpoints.save(
+    step,
+    force=True,
+    args=ocp.args.Composite(
+      params=ocp.args.StandardSave(state.params),
+      opt_state=ocp.args.StandardSave(state.opt_state),
+      progress=ocp.args.JsonSave(progress),
+      config=ocp.args.JsonSave(config),
+    ),
+  )
 
 
-def save_params(workdir: str | epath.PathLike, model_config: model_lib.ModelConfig, params: Any,
-                step: int = 0, init_from: dict | None = None) -> None:
+def save_params(
+  workdir: str | epath.PathLike,
+  model_config: model_lib.ModelConfig,
+  params: Any,
+  step: int = 0,
+  init_from: dict | None = None,
+) -> None:
   """Writes params and the model config as one complete step (no optimizer state)."""
   with manager(workdir) as checkpoints:
-    checkpoints.save(step, force=True, args=ocp.args.Composite(
+    checkpoints.save(
+      step,
+      force=True,
+      args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
-        progress=ocp.args.JsonSave({"step": step,
-                                    "fingerprints": {"params": fingerprints(params)}}),
-        config=ocp.args.JsonSave(config_item(model_config, init_from=init_from))))
+        progress=ocp.args.JsonSave(
+          {"step": step, "fingerprints": {"params": fingerprints(params)}}
+        ),
+        config=ocp.args.JsonSave(config_item(model_config, init_from=init_from)),
+      ),
+    )
     checkpoints.wait_until_finished()
 
 
@@ -212,8 +253,10 @@ def _missing_files(step_dir: epath.Path, items: dict[str, Any]) -> list[str]:
   """The files that orbax wrote for each of `items` (JSON: `metadata`, arrays: the tree's
   `_METADATA`) that `step_dir` lacks. Without _METADATA orbax infers the tree from the arrays and
   fails on the mismatch, not on the missing file."""
-  expected = [f"{name}/metadata" if abstract is None else f"{name}/_METADATA"
-              for name, abstract in items.items()]
+  expected = [
+    f"{name}/metadata" if abstract is None else f"{name}/_METADATA"
+    for name, abstract in items.items()
+  ]
   return [path for path in expected if not (step_dir / path).exists()]
 
 
@@ -241,7 +284,8 @@ def _is_damage(error: Exception, step_dir: epath.Path) -> bool:
   if code == "NOT_FOUND":
     return str(step_dir) in message
   return code in ("OUT_OF_RANGE", "DATA_LOSS") or (
-      code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION") and bool(_UNDECODABLE.search(message)))
+    code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION") and bool(_UNDECODABLE.search(message))
+  )
 
 
 def _permission_error(step_dir: epath.Path) -> PermissionError | None:
@@ -284,8 +328,10 @@ def _read(checkpoints: ocp.CheckpointManager, step: int, items: dict[str, Any]) 
   processes: none of them takes the step for damaged.
   """
   step_dir = checkpoints.directory / str(step)
-  args = {name: ocp.args.JsonRestore() if abstract is None else ocp.args.StandardRestore(abstract)
-          for name, abstract in items.items()}
+  args = {
+    name: ocp.args.JsonRestore() if abstract is None else ocp.args.StandardRestore(abstract)
+    for name, abstract in items.items()
+  }
   restored, error, outcome = None, None, _INTACT
   try:
     missing = _missing_files(step_dir, items)
@@ -298,13 +344,18 @@ def _read(checkpoints: ocp.CheckpointManager, step: int, items: dict[str, Any]) 
   if worst == _FAILED:
     if outcome == _FAILED:
       raise error
-    raise RuntimeError(f"another process failed to read checkpoint step {step} ({step_dir}), "
-                       f"not for damage: see its log") from error
+    raise RuntimeError(
+      f"another process failed to read checkpoint step {step} ({step_dir}), "
+      f"not for damage: see its log"
+    ) from error
   if worst == _DAMAGED:
     # The cause's first line says what failed; the chain keeps the rest (TensorStore specs).
     cause = None if error is None else _cause(error)
-    reason = ("another process could not read it" if cause is None
-              else f"{type(cause).__name__}: {str(cause).splitlines()[0][:300]}")
+    reason = (
+      "another process could not read it"
+      if cause is None
+      else f"{type(cause).__name__}: {str(cause).splitlines()[0][:300]}"
+    )
     raise CorruptCheckpointError(step, checkpoints.directory, reason) from error
   return restored
 
@@ -317,15 +368,20 @@ def _saved_model_config(checkpoints: ocp.CheckpointManager, step: int) -> model_
 def check_fits(found: model_lib.ModelConfig, expected: model_lib.ModelConfig, where: str) -> None:
   """ValueError naming the differing fields when `found`'s params cannot stand for `expected`'s
   (a different architecture is a config error, not a damaged checkpoint)."""
-  shapes = lambda config: jax.tree.map(lambda s: (s.shape, str(s.dtype)),
-                                       model_lib.param_shapes(config))
+  shapes = lambda config: jax.tree.map(
+    lambda s: (s.shape, str(s.dtype)), model_lib.param_shapes(config)
+  )
   if shapes(found) != shapes(expected):
-    fields = [f.name for f in dataclasses.fields(found)
-              if getattr(found, f.name) != getattr(expected, f.name)]
+    fields = [
+      f.name
+      for f in dataclasses.fields(found)
+      if getattr(found, f.name) != getattr(expected, f.name)
+    ]
     raise ValueError(
-        f"{where} holds a model with {', '.join(f'{f}={getattr(found, f)!r}' for f in fields)}; "
-        f"this config has {', '.join(f'{f}={getattr(expected, f)!r}' for f in fields)}: the "
-        f"params do not fit")
+      f"{where} holds a model with {', '.join(f'{f}={getattr(found, f)!r}' for f in fields)}; "
+      f"this config has {', '.join(f'{f}={getattr(expected, f)!r}' for f in fields)}: the "
+      f"params do not fit"
+    )
 
 
 def _on_first_device(model_config: model_lib.ModelConfig) -> Any:
@@ -337,44 +393,67 @@ def _on_first_device(model_config: model_lib.ModelConfig) -> Any:
 def _abstract_params(model_config: model_lib.ModelConfig, shardings: Any) -> Any:
   shardings = _on_first_device(model_config) if shardings is None else shardings
   return jax.tree.map(
-      lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),
-      model_lib.param_shapes(model_config), shardings)
+    lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),
+    model_lib.param_shapes(model_config),
+    shardings,
+  )
 
 
-def _restore_params(checkpoints: ocp.CheckpointManager, step: int, shardings: Any,
-                    expected: model_lib.ModelConfig | None) -> tuple[model_lib.ModelConfig, Any]:
+def _restore_params(
+  checkpoints: ocp.CheckpointManager,
+  step: int,
+  shardings: Any,
+  expected: model_lib.ModelConfig | None,
+) -> tuple[model_lib.ModelConfig, Any]:
   model_config = _saved_model_config(checkpoints, step)
   if expected is not None:
     check_fits(model_config, expected, str(checkpoints.directory / str(step)))
-  restored = _read(checkpoints, step, {"params": _abstract_params(model_config, shardings),
-                                       "progress": None})
-  _verify(step, checkpoints.directory, "params", restored.params,
-          restored.progress["fingerprints"]["params"])
+  restored = _read(
+    checkpoints, step, {"params": _abstract_params(model_config, shardings), "progress": None}
+  )
+  _verify(
+    step,
+    checkpoints.directory,
+    "params",
+    restored.params,
+    restored.progress["fingerprints"]["params"],
+  )
   return model_config, restored.params
 
 
-def _restore_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state: Any,
-                   expected: model_lib.ModelConfig) -> tuple[Any, dict]:
+def _restore_state(
+  checkpoints: ocp.CheckpointManager,
+  step: int,
+  abstract_state: Any,
+  expected: model_lib.ModelConfig,
+) -> tuple[Any, dict]:
   where = str(checkpoints.directory / str(step))
   check_fits(_saved_model_config(checkpoints, step), expected, where)
   progress = _read(checkpoints, step, {"progress": None}).progress
   if "opt_state" not in progress["fingerprints"]:
-    raise ValueError(f"{where} holds params only (a conversion), no optimizer state to resume: "
-                     f"train from it in a new workdir with "
-                     f"--config.train.init_from={checkpoints.directory.parent}")
-  restored = _read(checkpoints, step,
-                   {item: getattr(abstract_state, item) for item in _ARRAY_ITEMS})
+    raise ValueError(
+      f"{where} holds params only (a conversion), no optimizer state to resume: "
+      f"train from it in a new workdir with "
+      f"--config.train.init_from={checkpoints.directory.parent}"
+    )
+  restored = _read(
+    checkpoints, step, {item: getattr(abstract_state, item) for item in _ARRAY_ITEMS}
+  )
   for item in _ARRAY_ITEMS:
-    _verify(step, checkpoints.directory, item, getattr(restored, item),
-            progress["fingerprints"][item])
+    _verify(
+      step, checkpoints.directory, item, getattr(restored, item), progress["fingerprints"][item]
+    )
   state = abstract_state.replace(
-      step=jax.device_put(np.int32(progress["step"]), abstract_state.step.sharding),
-      params=restored.params, opt_state=restored.opt_state)
+    step=jax.device_put(np.int32(progress["step"]), abstract_state.step.sharding),
+    params=restored.params,
+    opt_state=restored.opt_state,
+  )
   return state, progress
 
 
-def _newest_intact(checkpoints: ocp.CheckpointManager, restore: Callable[[int], Any]
-                   ) -> tuple[int, Any, list[int]]:
+def _newest_intact(
+  checkpoints: ocp.CheckpointManager, restore: Callable[[int], Any]
+) -> tuple[int, Any, list[int]]:
   """(step, restore(step)) of the newest step that reads back intact, and the newer damaged steps
   (each logged). CorruptCheckpointError when none is intact."""
   damaged: list[CorruptCheckpointError] = []
@@ -385,12 +464,15 @@ def _newest_intact(checkpoints: ocp.CheckpointManager, restore: Callable[[int], 
       logging.error("%s; trying the previous step", e)
       damaged.append(e)
   raise CorruptCheckpointError(
-      damaged[0].step, checkpoints.directory,
-      "no intact step to fall back to:\n" + "\n".join(str(e) for e in damaged))
+    damaged[0].step,
+    checkpoints.directory,
+    "no intact step to fall back to:\n" + "\n".join(str(e) for e in damaged),
+  )
 
 
-def restore_latest_state(checkpoints: ocp.CheckpointManager, abstract_state: Any,
-                         expected: model_lib.ModelConfig) -> tuple[Any, dict, list[int]] | None:
+def restore_latest_state(
+  checkpoints: ocp.CheckpointManager, abstract_state: Any, expected: model_lib.ModelConfig
+) -> tuple[Any, dict, list[int]] | None:
   """(TrainState on `abstract_state`'s shardings, progress item, damaged steps set aside) of the
   newest intact training checkpoint, or None when there is none. Newer damaged steps are moved to
   DIR/checkpoints_corrupt/ (kept for inspection, out of the manager's way so that the run saves
@@ -398,7 +480,8 @@ def restore_latest_state(checkpoints: ocp.CheckpointManager, abstract_state: Any
   if not checkpoints.all_steps():
     return None
   _, (state, progress), damaged = _newest_intact(
-      checkpoints, lambda step: _restore_state(checkpoints, step, abstract_state, expected))
+    checkpoints, lambda step: _restore_state(checkpoints, step, abstract_state, expected)
+  )
   if damaged:
     aside = checkpoints.directory.parent / "checkpoints_corrupt"
     if jax.process_index() == 0:
@@ -408,8 +491,9 @@ def restore_latest_state(checkpoints: ocp.CheckpointManager, abstract_state: Any
         (checkpoints.directory / str(step)).rename(aside / f"{step}.{stamp}")
     multihost_utils.sync_global_devices("phi_jax.checkpoint: damaged steps set aside")
     checkpoints.reload()
-    logging.warning("resuming from step %d; damaged steps %s moved to %s", progress["step"],
-                    damaged, aside)
+    logging.warning(
+      "resuming from step %d; damaged steps %s moved to %s", progress["step"], damaged, aside
+    )
   return state, progress, damaged
 
 
@@ -421,9 +505,15 @@ def _write_run_record(workdir: epath.Path, record: dict) -> None:
 def record_start(workdir: str | epath.PathLike, run_config: dict, init_from: dict | None) -> None:
   """Starts DIR/run.json for a run with no checkpoint yet: its config (as JSON), where its params
   came from and when it started."""
-  _write_run_record(epath.Path(workdir), {
-      "config": run_config, "init_from": init_from,
-      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumes": []})
+  _write_run_record(
+    epath.Path(workdir),
+    {
+      "config": run_config,
+      "init_from": init_from,
+      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+      "resumes": [],
+    },
+  )
 
 
 def record_resume(workdir: str | epath.PathLike, step: int, set_aside: list[int]) -> dict | None:
@@ -431,16 +521,23 @@ def record_resume(workdir: str | epath.PathLike, step: int, set_aside: list[int]
   the run's params first came from (its `init_from` record)."""
   path = epath.Path(workdir) / RUN_RECORD
   record = json.loads(path.read_text()) if path.exists() else {}
-  record.setdefault("resumes", []).append({
-      "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-      "damaged_steps_set_aside": set_aside})
+  record.setdefault("resumes", []).append(
+    {
+      "step": step,
+      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+      "damaged_steps_set_aside": set_aside,
+    }
+  )
   _write_run_record(epath.Path(workdir), record)
   return record.get("init_from")
 
 
-def restore_params(workdir: str | epath.PathLike, step: int | None = None, shardings: Any = None,
-                   expected: model_lib.ModelConfig | None = None
-                   ) -> tuple[model_lib.ModelConfig, Any]:
+def restore_params(
+  workdir: str | epath.PathLike,
+  step: int | None = None,
+  shardings: Any = None,
+  expected: model_lib.ModelConfig | None = None,
+) -> tuple[model_lib.ModelConfig, Any]:
   """(model config, params) of `step` under `workdir`; default: the newest intact step.
 
   The params land on `shardings` (a pytree of `jax.sharding.Sharding`s shaped like the params,
@@ -465,8 +562,10 @@ def _restore_params_at(workdir, step, shardings, expected):
       step, (model_config, params), _ = _newest_intact(checkpoints, restore)
       return step, model_config, params
     if step not in checkpoints.all_steps():
-      raise FileNotFoundError(f"no complete checkpoint at step {step} in {directory}; steps "
-                              f"found: {list(checkpoints.all_steps())}")
+      raise FileNotFoundError(
+        f"no complete checkpoint at step {step} in {directory}; steps "
+        f"found: {list(checkpoints.all_steps())}"
+      )
     return (step, *restore(step))
 
 
@@ -480,15 +579,18 @@ def load_init(init_from: str, expected: model_lib.ModelConfig, shardings: Any) -
     check_fits(model_config, expected, f"train.init_from={init_from}")
     shardings = _on_first_device(model_config) if shardings is None else shardings
     params = jax.tree.map(  # each process puts only its own shards
-        lambda x, sharding: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]),
-        numpy_params, shardings)
+      lambda x, sharding: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]),
+      numpy_params,
+      shardings,
+    )
     return params, {"huggingface": init_from}
   step = None
   if path.parent.name == "checkpoints" and path.name.isdigit():
     path, step = path.parent.parent, int(path.name)
   if not (path / "checkpoints").exists():
     raise FileNotFoundError(
-        f"train.init_from={init_from!r} is not a workdir with checkpoints/, a workdir's "
-        f"checkpoints/<step> directory, or a Hugging Face directory with config.json")
+      f"train.init_from={init_from!r} is not a workdir with checkpoints/, a workdir's "
+      f"checkpoints/<step> directory, or a Hugging Face directory with config.json"
+    )
   step, _, params = _restore_params_at(path, step, shardings, expected)
   return params, {"workdir": str(path), "step": step}

@@ -12,14 +12,15 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from absl import app, flags
 from ml_collections import config_flags
 
 
-def define_config(default: str | None = None, help_text: str = "Path to a configs/*.py file."
-                  ) -> None:
+def define_config(
+  default: str | None = None, help_text: str = "Path to a configs/*.py file."
+) -> None:
   """The `--config` flag (locked: a misspelt field is an error, never a new one)."""
   config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)
 

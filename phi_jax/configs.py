@@ -1,7 +1,7 @@
 """Run configs are data: ml_collections ConfigDicts defined by the files under `configs/`.
 
-    cfg = phi_jax.configs.get("phi1_small")   # or a path to a config file
-    cfg.model.remat = "full"
+cfg = phi_jax.configs.get("phi1_small")   # or a path to a config file
+cfg.model.remat = "full"
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def base() -> ml_collections.ConfigDict:
   cfg.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig()))
   # Mesh axis sizes; -1 = all remaining devices.
   cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-  cfg.train = ml_collections.ConfigDict(dict(
+  cfg.train = ml_collections.ConfigDict(
+    dict(
       seed=0,
       steps=24_000,  # steps this run takes; phi-1-base is the 24k checkpoint of a 36k schedule
       global_batch=1024,  # sequences per optimizer step, whatever the device count
@@ -48,27 +49,42 @@ def base() -> ml_collections.ConfigDict:
       # from them instead.
       init_from="",
       on_nonfinite="stop",  # a non-finite loss or gradient: "stop" the run, or "skip" the step
-  ))
+    )
+  )
   # Orbax checkpoints under DIR/checkpoints/<step>: params, optimizer state, step, RNG seed, data
   # position and config. A run also saves at its last step and on SIGTERM / a TPU preemption
   # notice, and resumes from the latest intact checkpoint when rerun on the same workdir.
-  cfg.checkpoint = ml_collections.ConfigDict(dict(
+  cfg.checkpoint = ml_collections.ConfigDict(
+    dict(
       every_steps=1000,  # save when step % every_steps == 0 (0 = never by step count)
       every_seconds=1800,  # save once this long has passed since the last save (0 = never by time)
       keep=3,  # the latest `keep` checkpoints are kept (0 = all); >= 2 leaves one to fall back to
       keep_every=0,  # and every step that is a multiple of keep_every, forever (0 = none)
       async_save=True,  # write in background threads while training goes on
-  ))
+    )
+  )
   # The finetuning stage of the recipe (`finetune_recipe`; the main job's phi-1 analogue):
   # the paper's CodeExercises values.
-  cfg.finetune = ml_collections.ConfigDict(dict(
-      steps=6_000, global_batch=256, learning_rate=1e-4, warmup_steps=50, weight_decay=0.01))
+  cfg.finetune = ml_collections.ConfigDict(
+    dict(steps=6_000, global_batch=256, learning_rate=1e-4, warmup_steps=50, weight_decay=0.01)
+  )
   # Pretraining recipe of the paper. b1, b2, eps, clipping and the final LR are not in the
   # paper: GPT-3/CodeGen-style defaults.
-  cfg.optim = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, warmup_steps=750, decay_steps=36_000, final_lr_ratio=0.0,
-      weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, grad_clip_norm=1.0))
-  cfg.data = ml_collections.ConfigDict(dict(
+  cfg.optim = ml_collections.ConfigDict(
+    dict(
+      learning_rate=1e-3,
+      warmup_steps=750,
+      decay_steps=36_000,
+      final_lr_ratio=0.0,
+      weight_decay=0.1,
+      b1=0.9,
+      b2=0.95,
+      eps=1e-8,
+      grad_clip_norm=1.0,
+    )
+  )
+  cfg.data = ml_collections.ConfigDict(
+    dict(
       source="synthetic",  # "seqio" (the phi-1 mixtures) or "synthetic" (a learnable toy stream)
       dir="",  # data_pipeline.build's output (local or gs://); "" = $PHI1_DATA_DIR
       mixture="phi1_pretrain",
@@ -77,10 +93,12 @@ def base() -> ml_collections.ConfigDict:
       pretrain_rates={},  # task -> rate for phi1_pretrain ({} = CodeTextbook only)
       finetune_rates={},  # task -> rate for phi1_finetune ({} = CodeExercises only)
       use_cached=False,  # read seqio's cache (data_pipeline.build writes it)
-  ))
+    )
+  )
   # The corpus build (python -m data_pipeline.build): the embedded default draws on the Python
   # sources on this machine.
-  cfg.corpus = ml_collections.ConfigDict(dict(
+  cfg.corpus = ml_collections.ConfigDict(
+    dict(
       roots=("stdlib",),  # 'stdlib', 'site-packages', or directories
       # JSONL files (patterns, local or gs://) of documents: {"text", "kind"?, "source"?}, or
       # {"kind": "exercise", "prompt", "solution"}; e.g. The Stack or synthetic textbooks.
@@ -110,25 +128,32 @@ def base() -> ml_collections.ConfigDict:
       llm_base_url="",  # OpenAI-compatible endpoint, e.g. http://localhost:8000/v1
       llm_model="",
       cache=True,  # also write the tokenized tasks in seqio's cache layout (OUT/cache)
-  ))
+    )
+  )
   # Multi-host: jax.distributed.initialize() when enabled; empty fields are auto-detected
   # (TPU VMs, SLURM, ...) or read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
-  cfg.distributed = ml_collections.ConfigDict(dict(
-      enabled=False, coordinator_address="", num_processes=0, process_id=-1,
-      cpu_collectives="gloo"))
-  cfg.logging = ml_collections.ConfigDict(dict(
-      tensorboard=True, progress_bar=True,
+  cfg.distributed = ml_collections.ConfigDict(
+    dict(
+      enabled=False, coordinator_address="", num_processes=0, process_id=-1, cpu_collectives="gloo"
+    )
+  )
+  cfg.logging = ml_collections.ConfigDict(
+    dict(
+      tensorboard=True,
+      progress_bar=True,
       # A JAX profiler trace (TensorBoard's profile plugin / Perfetto) of `profile_steps` steps
       # from step `profile_start_step` (past compilation), written to DIR/profile.
       profile_steps=0,
       profile_start_step=5,
-  ))
+    )
+  )
   # Text generation (phi_jax.decode.SamplingConfig): `python -m phi_jax.generate` and benchmark
   # sampling. temperature 0 = greedy; eos_id is replaced by the tokenizer's end-of-text id.
   cfg.sampling = ml_collections.ConfigDict(dataclasses.asdict(SamplingConfig()))
   cfg.sampling.max_new_tokens = 512
   # Benchmarks (python -m phi_jax.evaluate) and evaluation during training.
-  cfg.eval = ml_collections.ConfigDict(dict(
+  cfg.eval = ml_collections.ConfigDict(
+    dict(
       tokenizer="",  # SentencePiece .model or tokenizer.json (or its dir); "" = data.dir's
       samples_per_task=1,  # n of pass@k; the paper's pass@1 is greedy with n = 1
       batch_size=8,  # prompts decoded together
@@ -150,16 +175,24 @@ def base() -> ml_collections.ConfigDict:
       every_steps=0,
       loss_batches=4,
       humaneval_in_training=False,
-  ))
+    )
+  )
   return cfg
 
 
 # Fields naming files or directories (local or gs://). Entry points make them absolute once
 # (`resolve_paths`), so that a run records where its inputs really are and a later change of the
 # current directory changes nothing. corpus.roots also takes the names 'stdlib' and 'site-packages'.
-PATH_FIELDS = ("data.dir", "train.init_from", "eval.tokenizer", "eval.mbpp_path",
-               "corpus.roots", "corpus.jsonl", "corpus.quality_model",
-               "corpus.quality_tokenizer")
+PATH_FIELDS = (
+  "data.dir",
+  "train.init_from",
+  "eval.tokenizer",
+  "eval.mbpp_path",
+  "corpus.roots",
+  "corpus.jsonl",
+  "corpus.quality_model",
+  "corpus.quality_tokenizer",
+)
 _ROOT_NAMES = ("stdlib", "site-packages")
 
 
@@ -203,8 +236,12 @@ def finetune_recipe(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   cfg.data.mixture = "phi1_finetune"
   cfg.train.update(steps=finetune.steps, global_batch=finetune.global_batch)
   cfg.train.init_from = config_dict.placeholder(str)  # required: train.run names it when unset
-  cfg.optim.update(learning_rate=finetune.learning_rate, warmup_steps=finetune.warmup_steps,
-                   decay_steps=finetune.steps, weight_decay=finetune.weight_decay)
+  cfg.optim.update(
+    learning_rate=finetune.learning_rate,
+    warmup_steps=finetune.warmup_steps,
+    decay_steps=finetune.steps,
+    weight_decay=finetune.weight_decay,
+  )
   return cfg
 
 
@@ -240,6 +277,7 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
   """Rejects a config whose parts disagree (with each other or with `num_devices`), naming the
   fields and what to change. The trainer calls it before building anything."""
   from phi_jax import sharding  # the mesh arithmetic lives with the mesh
+
   model = ModelConfig.from_dict(dict(cfg.model.items()))  # names an unknown model key
   try:
     mesh = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(cfg.mesh, num_devices)))
@@ -249,29 +287,43 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
   data_parallel = mesh["data"] * mesh["fsdp"]
   global_batch, micro = int(cfg.train.global_batch), int(cfg.train.micro_batch)
   if micro < 0 or (micro and global_batch % micro):
-    problems.append(f"train.global_batch={global_batch} is not divisible by "
-                    f"train.micro_batch={micro}")
+    problems.append(
+      f"train.global_batch={global_batch} is not divisible by train.micro_batch={micro}"
+    )
   elif (micro or global_batch) % data_parallel:
-    problems.append(f"train.micro_batch={micro} (or global_batch={global_batch} when "
-                    f"micro_batch=0) must be divisible by the data-parallel devices "
-                    f"mesh.data*mesh.fsdp={data_parallel}")
+    problems.append(
+      f"train.micro_batch={micro} (or global_batch={global_batch} when "
+      f"micro_batch=0) must be divisible by the data-parallel devices "
+      f"mesh.data*mesh.fsdp={data_parallel}"
+    )
   tensor = mesh["tensor"]
-  for name, size in (("model.n_heads", model.n_heads), ("model.n_kv_heads", model.n_kv_heads),
-                     ("model.mlp_dim", model.mlp_dim), ("model.vocab_size", model.vocab_size)):
+  for name, size in (
+    ("model.n_heads", model.n_heads),
+    ("model.n_kv_heads", model.n_kv_heads),
+    ("model.mlp_dim", model.mlp_dim),
+    ("model.vocab_size", model.vocab_size),
+  ):
     if size % tensor:  # n_kv_heads=0 (= n_heads) passes
       problems.append(f"{name}={size} is not divisible by tensor parallelism mesh.tensor={tensor}")
   if model.d_model % mesh["fsdp"]:
-    problems.append(f"model.d_model={model.d_model} is not divisible by mesh.fsdp={mesh['fsdp']} "
-                    "(parameters shard their embed axis over fsdp)")
+    problems.append(
+      f"model.d_model={model.d_model} is not divisible by mesh.fsdp={mesh['fsdp']} "
+      "(parameters shard their embed axis over fsdp)"
+    )
   if int(cfg.train.loss_chunk) < 0 or (
-      int(cfg.train.loss_chunk) and int(cfg.train.seq_len) % int(cfg.train.loss_chunk)):
-    problems.append(f"train.loss_chunk={cfg.train.loss_chunk} must be 0 or a divisor of "
-                    f"train.seq_len={cfg.train.seq_len}")
+    int(cfg.train.loss_chunk) and int(cfg.train.seq_len) % int(cfg.train.loss_chunk)
+  ):
+    problems.append(
+      f"train.loss_chunk={cfg.train.loss_chunk} must be 0 or a divisor of "
+      f"train.seq_len={cfg.train.seq_len}"
+    )
   if int(cfg.train.seq_len) > model.max_len:
     problems.append(f"train.seq_len={cfg.train.seq_len} exceeds model.max_len={model.max_len}")
   if int(cfg.optim.warmup_steps) > int(cfg.optim.decay_steps):
-    problems.append(f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds "
-                    f"optim.decay_steps={cfg.optim.decay_steps}")
+    problems.append(
+      f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds "
+      f"optim.decay_steps={cfg.optim.decay_steps}"
+    )
   if not cfg.optim.learning_rate > 0 or not math.isfinite(cfg.optim.learning_rate):
     problems.append(f"optim.learning_rate={cfg.optim.learning_rate} must be a positive number")
   if min(int(cfg.train.steps), int(cfg.train.log_every), global_batch) <= 0:
@@ -280,8 +332,11 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     problems.append(f"data.source={cfg.data.source!r} is not one of ['seqio', 'synthetic']")
   if cfg.train.on_nonfinite not in ("stop", "skip"):
     problems.append(f"train.on_nonfinite={cfg.train.on_nonfinite!r} is not one of ['skip', 'stop']")
-  negative = [f"checkpoint.{key}={cfg.checkpoint[key]}" for key in
-              ("every_steps", "every_seconds", "keep", "keep_every") if cfg.checkpoint[key] < 0]
+  negative = [
+    f"checkpoint.{key}={cfg.checkpoint[key]}"
+    for key in ("every_steps", "every_seconds", "keep", "keep_every")
+    if cfg.checkpoint[key] < 0
+  ]
   if negative:
     problems.append(f"{', '.join(negative)}: checkpoint settings are counts, 0 = off (keep: all)")
   if problems:

@@ -15,10 +15,7 @@ from pathlib import Path
 
 from absl import flags
 
-from phi_jax import checkpoint
-from phi_jax import cli
-from phi_jax import files
-from phi_jax import hf_format
+from phi_jax import checkpoint, cli, files, hf_format
 from phi_jax import model as model_lib
 
 
@@ -41,8 +38,8 @@ def orbax_to_hf(workdir: str, out: str, step: int | None = None, dtype: str | No
 
 # Each command's flags, the required ones first.
 _COMMANDS = {
-    "hf_to_orbax": (hf_to_orbax, ("hf_dir", "out"), ()),
-    "orbax_to_hf": (orbax_to_hf, ("workdir", "out"), ("step", "dtype")),
+  "hf_to_orbax": (hf_to_orbax, ("hf_dir", "out"), ()),
+  "orbax_to_hf": (orbax_to_hf, ("workdir", "out"), ("step", "dtype")),
 }
 
 
@@ -71,10 +68,18 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   # Flags are defined here, not at import, so that other programs can import this module.
   flags.DEFINE_string("hf_dir", None, "hf_to_orbax: the Hugging Face directory to read.")
-  flags.DEFINE_string("out", None, "hf_to_orbax: the workdir to write (as OUT/checkpoints/0); "
-                      "orbax_to_hf: the Hugging Face directory to write (new or empty).")
+  flags.DEFINE_string(
+    "out",
+    None,
+    "hf_to_orbax: the workdir to write (as OUT/checkpoints/0); "
+    "orbax_to_hf: the Hugging Face directory to write (new or empty).",
+  )
   flags.DEFINE_string("workdir", None, "orbax_to_hf: the workdir whose checkpoint to export.")
   flags.DEFINE_integer("step", None, "orbax_to_hf: the step (default: the newest intact one).")
-  flags.DEFINE_enum("dtype", None, sorted(model_lib.DTYPES),
-                    "orbax_to_hf: the tensor dtype on disk (default: the params' own).")
+  flags.DEFINE_enum(
+    "dtype",
+    None,
+    sorted(model_lib.DTYPES),
+    "orbax_to_hf: the tensor dtype on disk (default: the params' own).",
+  )
   cli.run(main)

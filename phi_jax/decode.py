@@ -17,17 +17,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from phi_jax import checkpoint
-from phi_jax import files
+from phi_jax import checkpoint, files, sharding
 from phi_jax import model as model_lib
-from phi_jax import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,20 +51,25 @@ class SamplingConfig:
       raise ValueError(f"max_new_tokens, prompt_bucket and chunk_tokens must be >= 1: {self}")
 
   @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "SamplingConfig":
+  def from_dict(cls, values: Mapping[str, Any]) -> SamplingConfig:
     return model_lib.dataclass_from_dict(cls, values, "sampling")
 
 
 def sampling_knobs(sampling: SamplingConfig) -> dict:
   """The sampling settings as traced scalars: changing them never recompiles."""
-  return {"temperature": np.float32(sampling.temperature), "top_k": np.int32(sampling.top_k),
-          "top_p": np.float32(sampling.top_p), "eos_id": np.int32(sampling.eos_id),
-          "pad_id": np.int32(sampling.pad_id)}
+  return {
+    "temperature": np.float32(sampling.temperature),
+    "top_k": np.int32(sampling.top_k),
+    "top_p": np.float32(sampling.top_p),
+    "eos_id": np.int32(sampling.eos_id),
+    "pad_id": np.int32(sampling.pad_id),
+  }
 
 
 def sample_logits(logits: jax.Array, rng: jax.Array, knobs: Mapping[str, Any]) -> jax.Array:
   """One token per row from fp32 logits [batch, vocab]; `knobs` as made by `_knobs` (greedy
   when temperature is 0; top-k and top-p both filter when set)."""
+
   def greedy():
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
@@ -101,13 +106,15 @@ def _chunk(config, mesh, params, cache, last, done, rng, knobs, limit, steps):
   yet emitted nor in the cache; a step emits it (or ends the row at end-of-text), feeds it, and
   samples the next. Returns (cache, emitted [batch, steps] (-1 where nothing was), done, last,
   steps taken)."""
+
   def step(carry):
     cache, last, done, out, i = carry
     done = done | (last == knobs["eos_id"])
     out = out.at[:, i].set(jnp.where(done, -1, last))
     # Finished rows feed padding; whatever they sample is never emitted.
     logits, cache = model_lib.forward_with_cache(
-        config, params, jnp.where(done, knobs["pad_id"], last)[:, None], cache)
+      config, params, jnp.where(done, knobs["pad_id"], last)[:, None], cache
+    )
     token = sample_logits(logits[:, -1], jax.random.fold_in(rng, i), knobs)
     return cache, token, done, out, i + 1
 
@@ -115,12 +122,13 @@ def _chunk(config, mesh, params, cache, last, done, rng, knobs, limit, steps):
     out = jnp.full((last.shape[0], steps), -1, jnp.int32)
     carry = (cache, last, done, out, jnp.zeros((), jnp.int32))
     carry = jax.lax.while_loop(
-        lambda c: (c[4] < jnp.minimum(steps, limit)) & ~jnp.all(c[2]), step, carry)
+      lambda c: (c[4] < jnp.minimum(steps, limit)) & ~jnp.all(c[2]), step, carry
+    )
     cache, last, done, out, taken = carry
     return cache, out, done, last, taken
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(config: model_lib.ModelConfig, mesh: jax.sharding.Mesh):
   """The jitted prefill and chunk for a model and mesh, shared by every Decoder of them (XLA
   compiles each once per shape: rows, prompt bucket, cache length, chunk size)."""
@@ -129,21 +137,32 @@ def _compiled(config: model_lib.ModelConfig, mesh: jax.sharding.Mesh):
   rows = NamedSharding(mesh, P(("data", "fsdp")))
   tokens = sharding.batch_sharding(mesh)
   replicated = NamedSharding(mesh, P())
-  prefill = jax.jit(functools.partial(_prefill, config, mesh), static_argnums=(5,),
-                    in_shardings=(params, tokens, rows, replicated, replicated),
-                    out_shardings=(cache, rows))
-  chunk = jax.jit(functools.partial(_chunk, config, mesh), static_argnums=(7,),
-                  donate_argnums=(1,),
-                  in_shardings=(params, cache, rows, rows, replicated, replicated, replicated),
-                  out_shardings=(cache, tokens, rows, rows, replicated))
+  prefill = jax.jit(
+    functools.partial(_prefill, config, mesh),
+    static_argnums=(5,),
+    in_shardings=(params, tokens, rows, replicated, replicated),
+    out_shardings=(cache, rows),
+  )
+  chunk = jax.jit(
+    functools.partial(_chunk, config, mesh),
+    static_argnums=(7,),
+    donate_argnums=(1,),
+    in_shardings=(params, cache, rows, rows, replicated, replicated, replicated),
+    out_shardings=(cache, tokens, rows, rows, replicated),
+  )
   return params, prefill, chunk
 
 
 class Decoder:
   """Generation for one (model, params, sampling settings, mesh)."""
 
-  def __init__(self, config: Any, params: Any, sampling: SamplingConfig = SamplingConfig(),
-               mesh: jax.sharding.Mesh | None = None):
+  def __init__(
+    self,
+    config: Any,
+    params: Any,
+    sampling: SamplingConfig = SamplingConfig(),
+    mesh: jax.sharding.Mesh | None = None,
+  ):
     self.config = model_lib.as_model_config(config)
     self.sampling = sampling
     self.mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
@@ -157,8 +176,13 @@ class Decoder:
     room = self.config.max_len - self.sampling.max_new_tokens
     return room - room % self.sampling.prompt_bucket
 
-  def generate(self, prompts: Sequence[Sequence[int]], *, rng: jax.Array | None = None,
-               stop: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
+  def generate(
+    self,
+    prompts: Sequence[Sequence[int]],
+    *,
+    rng: jax.Array | None = None,
+    stop: Callable[[int, list[int]], bool] | None = None,
+  ) -> list[list[int]]:
     """New tokens for each prompt: at most `max_new_tokens`, ending before end-of-text, or
     soon after `stop(row, its new tokens so far)` (checked between chunks) says so: the caller
     trims at its stop string. Rows are independent: a row's tokens do not depend on the other
@@ -171,12 +195,13 @@ class Decoder:
     cache_len = _round_up(prompt_len + sampling.max_new_tokens, sampling.prompt_bucket)
     if prompt_len + sampling.max_new_tokens > self.config.max_len:
       raise ValueError(
-          f"prompt bucket {prompt_len} + max_new_tokens {sampling.max_new_tokens} exceeds the "
-          f"model's max_len {self.config.max_len}: shorten the prompts or max_new_tokens")
+        f"prompt bucket {prompt_len} + max_new_tokens {sampling.max_new_tokens} exceeds the "
+        f"model's max_len {self.config.max_len}: shorten the prompts or max_new_tokens"
+      )
     batch = np.full((n_rows, prompt_len), sampling.pad_id, np.int32)
     start = np.full((n_rows,), prompt_len - 1, np.int32)  # padding rows: one pad token
     for row, prompt in enumerate(prompts):
-      batch[row, prompt_len - len(prompt):] = prompt
+      batch[row, prompt_len - len(prompt) :] = prompt
       start[row] = prompt_len - len(prompt)
     rng = jax.random.key(sampling.seed) if rng is None else rng
 
@@ -188,8 +213,15 @@ class Decoder:
     while total < sampling.max_new_tokens and not done.all():
       chunk_rng = jax.random.fold_in(rng, total + 1)
       cache, out, done_dev, last, taken = self._chunk(
-          self.params, cache, last, done, chunk_rng, knobs,
-          np.int32(sampling.max_new_tokens - total), sampling.chunk_tokens)
+        self.params,
+        cache,
+        last,
+        done,
+        chunk_rng,
+        knobs,
+        np.int32(sampling.max_new_tokens - total),
+        sampling.chunk_tokens,
+      )
       out, done = np.asarray(out), np.array(done_dev)
       taken = int(taken)
       total += taken
@@ -202,11 +234,17 @@ class Decoder:
 
 def truncate(text: str, stop: Sequence[str]) -> str:
   """`text` up to the first occurrence of any stop string."""
-  return text[:min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))]
+  return text[: min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))]
 
 
-def generate_text(decoder: Decoder, vocab: Any, prompts: Sequence[str], *,
-                  stop: Sequence[str] = (), rng: jax.Array | None = None) -> list[str]:
+def generate_text(
+  decoder: Decoder,
+  vocab: Any,
+  prompts: Sequence[str],
+  *,
+  stop: Sequence[str] = (),
+  rng: jax.Array | None = None,
+) -> list[str]:
   """The text each prompt is continued with, cut before the first stop string.
 
   vocab: anything with `encode(str) -> ids` and `decode(ids) -> str` (a seqio vocabulary). The
@@ -217,18 +255,23 @@ def generate_text(decoder: Decoder, vocab: Any, prompts: Sequence[str], *,
   """
   keep = decoder.max_prompt_len
   if keep <= 0:
-    raise ValueError(f"sampling.max_new_tokens={decoder.sampling.max_new_tokens} leaves no room "
-                     f"for a prompt within the model's max_len {decoder.config.max_len}")
+    raise ValueError(
+      f"sampling.max_new_tokens={decoder.sampling.max_new_tokens} leaves no room "
+      f"for a prompt within the model's max_len {decoder.config.max_len}"
+    )
   encoded = [list(vocab.encode(p))[-keep:] for p in prompts]
 
   def continuation(prompt: list[int], new: list[int]) -> str:
     head, whole = vocab.decode(prompt), vocab.decode(prompt + new)
-    return whole[len(head):] if whole.startswith(head) else vocab.decode(new)
+    return whole[len(head) :] if whole.startswith(head) else vocab.decode(new)
 
   outputs = decoder.generate(
-      encoded, rng=rng,
-      stop=(lambda row, new: any(s in continuation(encoded[row], new) for s in stop))
-      if stop else None)
+    encoded,
+    rng=rng,
+    stop=(lambda row, new: any(s in continuation(encoded[row], new) for s in stop))
+    if stop
+    else None,
+  )
   return [truncate(continuation(p, new), stop) for p, new in zip(encoded, outputs)]
 
 
@@ -239,9 +282,9 @@ def sampling_config(cfg: Any, eos_id: int) -> SamplingConfig:
   return dataclasses.replace(sampling, eos_id=eos_id)
 
 
-def load_decoder(checkpoint_dir: str, sampling: SamplingConfig, step: int | None = None
-                 ) -> Decoder:
+def load_decoder(checkpoint_dir: str, sampling: SamplingConfig, step: int | None = None) -> Decoder:
   """A decoder over the params of `checkpoint_dir` (a workdir with checkpoints/<step>/)."""
-  model_config, params = checkpoint.restore_params(files.existing(checkpoint_dir, "checkpoint"),
-                                                   step)
+  model_config, params = checkpoint.restore_params(
+    files.existing(checkpoint_dir, "checkpoint"), step
+  )
   return Decoder(model_config, params, sampling)

@@ -24,5 +24,6 @@ def initialize(distributed: Any) -> None:
   if jax.config.jax_platforms in (None, "", "cpu") and distributed.cpu_collectives:
     # CPU devices across processes need a collectives backend (gloo ships with jaxlib).
     jax.config.update("jax_cpu_collectives_implementation", distributed.cpu_collectives)
-  jax.distributed.initialize(coordinator_address=address, num_processes=num_processes,
-                             process_id=process_id)
+  jax.distributed.initialize(
+    coordinator_address=address, num_processes=num_processes, process_id=process_id
+  )

@@ -22,21 +22,17 @@ from typing import Any
 
 from absl import flags, logging
 
-from phi_jax import cli
-from phi_jax import configs
-from phi_jax import decode
-from phi_jax import files
-from phi_jax import vocabularies
-from phi_jax.evaluation import benchmarks
-from phi_jax.evaluation import completions
-from phi_jax.evaluation import sandbox
-from phi_jax.evaluation import scoring
+from phi_jax import cli, configs, decode, files, vocabularies
+from phi_jax.evaluation import benchmarks, completions, sandbox, scoring
 
 
 def problems(cfg: Any, benchmark: str, *, split: str | None = None) -> list[benchmarks.Problem]:
-  return benchmarks.load(benchmark, mbpp_path=cfg.eval.mbpp_path or None,
-                         split=split or cfg.eval.mbpp_split,
-                         mbpp_prompt_format=cfg.eval.mbpp_prompt_format)
+  return benchmarks.load(
+    benchmark,
+    mbpp_path=cfg.eval.mbpp_path or None,
+    split=split or cfg.eval.mbpp_split,
+    mbpp_prompt_format=cfg.eval.mbpp_prompt_format,
+  )
 
 
 def score_file(cfg: Any, benchmark: str, samples_path: str | Path) -> dict:
@@ -49,21 +45,33 @@ def score_file(cfg: Any, benchmark: str, samples_path: str | Path) -> dict:
   return scoring.summarize(scored)
 
 
-def evaluate_checkpoint(cfg: Any, benchmark: str, checkpoint_dir: str, out: str | Path, *,
-                        tokenizer: str = "", step: int | None = None) -> dict:
+def evaluate_checkpoint(
+  cfg: Any,
+  benchmark: str,
+  checkpoint_dir: str,
+  out: str | Path,
+  *,
+  tokenizer: str = "",
+  step: int | None = None,
+) -> dict:
   """Samples completions from a checkpoint and scores them; returns the summary."""
   cfg, out = configs.resolve_paths(cfg), files.absolute(out)
   checkpoint_dir = files.existing(checkpoint_dir, "checkpoint")
   sandbox.check_available(cfg.eval.isolation)  # before minutes of sampling, not after
   vocab = vocabularies.for_config(cfg, tokenizer)
-  decoder = decode.load_decoder(checkpoint_dir,
-                                decode.sampling_config(cfg, vocabularies.eot_id(vocab)), step)
+  decoder = decode.load_decoder(
+    checkpoint_dir, decode.sampling_config(cfg, vocabularies.eot_id(vocab)), step
+  )
   chosen = problems(cfg, benchmark)
   if int(cfg.eval.max_problems):  # the first N only, for quick looks
-    chosen = chosen[:int(cfg.eval.max_problems)]
-  samples = completions.sample(decoder, vocab, chosen,
-                               samples_per_task=int(cfg.eval.samples_per_task),
-                               batch_size=int(cfg.eval.batch_size))
+    chosen = chosen[: int(cfg.eval.max_problems)]
+  samples = completions.sample(
+    decoder,
+    vocab,
+    chosen,
+    samples_per_task=int(cfg.eval.samples_per_task),
+    batch_size=int(cfg.eval.batch_size),
+  )
   out = Path(out)
   scoring.write_jsonl(out / "samples.jsonl", samples)
   summary = score_file(cfg, benchmark, out / "samples.jsonl")
@@ -82,14 +90,16 @@ def main(argv):
     summary = score_file(cfg, args.benchmark, args.samples)
   else:
     out = args.out or Path(args.checkpoint) / "eval" / args.benchmark
-    summary = evaluate_checkpoint(cfg, args.benchmark, args.checkpoint, out,
-                                  tokenizer=args.tokenizer, step=args.step)
+    summary = evaluate_checkpoint(
+      cfg, args.benchmark, args.checkpoint, out, tokenizer=args.tokenizer, step=args.step
+    )
   print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
-  cli.define_config(str(configs.path("tiny")),
-                    "Config file whose `eval` and `sampling` sections are used.")
+  cli.define_config(
+    str(configs.path("tiny")), "Config file whose `eval` and `sampling` sections are used."
+  )
   flags.DEFINE_enum("benchmark", None, ["humaneval", "mbpp"], "Benchmark to score.")
   flags.DEFINE_string("samples", None, "JSONL of {task_id, completion} to score.")
   flags.DEFINE_string("checkpoint", None, "Workdir holding checkpoints/<step>/ to sample from.")

@@ -15,7 +15,8 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from etils import epath
 
@@ -57,8 +58,9 @@ def write_atomic(path: epath.PathLike, data: bytes | str) -> None:
     return
   path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                             prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  fd, tmp = tempfile.mkstemp(
+    dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+  )
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
@@ -93,9 +95,10 @@ def require_complete(stage: epath.PathLike) -> epath.Path:
   stage = epath.Path(stage)
   if not (stage / MARKER).exists():
     raise IncompleteStageError(
-        f"{stage} has no {MARKER}: it was not finished (a build died while writing it, or is "
-        "still running); rerun the command that makes it (e.g. `python -m data_pipeline.build` "
-        "with the same --out)")
+      f"{stage} has no {MARKER}: it was not finished (a build died while writing it, or is "
+      "still running); rerun the command that makes it (e.g. `python -m data_pipeline.build` "
+      "with the same --out)"
+    )
   return stage
 
 
@@ -104,8 +107,13 @@ def completed(out: epath.PathLike, name: str) -> epath.Path:
   return require_complete(epath.Path(out) / name)
 
 
-def run_stage(out: epath.PathLike, name: str, body: Callable[[epath.Path], dict[str, Any]], *,
-              resumes: bool = False) -> dict:
+def run_stage(
+  out: epath.PathLike,
+  name: str,
+  body: Callable[[epath.Path], dict[str, Any]],
+  *,
+  resumes: bool = False,
+) -> dict:
   """Runs `body(stage_dir) -> summary` unless the stage is complete; the marker goes last.
 
   Leftovers of an unfinished run are wiped first, so no stale shard joins the new output, and a

@@ -14,11 +14,7 @@ import json
 
 from absl import flags, logging
 
-from phi_jax import cli
-from phi_jax import configs
-from phi_jax import decode
-from phi_jax import files
-from phi_jax import vocabularies
+from phi_jax import cli, configs, decode, files, vocabularies
 
 
 def main(argv):
@@ -27,8 +23,9 @@ def main(argv):
   cfg, args = configs.resolve_paths(flags.FLAGS.config), flags.FLAGS
   files.existing(args.checkpoint, "--checkpoint")  # before the tokenizer is looked for
   vocab = vocabularies.for_config(cfg, args.tokenizer)
-  decoder = decode.load_decoder(args.checkpoint,
-                                decode.sampling_config(cfg, vocabularies.eot_id(vocab)), args.step)
+  decoder = decode.load_decoder(
+    args.checkpoint, decode.sampling_config(cfg, vocabularies.eot_id(vocab)), args.step
+  )
   stop = [s.encode().decode("unicode_escape") for s in args.stop or ()]  # '\n' as typed
   completions = decode.generate_text(decoder, vocab, args.prompt, stop=stop)
   for prompt, completion in zip(args.prompt, completions):
@@ -36,14 +33,20 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.define_config(str(configs.path("tiny")),
-                    "Config file whose `sampling` (and `eval.tokenizer`) are used.")
+  cli.define_config(
+    str(configs.path("tiny")), "Config file whose `sampling` (and `eval.tokenizer`) are used."
+  )
   flags.DEFINE_string("checkpoint", None, "Workdir holding checkpoints/<step>/ (train, convert).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_multi_string("prompt", None, "A prompt; repeat for a batch.")
-  flags.DEFINE_string("tokenizer", "", "SentencePiece .model or tokenizer.json; default: "
-                      "config eval.tokenizer, else DATA_DIR/tokenizer/spm.model.")
-  flags.DEFINE_multi_string("stop", None, "A stop string, backslash escapes allowed (e.g. "
-                            "'\\ndef'); repeatable.")
+  flags.DEFINE_string(
+    "tokenizer",
+    "",
+    "SentencePiece .model or tokenizer.json; default: "
+    "config eval.tokenizer, else DATA_DIR/tokenizer/spm.model.",
+  )
+  flags.DEFINE_multi_string(
+    "stop", None, "A stop string, backslash escapes allowed (e.g. '\\ndef'); repeatable."
+  )
   flags.mark_flags_as_required(["checkpoint", "prompt"])
   cli.run(main)

@@ -13,8 +13,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,8 +26,12 @@ from phi_jax import model as model_lib
 
 ModelConfig = model_lib.ModelConfig
 
-_HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
-                   "gelu": "gelu"}
+_HF_ACTIVATIONS = {
+  "gelu_new": "gelu_tanh",
+  "gelu_pytorch_tanh": "gelu_tanh",
+  "gelu_fast": "gelu_tanh",
+  "gelu": "gelu",
+}
 _LEGACY_TYPES = ("phi-msft", "mixformer-sequential")
 _SUPPORTED = ("PhiForCausalLM (model_type 'phi')", "phi-msft", "mixformer-sequential")
 
@@ -37,6 +42,7 @@ class CheckpointError(ValueError):
 
 # --------------------------------------------------------------------------- configs
 
+
 def config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
   """The ModelConfig of a Hugging Face config.json (modern or legacy phi)."""
   model_type = hf.get("model_type")
@@ -44,46 +50,63 @@ def config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
     hf = _modern_config(hf)
   elif model_type != "phi":
     raise CheckpointError(
-        f"unknown architecture: model_type={model_type!r}, architectures={hf.get('architectures')}; "
-        f"phi_jax converts {', '.join(_SUPPORTED)}")
+      f"unknown architecture: model_type={model_type!r}, architectures={hf.get('architectures')}; "
+      f"phi_jax converts {', '.join(_SUPPORTED)}"
+    )
   heads = hf["num_attention_heads"]
   head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
   rope = dict(hf.get("rope_parameters") or {})
   rope_theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
   rotary_factor = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5))
   if rope.get("rope_type", "default") != "default":
-    raise CheckpointError(f"rope_type={rope['rope_type']!r} is not supported; only 'default' rotary")
+    raise CheckpointError(
+      f"rope_type={rope['rope_type']!r} is not supported; only 'default' rotary"
+    )
   act = hf.get("hidden_act", "gelu_new")
   if act not in _HF_ACTIVATIONS:
-    raise CheckpointError(f"hidden_act={act!r} is not supported; expected one of {sorted(_HF_ACTIVATIONS)}")
+    raise CheckpointError(
+      f"hidden_act={act!r} is not supported; expected one of {sorted(_HF_ACTIVATIONS)}"
+    )
   return ModelConfig(
-      vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
-      n_heads=heads, n_kv_heads=hf.get("num_key_value_heads") or heads, head_dim=head_dim,
-      mlp_dim=hf["intermediate_size"], rotary_dim=int(head_dim * rotary_factor),
-      rope_base=float(rope_theta), max_len=hf.get("max_position_embeddings", 2048),
-      layer_norm_eps=hf.get("layer_norm_eps", 1e-5), activation=_HF_ACTIVATIONS[act],
-      qk_layernorm=bool(hf.get("qk_layernorm", False)),
-      embed_dropout=float(hf.get("embd_pdrop") or 0.0),
-      resid_dropout=float(hf.get("resid_pdrop") or 0.0),
-      attn_dropout=float(hf.get("attention_dropout") or 0.0),
-      init_std=float(hf.get("initializer_range", 0.02)))
+    vocab_size=hf["vocab_size"],
+    d_model=hf["hidden_size"],
+    n_layers=hf["num_hidden_layers"],
+    n_heads=heads,
+    n_kv_heads=hf.get("num_key_value_heads") or heads,
+    head_dim=head_dim,
+    mlp_dim=hf["intermediate_size"],
+    rotary_dim=int(head_dim * rotary_factor),
+    rope_base=float(rope_theta),
+    max_len=hf.get("max_position_embeddings", 2048),
+    layer_norm_eps=hf.get("layer_norm_eps", 1e-5),
+    activation=_HF_ACTIVATIONS[act],
+    qk_layernorm=bool(hf.get("qk_layernorm", False)),
+    embed_dropout=float(hf.get("embd_pdrop") or 0.0),
+    resid_dropout=float(hf.get("resid_pdrop") or 0.0),
+    attn_dropout=float(hf.get("attention_dropout") or 0.0),
+    init_std=float(hf.get("initializer_range", 0.02)),
+  )
 
 
 def _modern_config(hf: Mapping[str, Any]) -> dict:
   """Legacy (n_embd, n_head, ...) config keys in PhiConfig's names."""
   d_model, heads = hf["n_embd"], hf["n_head"]
   return {
-      "model_type": "phi", "vocab_size": hf["vocab_size"], "hidden_size": d_model,
-      "num_hidden_layers": hf["n_layer"], "num_attention_heads": heads,
-      "num_key_value_heads": hf.get("n_head_kv") or heads,
-      "intermediate_size": hf.get("n_inner") or 4 * d_model,
-      "partial_rotary_factor": hf.get("rotary_dim", 32) / (d_model // heads),
-      "max_position_embeddings": hf.get("n_positions", 2048),
-      "layer_norm_eps": hf.get("layer_norm_epsilon", 1e-5),
-      "hidden_act": hf.get("activation_function", "gelu_new"),
-      "embd_pdrop": hf.get("embd_pdrop"), "resid_pdrop": hf.get("resid_pdrop"),
-      "attention_dropout": hf.get("attn_pdrop"),
-      "initializer_range": hf.get("initializer_range", 0.02),
+    "model_type": "phi",
+    "vocab_size": hf["vocab_size"],
+    "hidden_size": d_model,
+    "num_hidden_layers": hf["n_layer"],
+    "num_attention_heads": heads,
+    "num_key_value_heads": hf.get("n_head_kv") or heads,
+    "intermediate_size": hf.get("n_inner") or 4 * d_model,
+    "partial_rotary_factor": hf.get("rotary_dim", 32) / (d_model // heads),
+    "max_position_embeddings": hf.get("n_positions", 2048),
+    "layer_norm_eps": hf.get("layer_norm_epsilon", 1e-5),
+    "hidden_act": hf.get("activation_function", "gelu_new"),
+    "embd_pdrop": hf.get("embd_pdrop"),
+    "resid_pdrop": hf.get("resid_pdrop"),
+    "attention_dropout": hf.get("attn_pdrop"),
+    "initializer_range": hf.get("initializer_range", 0.02),
   }
 
 
@@ -91,20 +114,32 @@ def config_to_hf(config: ModelConfig, dtype: str) -> dict:
   """A config.json that transformers' PhiConfig reads back to the same architecture."""
   hf_act = {"gelu_tanh": "gelu_new", "gelu": "gelu"}[config.activation]
   hf = {
-      "architectures": ["PhiForCausalLM"], "model_type": "phi",
-      "vocab_size": config.vocab_size, "hidden_size": config.d_model,
-      "intermediate_size": config.mlp_dim, "num_hidden_layers": config.n_layers,
-      "num_attention_heads": config.n_heads, "num_key_value_heads": config.num_kv_heads,
-      "hidden_act": hf_act, "max_position_embeddings": config.max_len,
-      "layer_norm_eps": config.layer_norm_eps, "qk_layernorm": config.qk_layernorm,
-      "embd_pdrop": config.embed_dropout, "resid_pdrop": config.resid_dropout,
-      "attention_dropout": config.attn_dropout, "initializer_range": config.init_std,
-      "tie_word_embeddings": False, "dtype": dtype,
-      # Both spellings: transformers >= 5 reads rope_parameters, 4.x the top-level keys.
-      "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base,
-                          "partial_rotary_factor": config.rotary_dim / config.head_dim},
+    "architectures": ["PhiForCausalLM"],
+    "model_type": "phi",
+    "vocab_size": config.vocab_size,
+    "hidden_size": config.d_model,
+    "intermediate_size": config.mlp_dim,
+    "num_hidden_layers": config.n_layers,
+    "num_attention_heads": config.n_heads,
+    "num_key_value_heads": config.num_kv_heads,
+    "hidden_act": hf_act,
+    "max_position_embeddings": config.max_len,
+    "layer_norm_eps": config.layer_norm_eps,
+    "qk_layernorm": config.qk_layernorm,
+    "embd_pdrop": config.embed_dropout,
+    "resid_pdrop": config.resid_dropout,
+    "attention_dropout": config.attn_dropout,
+    "initializer_range": config.init_std,
+    "tie_word_embeddings": False,
+    "dtype": dtype,
+    # Both spellings: transformers >= 5 reads rope_parameters, 4.x the top-level keys.
+    "rope_parameters": {
+      "rope_type": "default",
       "rope_theta": config.rope_base,
       "partial_rotary_factor": config.rotary_dim / config.head_dim,
+    },
+    "rope_theta": config.rope_base,
+    "partial_rotary_factor": config.rotary_dim / config.head_dim,
   }
   if config.head_dim * config.n_heads != config.d_model:
     hf["head_dim"] = config.head_dim
@@ -113,11 +148,18 @@ def config_to_hf(config: ModelConfig, dtype: str) -> dict:
 
 # --------------------------------------------------------------------------- tensors
 
+
 class _Entry:
   """One HF tensor <-> one (per-layer slice of a) phi_jax param."""
 
-  def __init__(self, hf_name: str, path: tuple[str, ...], hf_shape: tuple[int, ...],
-               ours_shape: tuple[int, ...], transposed: bool):
+  def __init__(
+    self,
+    hf_name: str,
+    path: tuple[str, ...],
+    hf_shape: tuple[int, ...],
+    ours_shape: tuple[int, ...],
+    transposed: bool,
+  ):
     self.hf_name, self.path, self.hf_shape, self.ours_shape = hf_name, path, hf_shape, ours_shape
     self.transposed = transposed  # torch Linear weights are [out, in]; ours are [in, ...out]
 
@@ -135,34 +177,65 @@ def _entries(c: ModelConfig) -> tuple[list[_Entry], list[_Entry]]:
   d, v, f, hd = c.d_model, c.vocab_size, c.mlp_dim, c.head_dim
   q, kv = c.n_heads * hd, c.num_kv_heads * hd
   top = [
-      _Entry("model.embed_tokens.weight", ("embed_tokens", "embedding"), (v, d), (v, d), False),
-      _Entry("model.final_layernorm.weight", ("final_layernorm", "scale"), (d,), (d,), False),
-      _Entry("model.final_layernorm.bias", ("final_layernorm", "bias"), (d,), (d,), False),
-      _Entry("lm_head.weight", ("lm_head", "kernel"), (v, d), (d, v), True),
-      _Entry("lm_head.bias", ("lm_head", "bias"), (v,), (v,), False),
+    _Entry("model.embed_tokens.weight", ("embed_tokens", "embedding"), (v, d), (v, d), False),
+    _Entry("model.final_layernorm.weight", ("final_layernorm", "scale"), (d,), (d,), False),
+    _Entry("model.final_layernorm.bias", ("final_layernorm", "bias"), (d,), (d,), False),
+    _Entry("lm_head.weight", ("lm_head", "kernel"), (v, d), (d, v), True),
+    _Entry("lm_head.bias", ("lm_head", "bias"), (v,), (v,), False),
   ]
   pre = "model.layers.{i}."
   layer = [
-      _Entry(pre + "input_layernorm.weight", ("input_layernorm", "scale"), (d,), (d,), False),
-      _Entry(pre + "input_layernorm.bias", ("input_layernorm", "bias"), (d,), (d,), False),
-      _Entry(pre + "self_attn.q_proj.weight", ("attn", "q_proj", "kernel"), (q, d), (d, c.n_heads, hd), True),
-      _Entry(pre + "self_attn.q_proj.bias", ("attn", "q_proj", "bias"), (q,), (c.n_heads, hd), False),
-      _Entry(pre + "self_attn.k_proj.weight", ("attn", "k_proj", "kernel"), (kv, d), (d, c.num_kv_heads, hd), True),
-      _Entry(pre + "self_attn.k_proj.bias", ("attn", "k_proj", "bias"), (kv,), (c.num_kv_heads, hd), False),
-      _Entry(pre + "self_attn.v_proj.weight", ("attn", "v_proj", "kernel"), (kv, d), (d, c.num_kv_heads, hd), True),
-      _Entry(pre + "self_attn.v_proj.bias", ("attn", "v_proj", "bias"), (kv,), (c.num_kv_heads, hd), False),
-      _Entry(pre + "self_attn.dense.weight", ("attn", "dense", "kernel"), (d, q), (c.n_heads, hd, d), True),
-      _Entry(pre + "self_attn.dense.bias", ("attn", "dense", "bias"), (d,), (d,), False),
-      _Entry(pre + "mlp.fc1.weight", ("mlp", "fc1", "kernel"), (f, d), (d, f), True),
-      _Entry(pre + "mlp.fc1.bias", ("mlp", "fc1", "bias"), (f,), (f,), False),
-      _Entry(pre + "mlp.fc2.weight", ("mlp", "fc2", "kernel"), (d, f), (f, d), True),
-      _Entry(pre + "mlp.fc2.bias", ("mlp", "fc2", "bias"), (d,), (d,), False),
+    _Entry(pre + "input_layernorm.weight", ("input_layernorm", "scale"), (d,), (d,), False),
+    _Entry(pre + "input_layernorm.bias", ("input_layernorm", "bias"), (d,), (d,), False),
+    _Entry(
+      pre + "self_attn.q_proj.weight",
+      ("attn", "q_proj", "kernel"),
+      (q, d),
+      (d, c.n_heads, hd),
+      True,
+    ),
+    _Entry(pre + "self_attn.q_proj.bias", ("attn", "q_proj", "bias"), (q,), (c.n_heads, hd), False),
+    _Entry(
+      pre + "self_attn.k_proj.weight",
+      ("attn", "k_proj", "kernel"),
+      (kv, d),
+      (d, c.num_kv_heads, hd),
+      True,
+    ),
+    _Entry(
+      pre + "self_attn.k_proj.bias", ("attn", "k_proj", "bias"), (kv,), (c.num_kv_heads, hd), False
+    ),
+    _Entry(
+      pre + "self_attn.v_proj.weight",
+      ("attn", "v_proj", "kernel"),
+      (kv, d),
+      (d, c.num_kv_heads, hd),
+      True,
+    ),
+    _Entry(
+      pre + "self_attn.v_proj.bias", ("attn", "v_proj", "bias"), (kv,), (c.num_kv_heads, hd), False
+    ),
+    _Entry(
+      pre + "self_attn.dense.weight", ("attn", "dense", "kernel"), (d, q), (c.n_heads, hd, d), True
+    ),
+    _Entry(pre + "self_attn.dense.bias", ("attn", "dense", "bias"), (d,), (d,), False),
+    _Entry(pre + "mlp.fc1.weight", ("mlp", "fc1", "kernel"), (f, d), (d, f), True),
+    _Entry(pre + "mlp.fc1.bias", ("mlp", "fc1", "bias"), (f,), (f,), False),
+    _Entry(pre + "mlp.fc2.weight", ("mlp", "fc2", "kernel"), (d, f), (f, d), True),
+    _Entry(pre + "mlp.fc2.bias", ("mlp", "fc2", "bias"), (d,), (d,), False),
   ]
   if c.qk_layernorm:
     for which in ("q", "k"):
       for hf_part, ours in (("weight", "scale"), ("bias", "bias")):
-        layer.append(_Entry(f"{pre}self_attn.{which}_layernorm.{hf_part}",
-                            ("attn", f"{which}_layernorm", ours), (hd,), (hd,), False))
+        layer.append(
+          _Entry(
+            f"{pre}self_attn.{which}_layernorm.{hf_part}",
+            ("attn", f"{which}_layernorm", ours),
+            (hd,),
+            (hd,),
+            False,
+          )
+        )
   return top, layer
 
 
@@ -178,8 +251,9 @@ def _get(tree: Mapping, path: tuple[str, ...]):
   return tree
 
 
-def params_from_hf_tensors(config: ModelConfig, get: Callable[[str], np.ndarray],
-                           names: set[str], where: str = "checkpoint") -> dict:
+def params_from_hf_tensors(
+  config: ModelConfig, get: Callable[[str], np.ndarray], names: set[str], where: str = "checkpoint"
+) -> dict:
   """Builds phi_jax params from HF-named tensors, checking every name and shape."""
   top, layer = _entries(config)
 
@@ -188,8 +262,10 @@ def params_from_hf_tensors(config: ModelConfig, get: Callable[[str], np.ndarray]
       raise CheckpointError(f"{where}: missing key '{name}' (expected shape {entry.hf_shape})")
     tensor = get(name)
     if tuple(tensor.shape) != entry.hf_shape:
-      raise CheckpointError(f"{where}: key '{name}' has shape {tuple(tensor.shape)}, expected "
-                            f"{entry.hf_shape} for the architecture in config.json")
+      raise CheckpointError(
+        f"{where}: key '{name}' has shape {tuple(tensor.shape)}, expected "
+        f"{entry.hf_shape} for the architecture in config.json"
+      )
     return entry.to_ours(tensor)
 
   params: dict = {}
@@ -199,11 +275,14 @@ def params_from_hf_tensors(config: ModelConfig, get: Callable[[str], np.ndarray]
     stacked = [fetch(entry, entry.hf_name.format(i=i)) for i in range(config.n_layers)]
     _set(params, ("layers",) + entry.path, np.stack(stacked))
   expected = {e.hf_name for e in top} | {
-      e.hf_name.format(i=i) for e in layer for i in range(config.n_layers)}
+    e.hf_name.format(i=i) for e in layer for i in range(config.n_layers)
+  }
   unexpected = sorted(names - expected)
   if unexpected:
-    raise CheckpointError(f"{where}: unexpected keys {unexpected[:5]}"
-                          f"{' ...' if len(unexpected) > 5 else ''} for the architecture in config.json")
+    raise CheckpointError(
+      f"{where}: unexpected keys {unexpected[:5]}"
+      f"{' ...' if len(unexpected) > 5 else ''} for the architecture in config.json"
+    )
   return params
 
 
@@ -223,7 +302,11 @@ def _legacy_names(config: ModelConfig, model_type: str) -> dict[str, str]:
     embed, final, head = "transformer.embd.wte", "lm_head.ln", "lm_head.linear"
     block = "transformer.h.{i}."
   else:  # mixformer-sequential: layer 0 is the embedding, 1..L the blocks, L+1 the head
-    embed, final, head = "layers.0.wte", f"layers.{config.n_layers + 1}.ln", f"layers.{config.n_layers + 1}.linear"
+    embed, final, head = (
+      "layers.0.wte",
+      f"layers.{config.n_layers + 1}.ln",
+      f"layers.{config.n_layers + 1}.linear",
+    )
     block = "layers.{j}."
   names = {"model.embed_tokens.weight": f"{embed}.weight"}
   for part in ("weight", "bias"):
@@ -265,14 +348,17 @@ class _LegacyView:
         c = self.config
         sizes = [c.n_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim]
         if fused.shape[0] != sum(sizes):
-          raise CheckpointError(f"{self.where}: key '{fused_name}' has shape {tuple(fused.shape)}, "
-                                f"expected ({sum(sizes)}, ...) rows q|k|v")
+          raise CheckpointError(
+            f"{self.where}: key '{fused_name}' has shape {tuple(fused.shape)}, "
+            f"expected ({sum(sizes)}, ...) rows q|k|v"
+          )
         start = sum(sizes[:index])
-        return fused[start:start + sizes[index]]
+        return fused[start : start + sizes[index]]
     return self.get_raw(self.to_legacy.get(name, name))
 
 
 # --------------------------------------------------------------------------- files
+
 
 def _open_tensors(path: Path) -> tuple[Callable[[str], np.ndarray], set[str]]:
   """A getter and the names of all tensors in the directory's safetensors file(s)."""
@@ -283,9 +369,11 @@ def _open_tensors(path: Path) -> tuple[Callable[[str], np.ndarray], set[str]]:
   elif (path / "model.safetensors").exists():
     files = ["model.safetensors"]
   else:
-    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json "
-                          "(only safetensors checkpoints are read; convert .bin files with "
-                          "transformers' save_pretrained(safe_serialization=True))")
+    raise CheckpointError(
+      f"{path}: no model.safetensors or model.safetensors.index.json "
+      "(only safetensors checkpoints are read; convert .bin files with "
+      "transformers' save_pretrained(safe_serialization=True))"
+    )
   location: dict[str, str] = {}
   for file in files:
     if not (path / file).exists():
@@ -322,8 +410,15 @@ def load_hf(path: str | os.PathLike, param_dtype: str = "float32") -> tuple[Mode
   return config, jax.tree.map(lambda x: x.astype(dtype), params)
 
 
-def save_hf(config: Any, params: Mapping, path: str | os.PathLike, *, dtype: str | None = None,
-            max_shard_bytes: int = 4 << 30, extra_config: Mapping[str, Any] | None = None) -> None:
+def save_hf(
+  config: Any,
+  params: Mapping,
+  path: str | os.PathLike,
+  *,
+  dtype: str | None = None,
+  max_shard_bytes: int = 4 << 30,
+  extra_config: Mapping[str, Any] | None = None,
+) -> None:
   """Writes a PhiForCausalLM directory (config.json + safetensors, sharded past max_shard_bytes).
 
   dtype: tensor dtype on disk (default: the params' own). The directory appears only once
@@ -354,8 +449,9 @@ def save_hf(config: Any, params: Mapping, path: str | os.PathLike, *, dtype: str
         safetensors.numpy.save_file(shard, staging / file, metadata=metadata)
         weight_map.update({name: file for name in shard})
       total = sum(v.nbytes for v in tensors.values())
-      (staging / "model.safetensors.index.json").write_text(json.dumps(
-          {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+      (staging / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+      )
     (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     if path.exists():
       path.rmdir()

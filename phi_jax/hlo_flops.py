@@ -31,7 +31,7 @@ def _split_call(rest: str) -> tuple[list[str], str]:
   for i, ch in enumerate(rest):
     depth += {"(": 1, ")": -1}.get(ch, 0)
     if depth == 0:
-      return re.findall(r"%([\w.\-]+)", rest[:i]), rest[i + 1:]
+      return re.findall(r"%([\w.\-]+)", rest[:i]), rest[i + 1 :]
   return [], rest
 
 
@@ -55,8 +55,10 @@ def _conv_flops(out: list[int], lhs: list[int], attrs: str) -> float:
   for item in window_text.split():
     key, value = item.split("=")
     window[key] = value.split("x")
+
   def window_value(key, i, default):
     return int(window[key][i]) if key in window else default
+
   valid_product = 1
   for i, dim in enumerate(spatial):
     input_limit = lhs[lhs_labels.index(dim)]
@@ -78,8 +80,13 @@ def _conv_flops(out: list[int], lhs: list[int], attrs: str) -> float:
   input_feature = lhs[lhs_labels.index("f")]
   batch = lhs[lhs_labels.index("b")]
   output_feature = out[out_labels.index("f")]
-  return 2.0 * (input_feature // feature_groups) * output_feature * (batch // batch_groups) \
-      * valid_product
+  return (
+    2.0
+    * (input_feature // feature_groups)
+    * output_feature
+    * (batch // batch_groups)
+    * valid_product
+  )
 
 
 def matmul_flops(hlo_text: str) -> tuple[float, float, list[int]]:
@@ -107,8 +114,11 @@ def matmul_flops(hlo_text: str) -> tuple[float, float, list[int]]:
     shapes[name] = _dims(shape)
     computations[current].append((name, opcode, operands, attrs, shapes[name]))
 
-  instructions = {name: (opcode, operands, attrs)
-                  for body in computations.values() for name, opcode, operands, attrs, _ in body}
+  instructions = {
+    name: (opcode, operands, attrs)
+    for body in computations.values()
+    for name, opcode, operands, attrs, _ in body
+  }
   constants = {}  # scalar integer constants
   for line in hlo_text.splitlines():
     match = re.match(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = [su]\d+\[\]\S* constant\((-?\d+)\)", line)
@@ -116,7 +126,11 @@ def matmul_flops(hlo_text: str) -> tuple[float, float, list[int]]:
       constants[match.group(1)] = int(match.group(2))
 
   def constant(name: str) -> int | None:
-    while name not in constants and instructions.get(name, ("",))[0] in ("copy", "bitcast", "convert"):
+    while name not in constants and instructions.get(name, ("",))[0] in (
+      "copy",
+      "bitcast",
+      "convert",
+    ):
       name = instructions[name][1][0]
     return constants.get(name)
 
@@ -138,8 +152,9 @@ def matmul_flops(hlo_text: str) -> tuple[float, float, list[int]]:
     tuple_operands = instructions.get(init_tuple, ("", [], ""))[1]
     if k < len(tuple_operands) and constant(tuple_operands[k]) is not None:
       init = constant(tuple_operands[k])
-    root = next((ops for _, op, ops, _, _ in reversed(computations.get(body, [])) if op == "tuple"),
-                None)
+    root = next(
+      (ops for _, op, ops, _, _ in reversed(computations.get(body, [])) if op == "tuple"), None
+    )
     if root is not None and k < len(root):
       opcode, operands, _ = instructions.get(root[k], ("", [], ""))
       if opcode == "add" and len(operands) == 2:
@@ -169,7 +184,9 @@ def matmul_flops(hlo_text: str) -> tuple[float, float, list[int]]:
         n = int(known.group(1)) if known else trip_count(operands[0], condition, body)
         if with_trips:
           trips.append(n)
-        total += (n if with_trips and n else 1) * (flops(body, with_trips) + flops(condition, with_trips))
+        total += (n if with_trips and n else 1) * (
+          flops(body, with_trips) + flops(condition, with_trips)
+        )
       elif opcode in ("fusion", "call", "async-start", "custom-call") and _attr(attrs, "calls"):
         for callee in re.findall(r"%?([\w.\-]+)", _attr(attrs, "calls")):
           total += flops(callee, with_trips)

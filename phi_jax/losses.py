@@ -29,8 +29,9 @@ def _unchunk(x: jax.Array) -> jax.Array:
 
 
 def _logits(hidden, kernel, bias):
-  logits = jnp.einsum("bld,dv->blv", hidden, kernel.astype(hidden.dtype),
-                      preferred_element_type=jnp.float32)
+  logits = jnp.einsum(
+    "bld,dv->blv", hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32
+  )
   return logits + bias.astype(jnp.float32)
 
 
@@ -50,38 +51,48 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def _scan_chunks(body, init, hidden, targets, weights, chunk):
-  return jax.lax.scan(body, init, (_chunks(hidden, chunk), _chunks(targets, chunk),
-                                   _chunks(weights, chunk)))
+  return jax.lax.scan(
+    body, init, (_chunks(hidden, chunk), _chunks(targets, chunk), _chunks(weights, chunk))
+  )
 
 
 def _weighted_loss(hidden, kernel, bias, targets, weights, chunk):
   def body(total, xs):
     h, t, w = xs
     return total + jnp.sum(cross_entropy(_logits(h, kernel, bias), t) * w), None
+
   return _scan_chunks(body, jnp.zeros((), jnp.float32), hidden, targets, weights, chunk)[0]
 
 
 def _weighted_loss_and_grads(hidden, kernel, bias, targets, weights, chunk):
   """(sum of w * loss, per-token losses, and d sum / d (hidden, kernel, bias))."""
+
   def body(carry, xs):
     total, d_kernel, d_bias = carry
     h, t, w = xs
     logits = _logits(h, kernel, bias)
     log_normalizer, losses, is_target = _log_normalizer_and_loss(logits, t)
-    d_logits = ((jnp.exp(logits - log_normalizer[..., None]) - is_target)
-                * w[..., None]).astype(h.dtype)  # w * (softmax - onehot(target))
-    d_hidden = jnp.einsum("blv,dv->bld", d_logits, kernel.astype(h.dtype),
-                          preferred_element_type=jnp.float32).astype(h.dtype)
+    d_logits = ((jnp.exp(logits - log_normalizer[..., None]) - is_target) * w[..., None]).astype(
+      h.dtype
+    )  # w * (softmax - onehot(target))
+    d_hidden = jnp.einsum(
+      "blv,dv->bld", d_logits, kernel.astype(h.dtype), preferred_element_type=jnp.float32
+    ).astype(h.dtype)
     d_kernel += jnp.einsum("bld,blv->dv", h, d_logits, preferred_element_type=jnp.float32)
     # The bias gradient as a matmul with ones: XLA:CPU's column sum of [tokens, vocab] is slower.
-    d_bias += jnp.einsum("bl,blv->v", jnp.ones(h.shape[:2], h.dtype), d_logits,
-                         preferred_element_type=jnp.float32)
+    d_bias += jnp.einsum(
+      "bl,blv->v", jnp.ones(h.shape[:2], h.dtype), d_logits, preferred_element_type=jnp.float32
+    )
     return (total + jnp.sum(losses * w), d_kernel, d_bias), (losses, d_hidden)
 
-  zeros = (jnp.zeros((), jnp.float32), jnp.zeros(kernel.shape, jnp.float32),
-           jnp.zeros(bias.shape, jnp.float32))
+  zeros = (
+    jnp.zeros((), jnp.float32),
+    jnp.zeros(kernel.shape, jnp.float32),
+    jnp.zeros(bias.shape, jnp.float32),
+  )
   (total, d_kernel, d_bias), (losses, d_hidden) = _scan_chunks(
-      body, zeros, hidden, targets, weights, chunk)
+    body, zeros, hidden, targets, weights, chunk
+  )
   return total, _unchunk(losses), _unchunk(d_hidden), d_kernel, d_bias
 
 
@@ -92,7 +103,8 @@ def _chunked(hidden, kernel, bias, targets, weights, chunk):
 
 def _chunked_fwd(hidden, kernel, bias, targets, weights, chunk):
   total, losses, d_hidden, d_kernel, d_bias = _weighted_loss_and_grads(
-      hidden, kernel, bias, targets, weights, chunk)
+    hidden, kernel, bias, targets, weights, chunk
+  )
   return total, (losses, d_hidden, d_kernel.astype(kernel.dtype), d_bias.astype(bias.dtype))
 
 
@@ -106,8 +118,9 @@ def _chunked_bwd(chunk, residuals, d_total):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def lm_head_cross_entropy(hidden: jax.Array, lm_head: dict, targets: jax.Array,
-                          weights: jax.Array, chunk: int) -> jax.Array:
+def lm_head_cross_entropy(
+  hidden: jax.Array, lm_head: dict, targets: jax.Array, weights: jax.Array, chunk: int
+) -> jax.Array:
   """sum(weights * -log softmax(hidden @ kernel + bias)[target]), a scalar fp32.
 
   hidden: final-LayerNorm states [batch, length, d_model]; lm_head: {"kernel", "bias"} params;
@@ -116,7 +129,9 @@ def lm_head_cross_entropy(hidden: jax.Array, lm_head: dict, targets: jax.Array,
   """
   length = hidden.shape[1]
   if chunk <= 0 or length % chunk:
-    raise ValueError(f"train.loss_chunk={chunk} must be a positive divisor of the sequence "
-                     f"length {length}")
-  return _chunked(hidden, lm_head["kernel"], lm_head["bias"], targets,
-                  weights.astype(jnp.float32), chunk)
+    raise ValueError(
+      f"train.loss_chunk={chunk} must be a positive divisor of the sequence length {length}"
+    )
+  return _chunked(
+    hidden, lm_head["kernel"], lm_head["bias"], targets, weights.astype(jnp.float32), chunk
+  )

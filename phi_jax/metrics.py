@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +23,16 @@ from phi_jax import model as model_lib
 
 # Dense bf16 peak FLOP/s per chip (vendor figures).
 _PEAK_FLOPS = {
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
-    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v5": 459e12,
+  "TPU v6 lite": 918e12,
+  "TPU v6e": 918e12,
+  "NVIDIA H100": 989e12,
+  "NVIDIA H200": 989e12,
+  "NVIDIA A100": 312e12,
 }
 
 
@@ -34,7 +42,7 @@ def flops_per_token(model_config: model_lib.ModelConfig, seq_len: int) -> float:
   return 6.0 * n + attention
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured_matmul_peak(dtype: str = "float32", size: int = 1024, repeats: int = 5) -> float:
   """FLOP/s of a large jitted matmul on the default device: the CPU's practical peak."""
   a = jnp.ones((size, size), model_lib.DTYPES[dtype])
@@ -45,7 +53,7 @@ def measured_matmul_peak(dtype: str = "float32", size: int = 1024, repeats: int 
     start = time.perf_counter()
     matmul(a).block_until_ready()
     best = min(best, time.perf_counter() - start)
-  return 2 * size ** 3 / best
+  return 2 * size**3 / best
 
 
 def peak_flops_per_device(dtype: str = "float32") -> float:
@@ -93,9 +101,9 @@ class Writer:
       files.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
       if tensorboard:
         from tensorboardX import SummaryWriter  # only runs that write TensorBoard load it
+
         # purge_step: TensorBoard hides the earlier attempt's events from start_step + 1 on.
-        self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"),
-                                purge_step=start_step + 1)
+        self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"), purge_step=start_step + 1)
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.active:

@@ -11,14 +11,15 @@ One block (CodeGen-style, parallel): h = LN(x); x = x + Attn(h) + MLP(h).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import difflib
-from typing import Any, Mapping
+import functools
+from collections.abc import Mapping
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import flax
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from phi_jax import attention as attention_lib
 
@@ -26,14 +27,14 @@ Params = Any  # a nested dict of arrays
 
 # Activation checkpointing policies, by config name ('none' = no remat).
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.checkpoint_dots,
+  "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 ACTIVATIONS = {
-    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),  # HF "gelu_new"
-    "gelu": lambda x: nn.gelu(x, approximate=False),
+  "gelu_tanh": lambda x: nn.gelu(x, approximate=True),  # HF "gelu_new"
+  "gelu": lambda x: nn.gelu(x, approximate=False),
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -73,7 +74,9 @@ class ModelConfig:
     _check_choice("attention", self.attention, attention_lib.ATTENTION_FNS)
     _check_choice("remat", self.remat, REMAT_POLICIES)
     if not 0 < self.rotary_dim <= self.head_dim or self.rotary_dim % 2:
-      raise ValueError(f"rotary_dim={self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]")
+      raise ValueError(
+        f"rotary_dim={self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]"
+      )
     if self.num_kv_heads <= 0 or self.n_heads % self.num_kv_heads:
       raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
 
@@ -82,7 +85,7 @@ class ModelConfig:
     return self.n_kv_heads or self.n_heads
 
   @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+  def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
     """Builds a config from a mapping (e.g. `cfg.model` of a ConfigDict), naming any unknown key."""
     return dataclass_from_dict(cls, values, "model config")
 
@@ -125,7 +128,9 @@ def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
   index = jnp.arange(segment_ids.shape[-1], dtype=jnp.int32)
   index = jnp.broadcast_to(index, segment_ids.shape)
   first = jnp.concatenate(
-      [jnp.ones_like(segment_ids[..., :1], bool), segment_ids[..., 1:] != segment_ids[..., :-1]], axis=-1)
+    [jnp.ones_like(segment_ids[..., :1], bool), segment_ids[..., 1:] != segment_ids[..., :-1]],
+    axis=-1,
+  )
   segment_start = jax.lax.cummax(jnp.where(first, index, 0), axis=segment_ids.ndim - 1)
   return index - segment_start
 
@@ -161,10 +166,18 @@ class Linear(nn.Module):
   def __call__(self, x):
     cfg = self.config
     dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
-    kernel = self.param("kernel", _param(nn.initializers.normal(cfg.init_std), self.kernel_axes),
-                        (*x.shape[-self.in_dims:], *self.features), param_dtype)
-    bias = self.param("bias", _param(nn.initializers.zeros, self.kernel_axes[self.in_dims:]),
-                      self.features, param_dtype)
+    kernel = self.param(
+      "kernel",
+      _param(nn.initializers.normal(cfg.init_std), self.kernel_axes),
+      (*x.shape[-self.in_dims :], *self.features),
+      param_dtype,
+    )
+    bias = self.param(
+      "bias",
+      _param(nn.initializers.zeros, self.kernel_axes[self.in_dims :]),
+      self.features,
+      param_dtype,
+    )
     y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.in_dims)
     return y + bias.astype(dtype)
 
@@ -198,19 +211,31 @@ class Attention(nn.Module):
 
     if kv is not None:
       index, start = slots
-      kv = {name: _constrain(jax.lax.dynamic_update_slice(
-                kv[name], new.astype(kv[name].dtype), (0, index, 0, 0)), CACHE_AXES[1:])
-            for name, new in (("k", k), ("v", v))}
+      kv = {
+        name: _constrain(
+          jax.lax.dynamic_update_slice(kv[name], new.astype(kv[name].dtype), (0, index, 0, 0)),
+          CACHE_AXES[1:],
+        )
+        for name, new in (("k", k), ("v", v))
+      }
       out = attention_lib.masked_attention(
-          q, kv["k"].astype(q.dtype), kv["v"].astype(q.dtype),
-          cache_mask(start, index, q.shape[1], kv["k"].shape[1]))
+        q,
+        kv["k"].astype(q.dtype),
+        kv["v"].astype(q.dtype),
+        cache_mask(start, index, q.shape[1], kv["k"].shape[1]),
+      )
       return dense(_constrain(out, ("batch", "length", "heads", "kv"))), kv
 
     dropout_rate = 0.0 if self.deterministic else cfg.attn_dropout
     dropout_rng = self.make_rng("dropout") if dropout_rate > 0 else None
     out = attention_lib.ATTENTION_FNS[cfg.attention](
-        q, k, v, segment_ids=segment_ids if cfg.mask_packed_segments else None,
-        dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+      q,
+      k,
+      v,
+      segment_ids=segment_ids if cfg.mask_packed_segments else None,
+      dropout_rate=dropout_rate,
+      dropout_rng=dropout_rng,
+    )
     out = _constrain(out, ("batch", "length", "heads", "kv"))
     return dense(out), None
 
@@ -228,10 +253,14 @@ class Mlp(nn.Module):
 
 def _layer_norm(cfg: ModelConfig, name: str, axis_name: str = "norm") -> nn.LayerNorm:
   return nn.LayerNorm(
-      epsilon=cfg.layer_norm_eps, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
-      use_fast_variance=False, name=name,
-      scale_init=_param(nn.initializers.ones, (axis_name,)),
-      bias_init=_param(nn.initializers.zeros, (axis_name,)))
+    epsilon=cfg.layer_norm_eps,
+    dtype=DTYPES[cfg.dtype],
+    param_dtype=DTYPES[cfg.param_dtype],
+    use_fast_variance=False,
+    name=name,
+    scale_init=_param(nn.initializers.ones, (axis_name,)),
+    bias_init=_param(nn.initializers.zeros, (axis_name,)),
+  )
 
 
 class Block(nn.Module):
@@ -257,13 +286,26 @@ class Phi(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens, segment_ids, positions, deterministic: bool = True,
-               return_hidden: bool = False, kv=None, slots=None):
+  def __call__(
+    self,
+    tokens,
+    segment_ids,
+    positions,
+    deterministic: bool = True,
+    return_hidden: bool = False,
+    kv=None,
+    slots=None,
+  ):
     cfg = self.config
     dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
-    x = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
-                 embedding_init=_param(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),
-                 name="embed_tokens")(tokens)
+    x = nn.Embed(
+      cfg.vocab_size,
+      cfg.d_model,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      embedding_init=_param(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),
+      name="embed_tokens",
+    )(tokens)
     x = nn.Dropout(cfg.embed_dropout, deterministic=deterministic)(x)
     x = _constrain(x, ("batch", "length", "embed"))
 
@@ -271,10 +313,14 @@ class Phi(nn.Module):
     if REMAT_POLICIES[cfg.remat] is not None:
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
     stack = nn.scan(  # the cache's layer axis is scanned along with the params'
-        block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.n_layers,
-        unroll=cfg.scan_unroll,
-        metadata_params={nn.PARTITION_NAME: "layers"})
+      block,
+      variable_axes={"params": 0},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+      length=cfg.n_layers,
+      unroll=cfg.scan_unroll,
+      metadata_params={nn.PARTITION_NAME: "layers"},
+    )
     x, kv = stack(cfg, deterministic, name="layers")(x, segment_ids, positions, kv, slots)
 
     x = _layer_norm(cfg, "final_layernorm")(x)
@@ -321,9 +367,17 @@ def num_params(config: Any) -> int:
   return sum(x.size for x in jax.tree.leaves(param_shapes(config)))
 
 
-def forward(config: Any, params: Params, tokens: jax.Array, *, segment_ids: jax.Array | None = None,
-            positions: jax.Array | None = None, deterministic: bool = True,
-            rng: jax.Array | None = None, return_hidden: bool = False) -> jax.Array:
+def forward(
+  config: Any,
+  params: Params,
+  tokens: jax.Array,
+  *,
+  segment_ids: jax.Array | None = None,
+  positions: jax.Array | None = None,
+  deterministic: bool = True,
+  rng: jax.Array | None = None,
+  return_hidden: bool = False,
+) -> jax.Array:
   """Logits [batch, length, vocab] (fp32) for int tokens [batch, length].
 
   segment_ids: packed-document ids per token (0 = padding); documents with different ids do not
@@ -337,8 +391,15 @@ def forward(config: Any, params: Params, tokens: jax.Array, *, segment_ids: jax.
   rngs = {"dropout": rng} if rng is not None else {}
   if not deterministic and rng is None:
     raise ValueError("forward(deterministic=False) needs rng= for dropout")
-  return Phi(config).apply({"params": params}, tokens, segment_ids, positions,
-                           deterministic=deterministic, return_hidden=return_hidden, rngs=rngs)
+  return Phi(config).apply(
+    {"params": params},
+    tokens,
+    segment_ids,
+    positions,
+    deterministic=deterministic,
+    return_hidden=return_hidden,
+    rngs=rngs,
+  )
 
 
 # Logical axes of the cached keys/values: [layers, batch, cache length, kv heads, head dim].
@@ -364,8 +425,9 @@ def init_cache(config: Any, batch: int, length: int, start: jax.Array) -> KVCach
   config = as_model_config(config)
   shape = (config.n_layers, batch, length, config.num_kv_heads, config.head_dim)
   zeros = jnp.zeros(shape, DTYPES[config.dtype])
-  return KVCache(k=zeros, v=zeros, index=jnp.zeros((), jnp.int32),
-                 start=jnp.asarray(start, jnp.int32))
+  return KVCache(
+    k=zeros, v=zeros, index=jnp.zeros((), jnp.int32), start=jnp.asarray(start, jnp.int32)
+  )
 
 
 def cache_logical_axes() -> KVCache:
@@ -382,14 +444,20 @@ def cache_mask(start: jax.Array, index: jax.Array, q_len: int, cache_len: int) -
   return (slot <= query_slot) & (slot >= start[:, None, None, None])
 
 
-def forward_with_cache(config: Any, params: Params, tokens: jax.Array, cache: KVCache
-                       ) -> tuple[jax.Array, KVCache]:
+def forward_with_cache(
+  config: Any, params: Params, tokens: jax.Array, cache: KVCache
+) -> tuple[jax.Array, KVCache]:
   """(logits [batch, length, vocab] fp32, updated cache) for `tokens` [batch, length] written at
   slots cache.index .., each at rotary position slot - start (so every prompt starts at 0)."""
   config = as_model_config(config)
   length = tokens.shape[1]
   positions = cache.index + jnp.arange(length)[None, :] - cache.start[:, None]
   logits, kv = Phi(config).apply(
-      {"params": params}, tokens, jnp.ones(tokens.shape, jnp.int32), positions,
-      kv={"k": cache.k, "v": cache.v}, slots=(cache.index, cache.start))
+    {"params": params},
+    tokens,
+    jnp.ones(tokens.shape, jnp.int32),
+    positions,
+    kv={"k": cache.k, "v": cache.v},
+    slots=(cache.index, cache.start),
+  )
   return logits, cache.replace(k=kv["k"], v=kv["v"], index=cache.index + length)

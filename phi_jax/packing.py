@@ -37,9 +37,9 @@ def _row(tokens, weights, document):
   index = tf.range(tf.shape(document)[0])
   segment_start = tf.scan(tf.maximum, tf.where(new_segment, index, 0))
   return {
-      "inputs": tokens[:-1],
-      "targets": tokens[1:],
-      "loss_weights": weights[1:],  # the weight of a target token
-      "segment_ids": segment_ids,
-      "positions": index - segment_start,
+    "inputs": tokens[:-1],
+    "targets": tokens[1:],
+    "loss_weights": weights[1:],  # the weight of a target token
+    "segment_ids": segment_ids,
+    "positions": index - segment_start,
   }

@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 from absl import flags, logging
 
 from data_pipeline import build
-from phi_jax import cli
-from phi_jax import configs
-from phi_jax import evaluate
-from phi_jax import files
-from phi_jax import report
-from phi_jax import train
+from phi_jax import cli, configs, evaluate, files, report, train
 
 RUNS = ("pretrain", "finetune")
 BENCHMARKS = ("humaneval", "mbpp")
@@ -82,18 +78,22 @@ def _train(cfg: Any, workdir: Path, run: str) -> dict:
   last = train.run(run_cfg, workdir / run)
   records = report.read_metrics(workdir / run / "metrics.jsonl")
   eval_losses = [r["eval_loss"] for r in records if "eval_loss" in r]
-  return {"tokens": int(run_cfg.train.steps) * int(run_cfg.train.global_batch)
-                    * int(run_cfg.train.seq_len),
-          "loss": last.get("loss"), "eval_loss": eval_losses[-1] if eval_losses else None,
-          "steps": int(run_cfg.train.steps)}
+  return {
+    "tokens": int(run_cfg.train.steps)
+    * int(run_cfg.train.global_batch)
+    * int(run_cfg.train.seq_len),
+    "loss": last.get("loss"),
+    "eval_loss": eval_losses[-1] if eval_losses else None,
+    "steps": int(run_cfg.train.steps),
+  }
 
 
 def _evaluate(cfg: Any, workdir: Path, run: str) -> dict:
   row = {}
   for benchmark in BENCHMARKS:
     summary = evaluate.evaluate_checkpoint(
-        run_config(cfg, workdir, run), benchmark, str(workdir / run),
-        workdir / "evaluate" / benchmark)
+      run_config(cfg, workdir, run), benchmark, str(workdir / run), workdir / "evaluate" / benchmark
+    )
     row[f"{benchmark}_pass@1"] = summary["pass@1"]
     row[f"{benchmark}_tasks"] = summary["tasks"]
   return row
@@ -109,9 +109,11 @@ def _same_config(cfg: Any, workdir: Path) -> None:
     return
   changed = configs.differences(json.loads(path.read_text()), now)
   if changed:
-    raise ValueError(f"{workdir} holds a run of another config (changed: "
-                     f"{', '.join(field for field, _, _ in changed)}); its finished stages would "
-                     "not match. Use a new --workdir, or delete the stages to redo")
+    raise ValueError(
+      f"{workdir} holds a run of another config (changed: "
+      f"{', '.join(field for field, _, _ in changed)}); its finished stages would "
+      "not match. Use a new --workdir, or delete the stages to redo"
+    )
 
 
 def run(cfg: Any, workdir: str | Path) -> dict:
@@ -127,11 +129,13 @@ def run(cfg: Any, workdir: str | Path) -> dict:
   # python -m phi_jax.evaluate --benchmark=humaneval --checkpoint=DIR/pretrain
   rows.append(_stage(workdir, "evaluate", lambda: _evaluate(cfg, workdir, "finetune")))
   runs = {name: report.read_metrics(workdir / name / "metrics.jsonl") for name in RUNS}
-  result = report.write(workdir / "report", rows, runs,
-                        extra={"config": json.loads(cfg.to_json_best_effort())})
+  result = report.write(
+    workdir / "report", rows, runs, extra={"config": json.loads(cfg.to_json_best_effort())}
+  )
   print(report.table(rows))
-  print(f"report: {workdir / 'report' / 'report.json'}; plots: "
-        f"{', '.join(result['plots'].values())}")
+  print(
+    f"report: {workdir / 'report' / 'report.json'}; plots: {', '.join(result['plots'].values())}"
+  )
   return result
 
 
@@ -143,7 +147,11 @@ def main(argv):
 
 if __name__ == "__main__":
   cli.define_config()
-  flags.DEFINE_string("workdir", None, "Directory for the corpus, runs, evaluations and report "
-                      "(relative to the current directory, or absolute).")
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "Directory for the corpus, runs, evaluations and report "
+    "(relative to the current directory, or absolute).",
+  )
   flags.mark_flags_as_required(["config", "workdir"])
   cli.run(main)

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from phi_jax import files
 
 # (key in a stage row, column heading, format)
 COLUMNS = (
-    ("stage", "stage", "{}"),
-    ("time_s", "time (s)", "{:.0f}"),
-    ("tokens", "tokens", "{:,}"),
-    ("loss", "train loss", "{:.3f}"),
-    ("eval_loss", "held-out loss", "{:.3f}"),
-    ("humaneval_pass@1", "HumanEval pass@1", "{:.3f}"),
-    ("mbpp_pass@1", "MBPP pass@1", "{:.3f}"),
+  ("stage", "stage", "{}"),
+  ("time_s", "time (s)", "{:.0f}"),
+  ("tokens", "tokens", "{:,}"),
+  ("loss", "train loss", "{:.3f}"),
+  ("eval_loss", "held-out loss", "{:.3f}"),
+  ("humaneval_pass@1", "HumanEval pass@1", "{:.3f}"),
+  ("mbpp_pass@1", "MBPP pass@1", "{:.3f}"),
 )
 
 
@@ -41,8 +42,13 @@ def table(rows: Sequence[dict]) -> str:
   cells = [[heading for _, heading, _ in COLUMNS]]
   cells += [[_cell(row, key, fmt) for key, _, fmt in COLUMNS] for row in rows]
   widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-  lines = ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
-                     for i, (cell, width) in enumerate(zip(line, widths))) for line in cells]
+  lines = [
+    "  ".join(
+      cell.ljust(width) if i == 0 else cell.rjust(width)
+      for i, (cell, width) in enumerate(zip(line, widths))
+    )
+    for line in cells
+  ]
   lines.insert(1, "  ".join("-" * width for width in widths))
   return "\n".join(lines)
 
@@ -55,8 +61,10 @@ def _series(records: Iterable[dict], key: str) -> tuple[list[int], list[float]]:
 def plot_losses(name: str, records: Sequence[dict], path: str | Path) -> Path:
   """PNG of one run's training loss (and held-out loss where evaluated) against the step."""
   import matplotlib  # only the report draws, and "Agg" must be chosen before pyplot loads
+
   matplotlib.use("Agg")  # files only: no display on TPU VMs and CI
   from matplotlib import pyplot as plt
+
   figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
   for key, label, style in (("loss", "train", "-"), ("eval_loss", "held-out", "o--")):
     steps, values = _series(records, key)
@@ -72,13 +80,20 @@ def plot_losses(name: str, records: Sequence[dict], path: str | Path) -> Path:
   return path
 
 
-def write(out_dir: str | Path, rows: Sequence[dict], runs: dict[str, Sequence[dict]],
-          extra: dict[str, Any] | None = None) -> dict:
+def write(
+  out_dir: str | Path,
+  rows: Sequence[dict],
+  runs: dict[str, Sequence[dict]],
+  extra: dict[str, Any] | None = None,
+) -> dict:
   """Writes OUT/report.json and OUT/<run>_loss.png for every run; returns the report."""
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  plots = {name: str(plot_losses(name, records, out_dir / f"{name}_loss.png"))
-           for name, records in runs.items() if records}
+  plots = {
+    name: str(plot_losses(name, records, out_dir / f"{name}_loss.png"))
+    for name, records in runs.items()
+    if records
+  }
   report = {"stages": list(rows), "plots": plots, **(extra or {})}
   files.write_atomic(out_dir / "report.json", json.dumps(report, indent=2, sort_keys=True))
   return report

@@ -8,26 +8,28 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis -> mesh axes. Rules are tried in order and a mesh axis is used at most once per
 # array, so activations (which have `batch`) shard `embed` nowhere, while params shard it on fsdp.
 LOGICAL_AXIS_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("mlp", "tensor"),
-    ("vocab", "tensor"),
-    ("length", None),
-    ("kv", None),
-    ("layers", None),
-    ("norm", None),
+  ("batch", ("data", "fsdp")),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("mlp", "tensor"),
+  ("vocab", "tensor"),
+  ("length", None),
+  ("kv", None),
+  ("layers", None),
+  ("norm", None),
 )
 
 
@@ -39,12 +41,16 @@ def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, .
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
-      raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not "
-                       f"divisible by the fixed axes' product {known}")
+      raise ValueError(
+        f"mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not "
+        f"divisible by the fixed axes' product {known}"
+      )
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                     f"{num_devices} are available; set one axis to -1 to use the rest")
+    raise ValueError(
+      f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+      f"{num_devices} are available; set one axis to -1 to use the rest"
+    )
   return tuple(sizes)
 
 
@@ -52,8 +58,9 @@ def make_mesh(mesh_config: Mapping[str, int], devices: list | None = None) -> Me
   """The mesh over `devices` (default: all, every host's); TPU topology-aware device order."""
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_config, len(devices))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  return jax.make_mesh(
+    shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+  )
 
 
 def logical_sharding(logical_specs: Any, mesh: Mesh) -> Any:
@@ -74,5 +81,8 @@ def data_parallel_size(mesh: Mesh) -> int:
 @contextlib.contextmanager
 def activation_rules(mesh: Mesh):
   """Within it, the model's logical activation constraints bind to `mesh` (use while tracing)."""
-  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+  with (
+    jax.sharding.use_abstract_mesh(mesh.abstract_mesh),
+    nn.logical_axis_rules(LOGICAL_AXIS_RULES),
+  ):
     yield

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import seqio
 import tensorflow as tf
@@ -62,8 +62,10 @@ def _tokenize_exercise(dataset, output_features, mask_prompt: bool):
     solution = tf.cast(vocab.encode_tf(example["solution"]), tf.int32)
     targets = tf.concat([prompt, solution, [vocab.eos_id]], axis=0)
     prompt_weight = 0.0 if mask_prompt else 1.0
-    weights = tf.concat([tf.fill(tf.shape(prompt), prompt_weight),
-                         tf.ones(tf.shape(solution)[0] + 1, tf.float32)], axis=0)
+    weights = tf.concat(
+      [tf.fill(tf.shape(prompt), prompt_weight), tf.ones(tf.shape(solution)[0] + 1, tf.float32)],
+      axis=0,
+    )
     return {"targets": targets, "loss_weights": weights}
 
   return dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
@@ -77,9 +79,8 @@ def _unit_weights(example):
 def _features(vocab: seqio.Vocabulary) -> dict:
   """Both tasks share these, as a mixture requires."""
   return {
-      "targets": seqio.Feature(vocab, add_eos=True, dtype=tf.int32),
-      "loss_weights": seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False,
-                                    dtype=tf.float32),
+    "targets": seqio.Feature(vocab, add_eos=True, dtype=tf.int32),
+    "loss_weights": seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, dtype=tf.float32),
   }
 
 
@@ -91,39 +92,54 @@ def _require_built(data_dir: str) -> None:
       files.require_complete(task_dir)
 
 
-def register(data_dir: str | None = None, vocab: seqio.Vocabulary | None = None,
-             pretrain_rates: Mapping[str, float] | None = None,
-             finetune_rates: Mapping[str, float] | None = None,
-             mask_prompt: bool = True) -> None:
+def register(
+  data_dir: str | None = None,
+  vocab: seqio.Vocabulary | None = None,
+  pretrain_rates: Mapping[str, float] | None = None,
+  finetune_rates: Mapping[str, float] | None = None,
+  mask_prompt: bool = True,
+) -> None:
   """(Re-)registers the phi-1 tasks and mixtures over `data_dir`."""
   data_dir = data_dir or os.environ.get("PHI1_DATA_DIR", DEFAULT_DATA_DIR)
   _require_built(data_dir)
   vocab = vocab or seqio.SentencePieceVocabulary(vocabulary_path(data_dir))
   splits = ("train", "validation")
   text = {"text": tf.io.FixedLenFeature([], tf.string)}
-  exercise = {"prompt": tf.io.FixedLenFeature([], tf.string),
-              "solution": tf.io.FixedLenFeature([], tf.string)}
+  exercise = {
+    "prompt": tf.io.FixedLenFeature([], tf.string),
+    "solution": tf.io.FixedLenFeature([], tf.string),
+  }
 
   for name in (CODE_TEXTBOOK, CODE_EXERCISES, PRETRAIN, FINETUNE):
     seqio.MixtureRegistry.remove(name)
     seqio.TaskRegistry.remove(name)
 
   seqio.TaskRegistry.add(
-      CODE_TEXTBOOK,
-      source=seqio.TFExampleDataSource(
-          {s: split_pattern(data_dir, CODE_TEXTBOOK, s) for s in splits}, text),
-      preprocessors=[_document_text, seqio.preprocessors.tokenize,
-                     seqio.CacheDatasetPlaceholder(), seqio.preprocessors.append_eos,
-                     _unit_weights],
-      output_features=_features(vocab))
+    CODE_TEXTBOOK,
+    source=seqio.TFExampleDataSource(
+      {s: split_pattern(data_dir, CODE_TEXTBOOK, s) for s in splits}, text
+    ),
+    preprocessors=[
+      _document_text,
+      seqio.preprocessors.tokenize,
+      seqio.CacheDatasetPlaceholder(),
+      seqio.preprocessors.append_eos,
+      _unit_weights,
+    ],
+    output_features=_features(vocab),
+  )
   seqio.TaskRegistry.add(
-      CODE_EXERCISES,
-      source=seqio.TFExampleDataSource(
-          {s: split_pattern(data_dir, CODE_EXERCISES, s) for s in splits}, exercise),
-      preprocessors=[_exercise_parts,
-                     functools.partial(_tokenize_exercise, mask_prompt=mask_prompt),
-                     seqio.CacheDatasetPlaceholder()],
-      output_features=_features(vocab))
+    CODE_EXERCISES,
+    source=seqio.TFExampleDataSource(
+      {s: split_pattern(data_dir, CODE_EXERCISES, s) for s in splits}, exercise
+    ),
+    preprocessors=[
+      _exercise_parts,
+      functools.partial(_tokenize_exercise, mask_prompt=mask_prompt),
+      seqio.CacheDatasetPlaceholder(),
+    ],
+    output_features=_features(vocab),
+  )
   seqio.add_global_cache_dirs([os.path.join(data_dir, "cache")])  # data_pipeline.build's cache
   seqio.MixtureRegistry.add(PRETRAIN, list((pretrain_rates or {CODE_TEXTBOOK: 1.0}).items()))
   seqio.MixtureRegistry.add(FINETUNE, list((finetune_rates or {CODE_EXERCISES: 1.0}).items()))

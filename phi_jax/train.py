@@ -26,17 +26,20 @@ from absl import flags, logging
 from etils import epath
 from tqdm import tqdm
 
-from phi_jax import checkpoint
-from phi_jax import cli
-from phi_jax import configs
-from phi_jax import distributed
-from phi_jax import files
-from phi_jax import input_pipeline
+from phi_jax import (
+  checkpoint,
+  cli,
+  configs,
+  distributed,
+  files,
+  input_pipeline,
+  sharding,
+  train_eval,
+  train_step,
+)
 from phi_jax import metrics as metrics_lib
 from phi_jax import model as model_lib
-from phi_jax import sharding
-from phi_jax import train_eval
-from phi_jax import train_step
+
 
 class Preempted(Exception):
   """The run saved its state on a preemption notice and stopped; rerun it to continue."""
@@ -67,8 +70,13 @@ class _Profiler:
     if self.active:
       jax.profiler.stop_trace()
       self.active = False
-      logging.warning("profiler trace of steps %d-%d in %s (tensorboard --logdir %s)",
-                      self.start, self.stop_at - 1, self.directory, self.directory)
+      logging.warning(
+        "profiler trace of steps %d-%d in %s (tensorboard --logdir %s)",
+        self.start,
+        self.stop_at - 1,
+        self.directory,
+        self.directory,
+      )
 
 
 class _Sigterm:
@@ -102,14 +110,20 @@ def _check_same_stream(saved: dict, now: dict, workdir: epath.Path) -> None:
   changed = configs.differences(saved, now)
   if changed:
     raise ValueError(
-        f"{workdir} was trained on another data stream ("
-        + ", ".join(f"{field}: {a!r} then, {b!r} now" for field, a, b in changed)
-        + "): resuming would not continue at the next example. Rerun with the original "
-        f"settings, or start a new workdir with --config.train.init_from={workdir} (params only)")
+      f"{workdir} was trained on another data stream ("
+      + ", ".join(f"{field}: {a!r} then, {b!r} now" for field, a, b in changed)
+      + "): resuming would not continue at the next example. Rerun with the original "
+      f"settings, or start a new workdir with --config.train.init_from={workdir} (params only)"
+    )
 
 
-def _initial_state(cfg: Any, workdir: epath.Path, model_config: model_lib.ModelConfig,
-                   trainer: train_step.Trainer, checkpoints) -> tuple[Any, int, dict | None]:
+def _initial_state(
+  cfg: Any,
+  workdir: epath.Path,
+  model_config: model_lib.ModelConfig,
+  trainer: train_step.Trainer,
+  checkpoints,
+) -> tuple[Any, int, dict | None]:
   """(state, next batch, init_from record): resumed from the workdir's own checkpoints when it
   has any, else fresh from train.init_from or from train.seed."""
   resumed = checkpoint.restore_latest_state(checkpoints, trainer.abstract_state, model_config)
@@ -124,9 +138,11 @@ def _initial_state(cfg: Any, workdir: epath.Path, model_config: model_lib.ModelC
     return state, progress["next_batch"], init_from
   init_from = cfg.train.init_from
   if init_from is None:
-    raise ValueError("this config finetunes pretrained params: set --config.train.init_from to a "
-                     "pretraining workdir (its latest step), a workdir's checkpoints/<step>, or a "
-                     "Hugging Face phi directory")
+    raise ValueError(
+      "this config finetunes pretrained params: set --config.train.init_from to a "
+      "pretraining workdir (its latest step), a workdir's checkpoints/<step>, or a "
+      "Hugging Face phi directory"
+    )
   if init_from:
     params, record = checkpoint.load_init(init_from, model_config, trainer.state_sharding.params)
     state = trainer.state_from_params(params)
@@ -165,25 +181,35 @@ def _train(cfg, workdir, model_config, trainer, checkpoints, sigterm) -> dict:
   state, next_batch, init_from = _initial_state(cfg, workdir, model_config, trainer, checkpoints)
   start_step, steps, log_every = int(state.step), int(cfg.train.steps), int(cfg.train.log_every)
   if start_step > steps:
-    raise ValueError(f"{workdir} holds a checkpoint at step {start_step}, past "
-                     f"train.steps={steps}; raise train.steps or use another workdir")
+    raise ValueError(
+      f"{workdir} holds a checkpoint at step {start_step}, past "
+      f"train.steps={steps}; raise train.steps or use another workdir"
+    )
   batches = input_pipeline.batches(cfg, trainer.batch_sharding, next_batch)
   config = checkpoint.config_item(model_config, cfg, init_from)
   stream = input_pipeline.stream_signature(cfg)
   evaluator = train_eval.make_evaluator(cfg, trainer)  # None unless eval.every_steps > 0
 
   tokens_per_step = int(cfg.train.global_batch) * int(cfg.train.seq_len)
-  flops_per_step = metrics_lib.flops_per_token(model_config, int(cfg.train.seq_len)) * tokens_per_step
+  flops_per_step = (
+    metrics_lib.flops_per_token(model_config, int(cfg.train.seq_len)) * tokens_per_step
+  )
   peak = metrics_lib.peak_flops_per_device(model_config.dtype) * jax.device_count()
   writer = metrics_lib.Writer(workdir, tensorboard=cfg.logging.tensorboard, start_step=start_step)
-  progress = tqdm(total=steps, initial=start_step, desc="train", unit="step",
-                  disable=not cfg.logging.progress_bar or jax.process_index() != 0)
+  progress = tqdm(
+    total=steps,
+    initial=start_step,
+    desc="train",
+    unit="step",
+    disable=not cfg.logging.progress_bar or jax.process_index() != 0,
+  )
   last = (metrics_lib.records(workdir) or [{}])[-1]
   pending: list[tuple[int, dict]] = []  # steps not yet checked for non-finite values
   skipped = 0  # non-finite steps skipped in this logging window
   window_start, window_steps = time.perf_counter(), 0
-  profiler = _Profiler(workdir / "profile", int(cfg.logging.profile_start_step),
-                       int(cfg.logging.profile_steps))
+  profiler = _Profiler(
+    workdir / "profile", int(cfg.logging.profile_start_step), int(cfg.logging.profile_steps)
+  )
   try:
     for step in range(start_step, steps):
       profiler.before(step)
@@ -199,14 +225,17 @@ def _train(cfg, workdir, model_config, trainer, checkpoints, sigterm) -> dict:
       save = done == steps or preempted or checkpoints.should_save(done)
       if log or save:  # nothing unchecked is ever logged as good or saved
         for bad_step, bad in _nonfinite_steps(pending):
-          message = (f"step {bad_step}: loss={float(bad['loss'])}, "
-                     f"grad_norm={float(bad['grad_norm'])} are not finite")
+          message = (
+            f"step {bad_step}: loss={float(bad['loss'])}, "
+            f"grad_norm={float(bad['grad_norm'])} are not finite"
+          )
           if cfg.train.on_nonfinite == "stop":
             raise NonFiniteError(
-                f"{message}; stopping (train.on_nonfinite='stop'). The checkpoints kept are "
-                f"all from before it (latest: step {checkpoints.latest_step()} in "
-                f"{checkpoints.directory}). Lower optim.learning_rate, or set "
-                f"train.on_nonfinite='skip' to skip such steps")
+              f"{message}; stopping (train.on_nonfinite='stop'). The checkpoints kept are "
+              f"all from before it (latest: step {checkpoints.latest_step()} in "
+              f"{checkpoints.directory}). Lower optim.learning_rate, or set "
+              f"train.on_nonfinite='skip' to skip such steps"
+            )
           logging.warning("%s; skipped (params and optimizer state unchanged)", message)
           skipped += 1
         pending = []
@@ -214,10 +243,13 @@ def _train(cfg, workdir, model_config, trainer, checkpoints, sigterm) -> dict:
         step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         step_time = (time.perf_counter() - window_start) / window_steps
         last = {
-            "loss": step_metrics["loss"], "learning_rate": step_metrics["learning_rate"],
-            "grad_norm": step_metrics["grad_norm"], "step_time_s": step_time,
-            "tokens_per_second": tokens_per_step / step_time,
-            "mfu": flops_per_step / step_time / peak, "nonfinite_steps": skipped,
+          "loss": step_metrics["loss"],
+          "learning_rate": step_metrics["learning_rate"],
+          "grad_norm": step_metrics["grad_norm"],
+          "step_time_s": step_time,
+          "tokens_per_second": tokens_per_step / step_time,
+          "mfu": flops_per_step / step_time / peak,
+          "nonfinite_steps": skipped,
         }
         writer.write(done, last)
         progress.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
@@ -229,8 +261,10 @@ def _train(cfg, workdir, model_config, trainer, checkpoints, sigterm) -> dict:
         checkpoint.save_state(checkpoints, state, {"next_batch": done, "stream": stream}, config)
       if preempted:
         checkpoints.wait_until_finished()
-        raise Preempted(f"saved step {done} to {checkpoints.directory} on a preemption notice; "
-                        f"rerun the same command to continue")
+        raise Preempted(
+          f"saved step {done} to {checkpoints.directory} on a preemption notice; "
+          f"rerun the same command to continue"
+        )
   finally:
     profiler.stop()
     progress.close()
@@ -251,7 +285,11 @@ def main(argv):
 if __name__ == "__main__":
   # Flags are defined here, not at import, so that other CLIs can import this module.
   cli.define_config()
-  flags.DEFINE_string("workdir", None, "Directory for metrics, logs and checkpoints (local, "
-                      "relative to the current directory, or gs://).")
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "Directory for metrics, logs and checkpoints (local, "
+    "relative to the current directory, or gs://).",
+  )
   flags.mark_flags_as_required(["config", "workdir"])
   cli.run(main)

@@ -22,15 +22,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from phi_jax import decode
-from phi_jax import input_pipeline
+from phi_jax import decode, input_pipeline, sharding, train_step
 from phi_jax import model as model_lib
-from phi_jax import sharding
-from phi_jax import train_step
-from phi_jax.evaluation import benchmarks
-from phi_jax.evaluation import completions
-from phi_jax.evaluation import sandbox
-from phi_jax.evaluation import scoring
+from phi_jax.evaluation import benchmarks, completions, sandbox, scoring
 
 
 def heldout_config(cfg: Any) -> Any:
@@ -47,8 +41,10 @@ def _mean_loss(model_config, micro_batches, params, batch):
   def micro(total, piece):
     loss, weight = train_step.token_loss(model_config, params, piece, None, True)
     return (total[0] + loss, total[1] + weight), None
-  (loss, weight), _ = jax.lax.scan(micro, (jnp.zeros(()), jnp.zeros(())),
-                                   train_step.split_micro_batches(batch, micro_batches))
+
+  (loss, weight), _ = jax.lax.scan(
+    micro, (jnp.zeros(()), jnp.zeros(())), train_step.split_micro_batches(batch, micro_batches)
+  )
   return loss, weight
 
 
@@ -59,21 +55,26 @@ class Evaluator:
     self.mesh = trainer.mesh
     batches = input_pipeline.batches(heldout_config(cfg), trainer.batch_sharding, 0)
     self.heldout = list(itertools.islice(batches, int(cfg.eval.loss_batches)))
-    self.loss = jax.jit(functools.partial(_mean_loss, self.model_config, trainer.micro_batches),
-                        in_shardings=(trainer.state_sharding.params, trainer.batch_sharding))
+    self.loss = jax.jit(
+      functools.partial(_mean_loss, self.model_config, trainer.micro_batches),
+      in_shardings=(trainer.state_sharding.params, trainer.batch_sharding),
+    )
     self.problems = []
     if cfg.eval.humaneval_in_training:
       from phi_jax import vocabularies  # TensorFlow + seqio: only runs that decode text load them
-      self.problems = benchmarks.humaneval()[:int(cfg.eval.max_problems) or None]
+
+      self.problems = benchmarks.humaneval()[: int(cfg.eval.max_problems) or None]
       sandbox.check_available(cfg.eval.isolation)
       try:
         self.vocab = vocabularies.for_config(cfg)
       except FileNotFoundError as exc:
         raise FileNotFoundError(
-            f"eval.humaneval_in_training needs a tokenizer ({exc}): set eval.tokenizer or "
-            "data.dir, or eval.humaneval_in_training=False") from None
+          f"eval.humaneval_in_training needs a tokenizer ({exc}): set eval.tokenizer or "
+          "data.dir, or eval.humaneval_in_training=False"
+        ) from None
       self.sampling = dataclasses.replace(
-          decode.sampling_config(cfg, vocabularies.eot_id(self.vocab)), temperature=0.0)
+        decode.sampling_config(cfg, vocabularies.eot_id(self.vocab)), temperature=0.0
+      )
     self.eval_cfg = cfg.eval
 
   def due(self, step: int) -> bool:
@@ -89,8 +90,9 @@ class Evaluator:
       metrics["eval_loss"] = loss / max(weight, 1.0)
     if self.problems:
       decoder = decode.Decoder(self.model_config, params, self.sampling, self.mesh)
-      samples = completions.sample(decoder, self.vocab, self.problems,
-                                   batch_size=int(self.eval_cfg.batch_size))
+      samples = completions.sample(
+        decoder, self.vocab, self.problems, batch_size=int(self.eval_cfg.batch_size)
+      )
       scored = scoring.score_with_config(samples, self.problems, self.eval_cfg)
       metrics["humaneval_pass@1"] = scoring.summarize(scored, ks=(1,))["pass@1"]
     metrics["eval_time_s"] = time.perf_counter() - start

@@ -28,16 +28,16 @@ sets the tokenizer's `encode_special_tokens` for the same effect. Decoding stops
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-import seqio
 import sentencepiece as spm
+import seqio
 import tensorflow as tf
 from etils import epath
 
-from phi_jax import files
-from phi_jax import tasks
+from phi_jax import files, tasks
 
 EOT_PIECE = "<|endoftext|>"
 PAD_ID, EOT_ID, UNK_ID = 0, 1, 2
@@ -52,8 +52,10 @@ def vocabulary(path: str | os.PathLike) -> seqio.SentencePieceVocabulary:
   path = os.fspath(path)
   sp = spm.SentencePieceProcessor(model_proto=epath.Path(path).read_bytes())
   if sp.pad_id() != PAD_ID or sp.eos_id() < 0:
-    raise ValueError(f"{path}: seqio needs pad_id=0 and an eos id; the model has "
-                     f"pad_id={sp.pad_id()}, eos_id={sp.eos_id()}")
+    raise ValueError(
+      f"{path}: seqio needs pad_id=0 and an eos id; the model has "
+      f"pad_id={sp.pad_id()}, eos_id={sp.eos_id()}"
+    )
   return seqio.SentencePieceVocabulary(path)
 
 
@@ -76,8 +78,13 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
   The object pickles as its arguments; the tokenizer loads lazily (also from gs:// paths).
   """
 
-  def __init__(self, tokenizer_file: str | os.PathLike, eos_token: str | None = EOT_PIECE,
-               eos_id: int | None = None, literal_special_tokens: bool = True):
+  def __init__(
+    self,
+    tokenizer_file: str | os.PathLike,
+    eos_token: str | None = EOT_PIECE,
+    eos_id: int | None = None,
+    literal_special_tokens: bool = True,
+  ):
     self._tokenizer_file = os.fspath(tokenizer_file)
     self._eos_token = eos_token
     self._eos_id_arg = eos_id
@@ -102,6 +109,7 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
   def tokenizer(self):
     if self._tokenizer is None:
       import tokenizers  # loaded on first use: the object pickles as its arguments (Beam)
+
       tok = tokenizers.Tokenizer.from_str(epath.Path(self._tokenizer_file).read_text())
       tok.encode_special_tokens = self._literal_special_tokens
       self._tokenizer = tok
@@ -119,8 +127,9 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
       return None
     found = self.tokenizer.token_to_id(self._eos_token)
     if found is None:
-      raise ValueError(f"{self._tokenizer_file} has no token {self._eos_token!r}; pass eos_id= "
-                       "or eos_token=")
+      raise ValueError(
+        f"{self._tokenizer_file} has no token {self._eos_token!r}; pass eos_id= or eos_token="
+      )
     return found
 
   @property
@@ -141,7 +150,7 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
     ids = [int(i) for i in ids]
     eos = self.eos_id
     if eos is not None and eos in ids:
-      ids = ids[:ids.index(eos)]
+      ids = ids[: ids.index(eos)]
     size = self._base_vocab_size
     return self.tokenizer.decode([i for i in ids if 0 <= i < size], skip_special_tokens=False)
 
@@ -150,8 +159,8 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
     s = tf.convert_to_tensor(s, tf.string)
     if s.shape.rank == 0:
       ids = tf.numpy_function(
-          lambda x: np.asarray(self._encode(_as_str(x)), np.int32), [s], tf.int32,
-          stateful=False)
+        lambda x: np.asarray(self._encode(_as_str(x)), np.int32), [s], tf.int32, stateful=False
+      )
       ids.set_shape([None])
       return ids
     if s.shape.rank != 1:
@@ -183,13 +192,18 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
     return out
 
   def __eq__(self, other):
-    return (isinstance(other, HfTokenizerVocabulary)
-            and self._tokenizer_file == other._tokenizer_file and self.eos_id == other.eos_id
-            and self._literal_special_tokens == other._literal_special_tokens)
+    return (
+      isinstance(other, HfTokenizerVocabulary)
+      and self._tokenizer_file == other._tokenizer_file
+      and self.eos_id == other.eos_id
+      and self._literal_special_tokens == other._literal_special_tokens
+    )
 
   def __str__(self) -> str:
-    return (f"HfTokenizerVocabulary(file={self._tokenizer_file}, eos_id={self.eos_id}, "
-            f"size={self.vocab_size})")
+    return (
+      f"HfTokenizerVocabulary(file={self._tokenizer_file}, eos_id={self.eos_id}, "
+      f"size={self.vocab_size})"
+    )
 
   __repr__ = __str__
 
@@ -274,7 +288,7 @@ class TokenizerEncoder:
 
   def __call__(self, text: str) -> list[int]:
     self._load()
-    return list(self._encode(text))[:self.max_len]
+    return list(self._encode(text))[: self.max_len]
 
 
 def for_config(cfg: Any, tokenizer: str = "") -> seqio.Vocabulary:
@@ -284,6 +298,9 @@ def for_config(cfg: Any, tokenizer: str = "") -> seqio.Vocabulary:
     if value:
       return make_vocabulary(files.existing(value, name))
   data_dir = cfg.data.dir or os.environ.get("PHI1_DATA_DIR", tasks.DEFAULT_DATA_DIR)
-  return make_vocabulary(files.existing(
+  return make_vocabulary(
+    files.existing(
       tasks.vocabulary_path(data_dir),
-      "the data directory's tokenizer (pass --tokenizer, or set eval.tokenizer or data.dir)"))
+      "the data directory's tokenizer (pass --tokenizer, or set eval.tokenizer or data.dir)",
+    )
+  )

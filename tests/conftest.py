@@ -5,8 +5,9 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import pytest  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -26,6 +27,7 @@ def beam_run(tmp_path):
   PCollection or a tuple of them. Outputs come back through JSON-lines files.
   """
   import json
+
   import apache_beam as beam
   from apache_beam.metrics.metric import MetricsFilter
 
@@ -36,8 +38,11 @@ def beam_run(tmp_path):
     single = not isinstance(outputs, tuple)
     outputs = (outputs,) if single else outputs
     for k, pcoll in enumerate(outputs):
-      (pcoll | f"Json{k}" >> beam.Map(json.dumps, sort_keys=True)
-       | f"Write{k}" >> beam.io.WriteToText(str(out_dir / f"out{k}"), file_name_suffix=".jsonl"))
+      (
+        pcoll
+        | f"Json{k}" >> beam.Map(json.dumps, sort_keys=True)
+        | f"Write{k}" >> beam.io.WriteToText(str(out_dir / f"out{k}"), file_name_suffix=".jsonl")
+      )
     result = pipeline.run()
     result.wait_until_finish()
     counters = {}
@@ -45,8 +50,12 @@ def beam_run(tmp_path):
       counters[metric.key.metric.name] = counters.get(metric.key.metric.name, 0) + metric.result
     collected = []
     for k in range(len(outputs)):
-      rows = [json.loads(line) for f in sorted(out_dir.glob(f"out{k}*.jsonl"))
-              for line in f.read_text().splitlines() if line]
+      rows = [
+        json.loads(line)
+        for f in sorted(out_dir.glob(f"out{k}*.jsonl"))
+        for line in f.read_text().splitlines()
+        if line
+      ]
       collected.append(rows)
     return (collected[0] if single else collected), counters
 

@@ -3,19 +3,18 @@
 libtpu comes with the `test` extra; without it these tests fail rather than skip.
 """
 
-import pytest
-
 from phi_jax import aot, configs
 
-GiB = 2 ** 30
+GiB = 2**30
 
 
 def _tiny(global_batch, micro_batch, seq_len=128, remat="full"):
   cfg = configs.get("tiny")
   cfg.model.update(dtype="bfloat16", remat=remat)
   # loss_chunk=0: tiny's CPU-sized loss chunks recompute the lm_head (more FLOPs than counted)
-  cfg.train.update(global_batch=global_batch, micro_batch=micro_batch, seq_len=seq_len,
-                   loss_chunk=0)
+  cfg.train.update(
+    global_batch=global_batch, micro_batch=micro_batch, seq_len=seq_len, loss_chunk=0
+  )
   return cfg
 
 

@@ -17,6 +17,7 @@ PACKAGES = ("phi_jax", "data_pipeline", "configs")
 
 def test_import_contracts_hold():
   from importlinter import cli
+
   # import-linter analyses the importable packages, so this checkout's must come first
   sys.path.insert(0, str(REPO))
   try:
@@ -33,21 +34,29 @@ def _function_level_imports(path: Path):
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
       for inner in ast.walk(node):
         if isinstance(inner, (ast.Import, ast.ImportFrom)):
-          # a comment on the line, or above the block of imports the line belongs to
+          # a comment on the line, or above the block of imports (isort's groups) it belongs to
           above = inner.lineno - 2
-          while lines[above].lstrip().startswith(("import ", "from ")) and "#" not in lines[above]:
+          while (
+            not lines[above].strip() or lines[above].lstrip().startswith(("import ", "from "))
+          ) and "#" not in lines[above]:
             above -= 1
           line = lines[inner.lineno - 1]
           yield inner.lineno, line, "#" in line or "#" in lines[above]
 
 
 def test_imports_inside_functions_say_why():
-  unexplained = [f"{path.relative_to(REPO)}:{lineno}: {line.strip()}"
-                 for package in PACKAGES for path in sorted((REPO / package).rglob("*.py"))
-                 if path.name != "executor.py"  # runs inside the sandbox: imports as it starts
-                 for lineno, line, explained in _function_level_imports(path) if not explained]
-  assert not unexplained, ("imports inside functions need a comment saying why (or belong at "
-                           "the top of the module):\n" + "\n".join(unexplained))
+  unexplained = [
+    f"{path.relative_to(REPO)}:{lineno}: {line.strip()}"
+    for package in PACKAGES
+    for path in sorted((REPO / package).rglob("*.py"))
+    if path.name != "executor.py"  # runs inside the sandbox: imports as it starts
+    for lineno, line, explained in _function_level_imports(path)
+    if not explained
+  ]
+  assert not unexplained, (
+    "imports inside functions need a comment saying why (or belong at "
+    "the top of the module):\n" + "\n".join(unexplained)
+  )
 
 
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]])

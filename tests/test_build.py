@@ -5,8 +5,7 @@ import json
 import pytest
 
 from data_pipeline import build, stages
-from phi_jax import files
-from phi_jax import configs
+from phi_jax import configs, files
 
 GOOD = '''"""A module that teaches."""
 
@@ -51,8 +50,14 @@ def test_bad_files_are_counted_and_skipped(tmp_path):
   assert counters["extracted_code"] == 2 and counters["extracted_exercise"] == 2
   assert counters["extracted_textbook"] == 2  # the doctest-rich docstrings
   docs = list(stages.iter_docs(tmp_path / "out" / "extract"))
-  assert sorted(d["kind"] for d in docs) == ["code", "code", "exercise", "exercise",
-                                            "textbook", "textbook"]
+  assert sorted(d["kind"] for d in docs) == [
+    "code",
+    "code",
+    "exercise",
+    "exercise",
+    "textbook",
+    "textbook",
+  ]
   exercise = next(d for d in docs if d["kind"] == "exercise" and "add" in d["prompt"])
   assert exercise["prompt"].startswith("def add(a, b):") and exercise["prompt"].endswith('"""\n')
   assert exercise["solution"] == "    total = a + b\n    return total\n"
@@ -86,14 +91,16 @@ def test_an_empty_corpus_is_an_error_not_an_empty_dataset(tmp_path):
 
 def test_task_sources_are_tfrecords_seqio_reads(tmp_path):
   import tensorflow as tf
+
   _plant(tmp_path / "src")
   corpus = _corpus(tmp_path / "src", validation_fraction=0.0)
   out = tmp_path / "out"
   build.extract(corpus, out, [])
   counters = build.write_task(corpus, "phi1_code_exercises", out / "extract", out, [])
   assert counters["train_documents"] == 2
-  records = tf.data.TFRecordDataset(sorted(str(p) for p in (out / "phi1_code_exercises")
-                                           .glob("train.tfrecord-*")))
+  records = tf.data.TFRecordDataset(
+    sorted(str(p) for p in (out / "phi1_code_exercises").glob("train.tfrecord-*"))
+  )
   parsed = [tf.train.Example.FromString(r.numpy()) for r in records]
   prompts = sorted(e.features.feature["prompt"].bytes_list.value[0].decode() for e in parsed)
   assert prompts[0].startswith("def add(a, b):")
@@ -121,8 +128,14 @@ def test_whole_build_removes_a_planted_humaneval_solution_and_feeds_seqio(tmp_pa
   (src / "planted.py").write_text("import math\n\n" + planted)
 
   cfg = configs.get("tiny")
-  cfg.corpus.update(roots=[str(src)], help_topics=False, num_shards=1, annotate_fraction=1.0,
-                    quality_model_steps=3, tokenizer_max_documents=200)
+  cfg.corpus.update(
+    roots=[str(src)],
+    help_topics=False,
+    num_shards=1,
+    annotate_fraction=1.0,
+    quality_model_steps=3,
+    tokenizer_max_documents=200,
+  )
   cfg.model.vocab_size = 1024
   cfg.train.update(global_batch=8, seq_len=64)
   cfg.logging.progress_bar = False
@@ -133,25 +146,40 @@ def test_whole_build_removes_a_planted_humaneval_solution_and_feeds_seqio(tmp_pa
   assert 0 < manifest["quality"]["fraction_kept"] <= 1
   tasks.register(str(tmp_path / "data"))
   for task in (tasks.CODE_TEXTBOOK, tasks.CODE_EXERCISES):
-    texts = [seqio.get_mixture_or_task(task).output_features["targets"].vocabulary.decode(
-        ex["targets"].tolist()) for ex in seqio.get_mixture_or_task(task).get_dataset(
-            None, split="train", shuffle=False, num_epochs=1).as_numpy_iterator()]
+    texts = [
+      seqio.get_mixture_or_task(task)
+      .output_features["targets"]
+      .vocabulary.decode(ex["targets"].tolist())
+      for ex in seqio.get_mixture_or_task(task)
+      .get_dataset(None, split="train", shuffle=False, num_epochs=1)
+      .as_numpy_iterator()
+    ]
     assert texts and not any("has_close_elements" in t for t in texts)
     cached = seqio.get_mixture_or_task(task).get_dataset(
-        None, split="train", shuffle=False, num_epochs=1, use_cached=True)
-    assert sum(1 for _ in cached.as_numpy_iterator()) == len(texts) == \
-        manifest["cache"][f"{task}_train_cached"]
+      None, split="train", shuffle=False, num_epochs=1, use_cached=True
+    )
+    assert (
+      sum(1 for _ in cached.as_numpy_iterator())
+      == len(texts)
+      == manifest["cache"][f"{task}_train_cached"]
+    )
 
 
 def test_jsonl_documents_join_the_corpus(tmp_path):
   _plant(tmp_path / "src")
-  lines = [json.dumps({"text": "Lists hold items.\n\n>>> [1, 2][0]\n1\n", "kind": "textbook"}),
-           json.dumps({"kind": "exercise", "prompt": 'def f():\n    """One."""\n',
-                       "solution": "    return 1\n"}),
-           "{not json", json.dumps({"kind": "poem", "text": "x"}), json.dumps({"text": ""})]
+  lines = [
+    json.dumps({"text": "Lists hold items.\n\n>>> [1, 2][0]\n1\n", "kind": "textbook"}),
+    json.dumps(
+      {"kind": "exercise", "prompt": 'def f():\n    """One."""\n', "solution": "    return 1\n"}
+    ),
+    "{not json",
+    json.dumps({"kind": "poem", "text": "x"}),
+    json.dumps({"text": ""}),
+  ]
   (tmp_path / "extra.jsonl").write_text("\n".join(lines) + "\n")
-  counters = build.extract(_corpus(tmp_path / "src", jsonl=[str(tmp_path / "extra.jsonl")]),
-                           tmp_path / "out", [])
+  counters = build.extract(
+    _corpus(tmp_path / "src", jsonl=[str(tmp_path / "extra.jsonl")]), tmp_path / "out", []
+  )
   assert counters["jsonl_skipped_malformed"] == 3
   assert counters["extracted_textbook"] == 3 and counters["extracted_exercise"] == 3
   docs = list(stages.iter_docs(tmp_path / "out" / "extract"))
@@ -160,6 +188,7 @@ def test_jsonl_documents_join_the_corpus(tmp_path):
 
 def test_a_task_directory_without_its_marker_is_not_read(tmp_path):
   from phi_jax import tasks
+
   _plant(tmp_path / "src")
   corpus = _corpus(tmp_path / "src", validation_fraction=0.0)
   out = tmp_path / "out"
@@ -174,8 +203,10 @@ def test_a_task_directory_without_its_marker_is_not_read(tmp_path):
 # The quality stage with a converted model's own (Hugging Face) tokenizer
 # ------------------------------------------------------------------------------------------------
 
+
 def _stdlib_code(n: int) -> list[dict]:
   from data_pipeline import sources
+
   docs = []
   for path in sorted(sources.python_roots(["stdlib"])["stdlib"].glob("*.py")):
     text, _ = sources.read_source(path.read_bytes(), 12_000)
@@ -187,19 +218,31 @@ def _stdlib_code(n: int) -> list[dict]:
 def _decontam_stage(out, docs) -> None:
   """A finished 'decontam' stage holding `docs`: what the quality stage reads."""
   import apache_beam as beam
-  files.run_stage(out, "decontam", lambda stage: stages.run_pipeline(
-      lambda p: stages.write_docs(p | beam.Create(docs), stage, "docs")))
+
+  files.run_stage(
+    out,
+    "decontam",
+    lambda stage: stages.run_pipeline(
+      lambda p: stages.write_docs(p | beam.Create(docs), stage, "docs")
+    ),
+  )
 
 
 def _bpe_tokenizer_json(texts, path, vocab_size: int):
   """A byte-level BPE tokenizer.json (CodeGen's kind) trained on `texts`."""
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
   t = Tokenizer(models.BPE())
   t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   t.decoder = decoders.ByteLevel()
-  t.train_from_iterator(texts, trainer=trainers.BpeTrainer(
-      vocab_size=vocab_size, show_progress=False,
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  t.train_from_iterator(
+    texts,
+    trainer=trainers.BpeTrainer(
+      vocab_size=vocab_size,
+      show_progress=False,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    ),
+  )
   t.add_special_tokens(["<|endoftext|>"])
   t.save(str(path))
   return t
@@ -207,9 +250,19 @@ def _bpe_tokenizer_json(texts, path, vocab_size: int):
 
 def _checkpoint(workdir, vocab_size: int):
   import jax
+
   from phi_jax import checkpoint, model
-  config = model.ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=2,
-                             head_dim=16, mlp_dim=64, rotary_dim=8, max_len=128)
+
+  config = model.ModelConfig(
+    vocab_size=vocab_size,
+    d_model=32,
+    n_layers=2,
+    n_heads=2,
+    head_dim=16,
+    mlp_dim=64,
+    rotary_dim=8,
+    max_len=128,
+  )
   params = model.init(config, jax.random.key(1))
   checkpoint.save_params(workdir, config, params)
   return config, params
@@ -218,6 +271,7 @@ def _checkpoint(workdir, vocab_size: int):
 @pytest.mark.slow
 def test_quality_stage_embeds_with_the_models_own_hugging_face_tokenizer(tmp_path):
   import numpy as np
+
   # Here, not at the top: only this slow test needs the model code and sklearn.
   from data_pipeline import embeddings as embeddings_lib
   from data_pipeline import quality
@@ -229,28 +283,37 @@ def test_quality_stage_embeds_with_the_models_own_hugging_face_tokenizer(tmp_pat
   out = tmp_path / "out"
   _decontam_stage(out, docs)
   cfg = configs.get("tiny")
-  cfg.corpus.update(quality_model=str(tmp_path / "phi"), quality_tokenizer=str(tmp_path),
-                    annotate_fraction=1.0, quality_threshold=0.0, quality_max_len=64)
+  cfg.corpus.update(
+    quality_model=str(tmp_path / "phi"),
+    quality_tokenizer=str(tmp_path),
+    annotate_fraction=1.0,
+    quality_threshold=0.0,
+    quality_max_len=64,
+  )
   counters = build.quality(cfg, out, [])
   assert counters["quality_embed_documents"] == counters["quality_score_kept"] == len(docs)
 
   ids, embeddings, _ = quality.read_training_examples(
-      str(out / "quality" / "annotated" / "examples*.jsonl"))
+    str(out / "quality" / "annotated" / "examples*.jsonl")
+  )
   texts = {d["id"]: d["text"] for d in docs}
   hf_ids = lambda text: hf.encode(text, add_special_tokens=False).ids
-  expected = embeddings_lib.embed_texts(config, params, hf_ids, [texts[i] for i in ids],
-                                        max_len=64)
+  expected = embeddings_lib.embed_texts(config, params, hf_ids, [texts[i] for i in ids], max_len=64)
   np.testing.assert_allclose(embeddings, expected, atol=1e-5)
-  bytes_instead = embeddings_lib.embed_texts(config, params, embeddings_lib.byte_encode_fn(512),
-                                             [texts[i] for i in ids], max_len=64)
+  bytes_instead = embeddings_lib.embed_texts(
+    config, params, embeddings_lib.byte_encode_fn(512), [texts[i] for i in ids], max_len=64
+  )
   assert not np.allclose(embeddings, bytes_instead, atol=1e-3)  # the ids made the difference
 
   # A tokenizer with more ids than the model has embeddings is refused, naming both.
   _checkpoint(tmp_path / "small", vocab_size=256)
   cfg.corpus.quality_model = str(tmp_path / "small")
   _decontam_stage(tmp_path / "out2", docs)
-  with pytest.raises(ValueError, match=r"has 401 token ids but the model from "
-                                       r"CheckpointLoader\(.*small'\) embeds only 256"):
+  with pytest.raises(
+    ValueError,
+    match=r"has 401 token ids but the model from "
+    r"CheckpointLoader\(.*small'\) embeds only 256",
+  ):
     build.quality(cfg, tmp_path / "out2", [])
 
 
@@ -279,6 +342,7 @@ def test_the_quality_tokenizer_is_the_models_own(tmp_path):
 # gs:// output, against a local GCS emulator (no network)
 # ------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def gcs():
   """(emulator URL, bucket, gcsfs filesystem on it): an in-memory GCS on a free local port.
@@ -303,7 +367,7 @@ def gcs():
     yield url, "phi1", GCSFileSystem(endpoint_url=url, token="anon", use_listings_cache=False)
 
 
-CONFIG_FILE = '''
+CONFIG_FILE = """
 from phi_jax import configs
 
 
@@ -314,7 +378,7 @@ def get_config():
                     quality_model={model!r}, cache=False, max_file_bytes=12_000)
   cfg.model.vocab_size = 512
   return cfg
-'''
+"""
 
 
 @pytest.mark.slow
@@ -343,25 +407,48 @@ def test_the_build_writes_to_gs_through_a_local_emulator(tmp_path, gcs):
       fs.pipe_file(f"{bucket}/phi/{path.relative_to(tmp_path / 'phi')}", path.read_bytes())
   # A previous run died while writing 'extract': a shard but no marker.
   stale = f"{bucket}/data/extract/docs-00003-of-00004.jsonl"
-  fs.pipe_file(stale, json.dumps({"id": "stale", "kind": "code", "source": "x", "text": "x"})
-               .encode() + b"\n")
+  fs.pipe_file(
+    stale, json.dumps({"id": "stale", "kind": "code", "source": "x", "text": "x"}).encode() + b"\n"
+  )
   config = tmp_path / "remote_config.py"
   config.write_text(CONFIG_FILE.format(src=str(src), model=f"gs://{bucket}/phi"))
 
   repo = Path(__file__).resolve().parents[1]
-  env = {**os.environ, "PYTHONPATH": str(repo), "STORAGE_EMULATOR_HOST": url,
-         "EPATH_USE_TF": "false",  # epath's gs:// through gcsfs, which the emulator serves
-         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}  # (see the gcs fixture)
+  env = {
+    **os.environ,
+    "PYTHONPATH": str(repo),
+    "STORAGE_EMULATOR_HOST": url,
+    "EPATH_USE_TF": "false",  # epath's gs:// through gcsfs, which the emulator serves
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+  }  # (see the gcs fixture)
   (tmp_path / "cwd").mkdir()
-  run = subprocess.run([sys.executable, "-m", "data_pipeline.build", f"--config={config}",
-                        f"--out=gs://{bucket}/data"], cwd=tmp_path / "cwd", env=env,
-                       capture_output=True, text=True, timeout=600)
+  run = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "data_pipeline.build",
+      f"--config={config}",
+      f"--out=gs://{bucket}/data",
+    ],
+    cwd=tmp_path / "cwd",
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   assert list((tmp_path / "cwd").iterdir()) == []  # nothing went to a local 'gs:' directory
 
   manifest = json.loads(fs.cat(f"{bucket}/data/manifest.json"))
-  assert sorted(manifest) == ["decontam", "dedup", "extract", "phi1_code_exercises",
-                              "phi1_code_textbook", "quality", "tokenizer"]
+  assert sorted(manifest) == [
+    "decontam",
+    "dedup",
+    "extract",
+    "phi1_code_exercises",
+    "phi1_code_textbook",
+    "quality",
+    "tokenizer",
+  ]
   for stage, counters in manifest.items():
     assert json.loads(fs.cat(f"{bucket}/data/{stage}/stage.json")) == counters
   assert manifest["extract"]["files_seen"] == 22 and manifest["quality"]["fraction_kept"] == 1.0
@@ -375,6 +462,9 @@ def test_the_build_writes_to_gs_through_a_local_emulator(tmp_path, gcs):
   fs.get(f"{bucket}/data/", str(local), recursive=True)
   tasks.register(str(local))
   for task in (tasks.CODE_TEXTBOOK, tasks.CODE_EXERCISES):
-    examples = list(seqio.get_mixture_or_task(task).get_dataset(
-        None, split="train", shuffle=False, num_epochs=1).as_numpy_iterator())
+    examples = list(
+      seqio.get_mixture_or_task(task)
+      .get_dataset(None, split="train", shuffle=False, num_epochs=1)
+      .as_numpy_iterator()
+    )
     assert len(examples) == manifest[task]["train_documents"] > 0

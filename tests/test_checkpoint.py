@@ -27,8 +27,16 @@ from orbax.checkpoint._src.serialization import serialization as orbax_serializa
 from phi_jax import checkpoint, configs, convert, hf_format, model, sharding, train, train_step
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, head_dim=16, mlp_dim=128,
-             rotary_dim=8, max_len=64)
+SMALL = dict(
+  vocab_size=256,
+  d_model=64,
+  n_layers=2,
+  n_heads=4,
+  head_dim=16,
+  mlp_dim=128,
+  rotary_dim=8,
+  max_len=64,
+)
 
 
 def small_config(name: str = "tiny", steps: int = 8, **checkpoint_options):
@@ -76,13 +84,13 @@ def _damage(step_dir: Path, how: str) -> None:
   elif how == "undecodable_manifest":  # byte 14 starts its zstd frame
     path = step_dir / "params" / "manifest.ocdbt"
     data = bytearray(path.read_bytes())
-    data[14] ^= 0xff
+    data[14] ^= 0xFF
     path.write_bytes(bytes(data))
   else:  # the largest params data file: truncated, or one byte changed (only fingerprints see that)
     path = _largest_params_file(step_dir)
     data = bytearray(path.read_bytes())
     if how == "truncated_params":
-      data = data[:len(data) // 2]
+      data = data[: len(data) // 2]
     else:
       data[len(data) // 2] ^= 0x40
     path.write_bytes(bytes(data))
@@ -92,23 +100,40 @@ def _damage(step_dir: Path, how: str) -> None:
 
 CLI_STEPS = 48
 CLI_ARGS = (
-    "--config=configs/tiny.py", "--config.model.vocab_size=256", "--config.model.d_model=64",
-    "--config.model.mlp_dim=128", "--config.train.global_batch=8", "--config.train.seq_len=64",
-    f"--config.train.steps={CLI_STEPS}", "--config.train.log_every=4",
-    "--config.checkpoint.every_steps=3", "--config.checkpoint.keep=2",
-    "--config.logging.progress_bar=False", "--config.logging.tensorboard=False",
+  "--config=configs/tiny.py",
+  "--config.model.vocab_size=256",
+  "--config.model.d_model=64",
+  "--config.model.mlp_dim=128",
+  "--config.train.global_batch=8",
+  "--config.train.seq_len=64",
+  f"--config.train.steps={CLI_STEPS}",
+  "--config.train.log_every=4",
+  "--config.checkpoint.every_steps=3",
+  "--config.checkpoint.keep=2",
+  "--config.logging.progress_bar=False",
+  "--config.logging.tensorboard=False",
 )
 
 
 def _start(workdir: Path, cache: Path, log: Path) -> subprocess.Popen:
   # The persistent compilation cache spares each restart the compile; cached executables are the
   # compiled ones, so the arithmetic is that of a fresh compile.
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    JAX_COMPILATION_CACHE_DIR=str(cache),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
   with log.open("a") as out:
-    return subprocess.Popen([sys.executable, "-m", "phi_jax.train", f"--workdir={workdir}",
-                             *CLI_ARGS], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+      [sys.executable, "-m", "phi_jax.train", f"--workdir={workdir}", *CLI_ARGS],
+      env=env,
+      cwd=REPO,
+      stdout=out,
+      stderr=subprocess.STDOUT,
+    )
 
 
 def _wait(proc: subprocess.Popen, until, timeout_s: float = 180) -> bool:
@@ -155,8 +180,11 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
   assert reference.wait(timeout=300) == 0, log.read_text()[-3000:]
   reference_s = time.monotonic() - started
   # Seconds per step, saves included: random moments "between steps" scale with the machine.
-  step_s = float(np.median([r["step_time_s"] for r in
-                            map(json.loads, (tmp_path / "reference" / "metrics.jsonl").open())]))
+  step_s = float(
+    np.median(
+      [r["step_time_s"] for r in map(json.loads, (tmp_path / "reference" / "metrics.jsonl").open())]
+    )
+  )
 
   rng = random.Random(0)
   workdir = tmp_path / "killed"
@@ -164,8 +192,12 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
   # (signal, when): "save" = while a checkpoint is being written; "start" = a random moment
   # between launch and the time the last run took to start saving (imports, restore, steps);
   # "steps" = a random moment within 5 steps after the run saved a new step.
-  plan = [(signal.SIGKILL, "save"), (signal.SIGKILL, "start"), (signal.SIGTERM, "steps"),
-          (signal.SIGKILL, "steps")]
+  plan = [
+    (signal.SIGKILL, "save"),
+    (signal.SIGKILL, "start"),
+    (signal.SIGTERM, "steps"),
+    (signal.SIGKILL, "steps"),
+  ]
   first_save_s = None
   for sig, when in plan:
     before = steps_in(workdir)
@@ -184,9 +216,17 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
     if landed:
       proc.send_signal(sig)
     code = proc.wait(timeout=120)
-    events.append({"signal": sig.name, "when": when, "landed": landed, "exit": code,
-                   "steps_before": before[-1:], "steps_after": steps_in(workdir)[-1:],
-                   "tmp_left": sorted(_tmp_dirs(workdir))})
+    events.append(
+      {
+        "signal": sig.name,
+        "when": when,
+        "landed": landed,
+        "exit": code,
+        "steps_before": before[-1:],
+        "steps_after": steps_in(workdir)[-1:],
+        "tmp_left": sorted(_tmp_dirs(workdir)),
+      }
+    )
     if not landed:
       break  # the run finished first
     if sig == signal.SIGTERM:  # saved at the next step boundary, exited with 128 + SIGTERM
@@ -198,9 +238,11 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
   _damage(workdir / "checkpoints" / str(newest), "changed_byte")
   final = _start(workdir, cache, log)
   assert final.wait(timeout=300) == 0, log.read_text()[-3000:]
-  print(f"\nreference run {reference_s:.1f} s ({step_s:.3f} s/step; a restart saves after "
-        f"{first_save_s:.1f} s); "
-        f"interruptions: {json.dumps(events)}; total {time.monotonic() - started:.1f} s")
+  print(
+    f"\nreference run {reference_s:.1f} s ({step_s:.3f} s/step; a restart saves after "
+    f"{first_save_s:.1f} s); "
+    f"interruptions: {json.dumps(events)}; total {time.monotonic() - started:.1f} s"
+  )
 
   landed = [e for e in events if e["landed"]]
   assert len(landed) == len(plan), events
@@ -209,12 +251,16 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
   _, want = checkpoint.restore_params(tmp_path / "reference", CLI_STEPS)
   _, got = checkpoint.restore_params(workdir, CLI_STEPS)
   assert_trees_equal(got, want)
-  progress = [json.loads((w / "checkpoints" / str(CLI_STEPS) / "progress" / "metadata").read_text())
-              for w in (workdir, tmp_path / "reference")]
+  progress = [
+    json.loads((w / "checkpoints" / str(CLI_STEPS) / "progress" / "metadata").read_text())
+    for w in (workdir, tmp_path / "reference")
+  ]
   assert progress[0]["fingerprints"] == progress[1]["fingerprints"]  # optimizer state too
   # The resumed run's log reads like the uninterrupted one: each step once, the same losses.
-  records = [[(r["step"], r["loss"]) for r in map(json.loads, (w / "metrics.jsonl").open())]
-             for w in (workdir, tmp_path / "reference")]
+  records = [
+    [(r["step"], r["loss"]) for r in map(json.loads, (w / "metrics.jsonl").open())]
+    for w in (workdir, tmp_path / "reference")
+  ]
   assert records[0] == records[1]
   resumes = json.loads((workdir / "run.json").read_text())["resumes"]
   assert resumes[-1]["step"] == previous and resumes[-1]["damaged_steps_set_aside"] == [newest]
@@ -222,14 +268,18 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
 
 # --------------------------------------------------------------------------- in-process runs
 
+
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
   """This module's runs of one program compile it once (XLA's persistent cache, as in the CLI
   test); jax's settings are restored afterwards."""
   from jax.experimental.compilation_cache import compilation_cache as cache
-  settings = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-              "jax_persistent_cache_min_compile_time_secs": 0.0,
-              "jax_persistent_cache_min_entry_size_bytes": 0}
+
+  settings = {
+    "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
+    "jax_persistent_cache_min_compile_time_secs": 0.0,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+  }
   saved = {name: getattr(jax.config, name) for name in settings}
   for name, value in settings.items():
     jax.config.update(name, value)
@@ -249,9 +299,19 @@ def trained(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("how", ["truncated_params", "changed_byte", "missing_item", "missing_file",
-                                 "missing_manifest", "missing_metadata", "truncated_progress",
-                                 "undecodable_manifest"])
+@pytest.mark.parametrize(
+  "how",
+  [
+    "truncated_params",
+    "changed_byte",
+    "missing_item",
+    "missing_file",
+    "missing_manifest",
+    "missing_metadata",
+    "truncated_progress",
+    "undecodable_manifest",
+  ],
+)
 def test_damaged_step_is_named_and_resume_falls_back(trained, tmp_path, how):
   workdir = tmp_path / "run"
   shutil.copytree(trained, workdir)
@@ -266,7 +326,8 @@ def test_damaged_step_is_named_and_resume_falls_back(trained, tmp_path, how):
   trainer = train_step.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
   with checkpoint.manager(workdir, cfg.checkpoint) as checkpoints:
     state, progress, set_aside = checkpoint.restore_latest_state(
-        checkpoints, trainer.abstract_state, model_config)
+      checkpoints, trainer.abstract_state, model_config
+    )
     assert progress["step"] == int(state.step) == 6 and set_aside == [8]
     assert checkpoints.all_steps() == [2, 4, 6]
   assert [p.name.split(".")[0] for p in (workdir / "checkpoints_corrupt").iterdir()] == ["8"]
@@ -288,8 +349,9 @@ def test_train_state_restores_onto_other_meshes_and_device_counts(trained, mesh_
   cfg.mesh.update(dict(zip(sharding.MESH_AXES, mesh_shape)))
   trainer = train_step.make_trainer(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:devices]))
   with checkpoint.manager(trained) as checkpoints:
-    state, _, _ = checkpoint.restore_latest_state(checkpoints, trainer.abstract_state,
-                                                  model.as_model_config(cfg))
+    state, _, _ = checkpoint.restore_latest_state(
+      checkpoints, trainer.abstract_state, model.as_model_config(cfg)
+    )
     saved = checkpoints.restore(8).params  # as saved, in host memory
   assert int(state.step) == 8
   assert_trees_equal(state.params, saved)
@@ -307,6 +369,7 @@ def test_resuming_on_another_stream_is_refused(trained, tmp_path):
 
 
 # --------------------------------------------------------------------------- not damage
+
 
 def test_relative_workdir_trains_resumes_and_restores(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
@@ -367,6 +430,7 @@ def _chain(error: BaseException) -> list[BaseException]:
 def _raise(error: BaseException):
   def raising(*args, **kwargs):
     raise error
+
   return raising
 
 
@@ -377,19 +441,19 @@ async def _out_of_host_memory(*args, **kwargs):
 # What is done to a good run (step 8 or every step), and the error (or a cause of it) that must
 # come out: type and message pattern.
 OTHER_FAILURES = {
-    # A manager on a relative path (the workdir functions make theirs absolute).
-    "relative_path": (ValueError, "Checkpoint path should be absolute"),
-    # Step 8's largest params file, its params directory, its progress JSON: mode 000.
-    "unreadable_file": (ValueError, "PERMISSION_DENIED"),
-    "unreadable_item": (PermissionError, "Permission denied"),
-    "unreadable_json": (PermissionError, "Permission denied"),
-    # A config whose optimizer state has another structure (no gradient clipping).
-    "other_optimizer": (ValueError, "tree structures do not match"),
-    # Out of device memory putting the read arrays on devices; out of host memory reading them.
-    "device_oom": (jax.errors.JaxRuntimeError, "RESOURCE_EXHAUSTED: Out of memory"),
-    "host_oom": (MemoryError, ""),
-    # A bug in the restore.
-    "bug": (TypeError, "unexpected keyword argument"),
+  # A manager on a relative path (the workdir functions make theirs absolute).
+  "relative_path": (ValueError, "Checkpoint path should be absolute"),
+  # Step 8's largest params file, its params directory, its progress JSON: mode 000.
+  "unreadable_file": (ValueError, "PERMISSION_DENIED"),
+  "unreadable_item": (PermissionError, "Permission denied"),
+  "unreadable_json": (PermissionError, "Permission denied"),
+  # A config whose optimizer state has another structure (no gradient clipping).
+  "other_optimizer": (ValueError, "tree structures do not match"),
+  # Out of device memory putting the read arrays on devices; out of host memory reading them.
+  "device_oom": (jax.errors.JaxRuntimeError, "RESOURCE_EXHAUSTED: Out of memory"),
+  "host_oom": (MemoryError, ""),
+  # A bug in the restore.
+  "bug": (TypeError, "unexpected keyword argument"),
 }
 
 
@@ -405,17 +469,29 @@ def test_other_failures_set_nothing_aside_and_name_their_cause(own_copy, monkeyp
     checkpoints = ocp.CheckpointManager("run/checkpoints")
   else:
     checkpoints = checkpoint.manager(workdir, cfg.checkpoint)
-  unreadable = {"unreadable_file": _largest_params_file(step_8),
-                "unreadable_item": step_8 / "params",
-                "unreadable_json": step_8 / "progress" / "metadata"}.get(how)
+  unreadable = {
+    "unreadable_file": _largest_params_file(step_8),
+    "unreadable_item": step_8 / "params",
+    "unreadable_json": step_8 / "progress" / "metadata",
+  }.get(how)
   if unreadable:
     unreadable.chmod(0)
   injected = {
-      "device_oom": (jax, "device_put", _raise(jax.errors.JaxRuntimeError(
-          "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 16384 bytes."))),
-      "host_oom": (orbax_serialization, "_read_shard", _out_of_host_memory),
-      "bug": (ocp.StandardCheckpointHandler, "restore", _raise(TypeError(
-          "restore() got an unexpected keyword argument 'strict'"))),
+    "device_oom": (
+      jax,
+      "device_put",
+      _raise(
+        jax.errors.JaxRuntimeError(
+          "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 16384 bytes."
+        )
+      ),
+    ),
+    "host_oom": (orbax_serialization, "_read_shard", _out_of_host_memory),
+    "bug": (
+      ocp.StandardCheckpointHandler,
+      "restore",
+      _raise(TypeError("restore() got an unexpected keyword argument 'strict'")),
+    ),
   }.get(how)
   if injected:
     monkeypatch.setattr(*injected)
@@ -460,16 +536,34 @@ def test_a_failure_on_one_process_that_is_not_damage_is_not_damage_on_any(traine
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   # No inherited JAX_* settings; no proxies (gRPC would send the loopback coordinator through).
-  env = {k: v for k, v in os.environ.items()
-         if "proxy" not in k.lower() and not k.startswith("JAX_")}
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}")
+  env = {
+    k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("JAX_")
+  }
+  env.update(
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}",
+  )
   outs = [tmp_path / f"outcome{i}" for i in range(2)]
   with (tmp_path / "log").open("w") as log:
-    procs = [subprocess.Popen([sys.executable, "-c", _RESTORE_ON_TWO_PROCESSES, str(port), str(i),
-                               str(workdir), str(out)], env=env, cwd=REPO, stdout=log,
-                              stderr=subprocess.STDOUT)
-             for i, (workdir, out) in enumerate(zip([tmp_path / "damaged", trained], outs))]
+    procs = [
+      subprocess.Popen(
+        [
+          sys.executable,
+          "-c",
+          _RESTORE_ON_TWO_PROCESSES,
+          str(port),
+          str(i),
+          str(workdir),
+          str(out),
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+      )
+      for i, (workdir, out) in enumerate(zip([tmp_path / "damaged", trained], outs))
+    ]
     try:
       for proc in procs:
         proc.wait(timeout=180)
@@ -478,12 +572,13 @@ def test_a_failure_on_one_process_that_is_not_damage_is_not_damage_on_any(traine
         proc.kill()
   outcomes = [out.read_text() if out.exists() else None for out in outs]
   assert outcomes[0] is not None and outcomes[0].startswith(
-      "RuntimeError: another process failed to read checkpoint step 8"), (
-          outcomes, (tmp_path / "log").read_text()[-3000:])
+    "RuntimeError: another process failed to read checkpoint step 8"
+  ), (outcomes, (tmp_path / "log").read_text()[-3000:])
   assert outcomes[1] == "TypeError: a bug on process 1", outcomes
 
 
 # --------------------------------------------------------------------------- the handoff
+
 
 def test_pretraining_to_finetuning_handoff(trained, tmp_path):
   cfg = small_config("tiny_finetune", steps=1)
@@ -498,8 +593,11 @@ def test_pretraining_to_finetuning_handoff(trained, tmp_path):
   assert_trees_equal(finetuned, pretrained)
   with checkpoint.manager(tmp_path / "finetune") as checkpoints:
     restored = checkpoints.restore(1)
-  counts = [int(value) for path, value in jax.tree_util.tree_leaves_with_path(restored.opt_state)
-            if "count" in jax.tree_util.keystr(path)]
+  counts = [
+    int(value)
+    for path, value in jax.tree_util.tree_leaves_with_path(restored.opt_state)
+    if "count" in jax.tree_util.keystr(path)
+  ]
   assert counts and set(counts) == {1}  # a fresh optimizer: one step counted, not nine
   source = {"workdir": str(trained), "step": 8}
   assert restored.config["init_from"] == source
@@ -516,12 +614,14 @@ def test_pretraining_to_finetuning_handoff(trained, tmp_path):
   model_config, exported = hf_format.load_hf(tmp_path / "hf")
   assert_trees_equal(exported, finetuned)
   trainer = train_step.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
-  params, source = checkpoint.load_init(str(tmp_path / "hf"), model_config,
-                                        trainer.state_sharding.params)
+  params, source = checkpoint.load_init(
+    str(tmp_path / "hf"), model_config, trainer.state_sharding.params
+  )
   assert source == {"huggingface": str(tmp_path / "hf")}
   assert_trees_equal(params, exported)
-  params, source = checkpoint.load_init(str(trained / "checkpoints" / "4"), model_config,
-                                        trainer.state_sharding.params)
+  params, source = checkpoint.load_init(
+    str(trained / "checkpoints" / "4"), model_config, trainer.state_sharding.params
+  )
   assert source == {"workdir": str(trained), "step": 4}
   assert_trees_equal(params, checkpoint.restore_params(trained, 4)[1])
 
@@ -532,6 +632,7 @@ def test_pretraining_to_finetuning_handoff(trained, tmp_path):
 
 
 # --------------------------------------------------------------------------- non-finite steps
+
 
 def _diverging(trained: Path, workdir: Path, on_nonfinite: str, steps: int):
   """A copy of `trained` (8 steps) that goes on with LR 1e30: step 9's update is ~1e30 per weight
@@ -558,5 +659,7 @@ def test_nonfinite_steps_are_skipped_when_asked(trained, tmp_path):
   assert steps_in(workdir) == [2, 4, 6, 8, 9, 10, 11, 12]
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
   assert [(r["step"], r["nonfinite_steps"]) for r in records[-2:]] == [(10, 1), (12, 2)]
-  assert_trees_equal(checkpoint.restore_params(workdir, 12)[1],  # steps 10-12 changed nothing
-                     checkpoint.restore_params(workdir, 9)[1])
+  assert_trees_equal(
+    checkpoint.restore_params(workdir, 12)[1],  # steps 10-12 changed nothing
+    checkpoint.restore_params(workdir, 9)[1],
+  )

@@ -15,12 +15,23 @@ from ml_collections import config_dict, config_flags
 from phi_jax import configs
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-           PYTHONPATH=str(REPO))
-SMALL = ["--config.model.vocab_size=256", "--config.model.d_model=64", "--config.model.mlp_dim=128",
-         "--config.train.global_batch=8", "--config.train.seq_len=32", "--config.train.log_every=2",
-         "--config.optim.warmup_steps=2", "--config.checkpoint.every_steps=2",
-         "--config.logging.progress_bar=false"]
+ENV = dict(
+  os.environ,
+  JAX_PLATFORMS="cpu",
+  XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  PYTHONPATH=str(REPO),
+)
+SMALL = [
+  "--config.model.vocab_size=256",
+  "--config.model.d_model=64",
+  "--config.model.mlp_dim=128",
+  "--config.train.global_batch=8",
+  "--config.train.seq_len=32",
+  "--config.train.log_every=2",
+  "--config.optim.warmup_steps=2",
+  "--config.checkpoint.every_steps=2",
+  "--config.logging.progress_bar=false",
+]
 
 
 def _leaves(cfg, prefix=""):
@@ -50,8 +61,9 @@ def _another_value(field, value):
 
 def test_every_field_of_the_base_config_is_a_command_line_flag(tmp_path, monkeypatch):
   config_file = tmp_path / "base_config.py"
-  config_file.write_text("from phi_jax import configs\n\n\ndef get_config():\n"
-                         "  return configs.base()\n")
+  config_file.write_text(
+    "from phi_jax import configs\n\n\ndef get_config():\n  return configs.base()\n"
+  )
   expected, argv = {}, ["prog", f"--config={config_file}"]
   for field, value in _leaves(configs.base()):
     text, expected[field] = _another_value(field, value)
@@ -71,8 +83,9 @@ def test_every_field_of_the_base_config_is_a_command_line_flag(tmp_path, monkeyp
 
 
 def _run(args, cwd, timeout=300):
-  return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd,
-                        env=ENV, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=timeout
+  )
 
 
 def _last_line(result):
@@ -80,38 +93,67 @@ def _last_line(result):
 
 
 def test_a_wrong_flag_value_is_named_on_the_last_line(tmp_path):
-  result = _run(["phi_jax.train", f"--config={REPO / 'configs' / 'tiny.py'}", "--workdir=w",
-                 "--config.optim.learning_rate=abc"], cwd=tmp_path)
+  result = _run(
+    [
+      "phi_jax.train",
+      f"--config={REPO / 'configs' / 'tiny.py'}",
+      "--workdir=w",
+      "--config.optim.learning_rate=abc",
+    ],
+    cwd=tmp_path,
+  )
   assert result.returncode == 2
   last = _last_line(result)
   assert "--config.optim.learning_rate=abc" in last and "Pass --helpshort" not in last
   assert not (tmp_path / "w").exists()
 
-  result = _run(["phi_jax.train", f"--config={REPO / 'configs' / 'tiny.py'}", "--workdir=w",
-                 "--config.train.stesp=5"], cwd=tmp_path)
+  result = _run(
+    [
+      "phi_jax.train",
+      f"--config={REPO / 'configs' / 'tiny.py'}",
+      "--workdir=w",
+      "--config.train.stesp=5",
+    ],
+    cwd=tmp_path,
+  )
   assert result.returncode == 2 and "steps" in _last_line(result)
 
 
 def test_the_trainer_takes_relative_workdirs_and_records_them_absolute(tmp_path):
   config = f"--config={REPO / 'configs' / 'tiny.py'}"
-  first = _run(["phi_jax.train", config, "--workdir=runs/first", "--config.train.steps=4",
-                *SMALL], cwd=tmp_path)
+  first = _run(
+    ["phi_jax.train", config, "--workdir=runs/first", "--config.train.steps=4", *SMALL],
+    cwd=tmp_path,
+  )
   assert first.returncode == 0, first.stderr[-3000:]
   workdir = tmp_path / "runs" / "first"
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
 
   # resumed from its own checkpoint, by the same relative path
-  resumed = _run(["phi_jax.train", config, "--workdir=runs/first", "--config.train.steps=6",
-                  *SMALL], cwd=tmp_path)
+  resumed = _run(
+    ["phi_jax.train", config, "--workdir=runs/first", "--config.train.steps=6", *SMALL],
+    cwd=tmp_path,
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   run_json = json.loads((workdir / "run.json").read_text())
   assert [r["step"] for r in run_json["resumes"]] == [4]
-  assert not list(workdir.rglob("*.orbax-checkpoint-tmp")) and not (
-      workdir / "checkpoints_corrupt").exists()
+  assert (
+    not list(workdir.rglob("*.orbax-checkpoint-tmp"))
+    and not (workdir / "checkpoints_corrupt").exists()
+  )
 
   # params from a relative workdir; the record names it absolute
-  second = _run(["phi_jax.train", config, "--workdir=runs/second", "--config.train.steps=2",
-                 "--config.train.init_from=runs/first", *SMALL], cwd=tmp_path)
+  second = _run(
+    [
+      "phi_jax.train",
+      config,
+      "--workdir=runs/second",
+      "--config.train.steps=2",
+      "--config.train.init_from=runs/first",
+      *SMALL,
+    ],
+    cwd=tmp_path,
+  )
   assert second.returncode == 0, second.stderr[-3000:]
   run_json = json.loads((tmp_path / "runs" / "second" / "run.json").read_text())
   assert run_json["init_from"] == {"workdir": str(workdir), "step": 6}
@@ -119,18 +161,30 @@ def test_the_trainer_takes_relative_workdirs_and_records_them_absolute(tmp_path)
 
 
 def test_missing_paths_are_named_as_missing(tmp_path):
-  result = _run(["phi_jax.generate", "--checkpoint=nothing/here", "--prompt=def f():"],
-                cwd=tmp_path)
+  result = _run(
+    ["phi_jax.generate", "--checkpoint=nothing/here", "--prompt=def f():"], cwd=tmp_path
+  )
   assert result.returncode == 1
-  assert _last_line(result).endswith(f"--checkpoint: {tmp_path / 'nothing' / 'here'} does not "
-                                     "exist")
+  assert _last_line(result).endswith(
+    f"--checkpoint: {tmp_path / 'nothing' / 'here'} does not exist"
+  )
 
   result = _run(["phi_jax.evaluate", "--benchmark=humaneval", "--samples=no.jsonl"], cwd=tmp_path)
   assert result.returncode == 1 and _last_line(result).endswith(
-      f"samples file: {tmp_path / 'no.jsonl'} does not exist")
+    f"samples file: {tmp_path / 'no.jsonl'} does not exist"
+  )
 
-  result = _run(["phi_jax.train", f"--config={REPO / 'configs' / 'tiny.py'}", "--workdir=w",
-                 "--config.data.source=seqio", "--config.data.dir=built", *SMALL], cwd=tmp_path)
+  result = _run(
+    [
+      "phi_jax.train",
+      f"--config={REPO / 'configs' / 'tiny.py'}",
+      "--workdir=w",
+      "--config.data.source=seqio",
+      "--config.data.dir=built",
+      *SMALL,
+    ],
+    cwd=tmp_path,
+  )
   assert result.returncode == 1
   assert f"data.dir={tmp_path / 'built'} does not exist" in _last_line(result)
 

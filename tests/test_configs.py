@@ -69,10 +69,20 @@ def test_unknown_model_key_is_named():
 def test_cli_override_typo_is_rejected_before_any_work(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   result = subprocess.run(
-      [sys.executable, "-m", "phi_jax.train", "--config=configs/tiny.py",
-       f"--workdir={tmp_path}", "--config.train.stesp=5"],
-      capture_output=True, text=True, env=env, timeout=300,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    [
+      sys.executable,
+      "-m",
+      "phi_jax.train",
+      "--config=configs/tiny.py",
+      f"--workdir={tmp_path}",
+      "--config.train.stesp=5",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   assert result.returncode != 0
   assert 'Did you mean "steps"' in result.stderr
   assert not list(tmp_path.iterdir())  # nothing was written
@@ -80,6 +90,7 @@ def test_cli_override_typo_is_rejected_before_any_work(tmp_path):
 
 def test_trainer_checks_the_config_before_compiling(tmp_path):
   from phi_jax import train
+
   cfg = configs.get("tiny")
   cfg.train.global_batch = 12
   cfg.mesh.update(data=8, fsdp=1, tensor=1)

@@ -21,11 +21,26 @@ from phi_jax import checkpoint, hf_format, model  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 SHAPES = {
-    "phi1_like": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4),
-    "gqa_qk_norm": dict(hidden_size=96, intermediate_size=160, num_hidden_layers=2, num_attention_heads=6,
-                        num_key_value_heads=2, qk_layernorm=True),
-    "full_rotary": dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=3,
-                        partial_rotary_factor=1.0, rope_theta=500.0, hidden_act="gelu"),
+  "phi1_like": dict(
+    hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4
+  ),
+  "gqa_qk_norm": dict(
+    hidden_size=96,
+    intermediate_size=160,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    qk_layernorm=True,
+  ),
+  "full_rotary": dict(
+    hidden_size=48,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    partial_rotary_factor=1.0,
+    rope_theta=500.0,
+    hidden_act="gelu",
+  ),
 }
 
 
@@ -105,12 +120,20 @@ def _write_legacy(hf_model, path, model_type):
   state = {k: v.numpy() for k, v in hf_model.state_dict().items()}
   n = c.num_hidden_layers
   if model_type == "phi-msft":
-    names = {"embed": "transformer.embd.wte", "final": "lm_head.ln", "head": "lm_head.linear",
-             "block": lambda i: f"transformer.h.{i}"}
+    names = {
+      "embed": "transformer.embd.wte",
+      "final": "lm_head.ln",
+      "head": "lm_head.linear",
+      "block": lambda i: f"transformer.h.{i}",
+    }
     arch = "PhiForCausalLM"
   else:
-    names = {"embed": "layers.0.wte", "final": f"layers.{n + 1}.ln", "head": f"layers.{n + 1}.linear",
-             "block": lambda i: f"layers.{i + 1}"}
+    names = {
+      "embed": "layers.0.wte",
+      "final": f"layers.{n + 1}.ln",
+      "head": f"layers.{n + 1}.linear",
+      "block": lambda i: f"layers.{i + 1}",
+    }
     arch = "MixFormerSequentialForCausalLM"
   out = {f"{names['embed']}.weight": state["model.embed_tokens.weight"]}
   for part in ("weight", "bias"):
@@ -120,16 +143,26 @@ def _write_legacy(hf_model, path, model_type):
       src, dst = f"model.layers.{i}.", names["block"](i) + "."
       out[dst + f"ln.{part}"] = state[src + f"input_layernorm.{part}"]
       out[dst + f"mixer.Wqkv.{part}"] = np.concatenate(
-          [state[src + f"self_attn.{p}_proj.{part}"] for p in "qkv"], axis=0)
+        [state[src + f"self_attn.{p}_proj.{part}"] for p in "qkv"], axis=0
+      )
       out[dst + f"mixer.out_proj.{part}"] = state[src + f"self_attn.dense.{part}"]
       out[dst + f"mlp.fc1.{part}"] = state[src + f"mlp.fc1.{part}"]
       out[dst + f"mlp.fc2.{part}"] = state[src + f"mlp.fc2.{part}"]
   path.mkdir()
   safetensors.numpy.save_file(out, path / "model.safetensors")
-  legacy_config = {"model_type": model_type, "architectures": [arch], "vocab_size": c.vocab_size,
-                   "n_embd": c.hidden_size, "n_head": c.num_attention_heads, "n_layer": n,
-                   "n_inner": c.intermediate_size, "rotary_dim": 8, "n_positions": 128,
-                   "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new"}
+  legacy_config = {
+    "model_type": model_type,
+    "architectures": [arch],
+    "vocab_size": c.vocab_size,
+    "n_embd": c.hidden_size,
+    "n_head": c.num_attention_heads,
+    "n_layer": n,
+    "n_inner": c.intermediate_size,
+    "rotary_dim": 8,
+    "n_positions": 128,
+    "layer_norm_epsilon": 1e-5,
+    "activation_function": "gelu_new",
+  }
   (path / "config.json").write_text(json.dumps(legacy_config))
 
 
@@ -139,7 +172,10 @@ def test_legacy_fused_wqkv_layouts(tmp_path, model_type):
   _write_legacy(hf_model, tmp_path / "legacy", model_type)
   config, params = hf_format.load_hf(tmp_path / "legacy")
   tokens = _tokens(2, 21)
-  assert np.abs(np.asarray(model.forward(config, params, tokens)) - _hf_logits(hf_model, tokens)).max() <= 1e-4
+  assert (
+    np.abs(np.asarray(model.forward(config, params, tokens)) - _hf_logits(hf_model, tokens)).max()
+    <= 1e-4
+  )
 
 
 def test_broken_checkpoints_name_the_key_and_shape(tmp_path):
@@ -161,16 +197,20 @@ def test_broken_checkpoints_name_the_key_and_shape(tmp_path):
     del t["model.layers.1.mlp.fc2.bias"]
     return t
 
-  with pytest.raises(hf_format.CheckpointError,
-                     match=r"missing key 'model.layers.1.mlp.fc2.bias' \(expected shape \(64,\)\)"):
+  with pytest.raises(
+    hf_format.CheckpointError,
+    match=r"missing key 'model.layers.1.mlp.fc2.bias' \(expected shape \(64,\)\)",
+  ):
     hf_format.load_hf(variant("missing", drop))
 
   def reshape(t):
     t["model.layers.2.self_attn.q_proj.weight"] = t["model.layers.2.self_attn.q_proj.weight"][:32]
     return t
 
-  with pytest.raises(hf_format.CheckpointError,
-                     match=r"'model.layers.2.self_attn.q_proj.weight' has shape \(32, 64\), expected \(64, 64\)"):
+  with pytest.raises(
+    hf_format.CheckpointError,
+    match=r"'model.layers.2.self_attn.q_proj.weight' has shape \(32, 64\), expected \(64, 64\)",
+  ):
     hf_format.load_hf(variant("shape", reshape))
 
   with pytest.raises(hf_format.CheckpointError, match="unknown architecture: model_type='llama'"):
@@ -180,7 +220,9 @@ def test_broken_checkpoints_name_the_key_and_shape(tmp_path):
     t["model.layers.9.mlp.fc1.bias"] = t["model.layers.0.mlp.fc1.bias"]
     return t
 
-  with pytest.raises(hf_format.CheckpointError, match="unexpected keys.*model.layers.9.mlp.fc1.bias"):
+  with pytest.raises(
+    hf_format.CheckpointError, match="unexpected keys.*model.layers.9.mlp.fc1.bias"
+  ):
     hf_format.load_hf(variant("extra", extra))
 
   (tmp_path / "empty").mkdir()
@@ -208,10 +250,20 @@ def _saved(tmp_path):
 
 
 def _convert(args, cwd):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             PYTHONPATH=str(REPO))
-  return subprocess.run([sys.executable, "-m", "phi_jax.convert", *args], capture_output=True,
-                        text=True, cwd=cwd, env=env, timeout=300)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    PYTHONPATH=str(REPO),
+  )
+  return subprocess.run(
+    [sys.executable, "-m", "phi_jax.convert", *args],
+    capture_output=True,
+    text=True,
+    cwd=cwd,
+    env=env,
+    timeout=300,
+  )
 
 
 def test_cli_round_trip_through_orbax_with_relative_paths(tmp_path):
@@ -228,12 +280,15 @@ def test_cli_round_trip_through_orbax_with_relative_paths(tmp_path):
     assert np.array_equal(back[name], tensor), name
 
 
-@pytest.mark.parametrize("args, named", [
+@pytest.mark.parametrize(
+  "args, named",
+  [
     (["hf_to_orbx", "--hf_dir=src", "--out=run"], "unknown command 'hf_to_orbx'"),
     (["--hf_dir=src", "--out=run"], "no command given"),
     (["orbax_to_hf", "--out=back"], "orbax_to_hf needs --workdir"),
     (["hf_to_orbax", "--hf_dir=src", "--out=run", "--step=3"], "hf_to_orbax takes no --step"),
-])
+  ],
+)
 def test_cli_usage_errors_exit_2_naming_the_mistake(tmp_path, args, named):
   result = _convert(args, cwd=tmp_path)
   assert result.returncode == 2

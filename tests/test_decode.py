@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phi_jax import configs
-from phi_jax import decode
+from phi_jax import configs, decode
 from phi_jax import model as model_lib
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], list(range(20, 57))]  # 37 tokens: spans two buckets of 16
@@ -30,11 +29,11 @@ def _full_forward_greedy(config, params, prompt, steps):
   right-padded in a fixed buffer (one compile): causal attention ignores what follows."""
   forward = jax.jit(lambda p, t: model_lib.forward(config, p, t))
   buffer = np.zeros((1, 64), np.int32)
-  buffer[0, :len(prompt)] = prompt
+  buffer[0, : len(prompt)] = prompt
   for length in range(len(prompt), len(prompt) + steps):
     logits = forward(params, jnp.asarray(buffer))
     buffer[0, length] = int(jnp.argmax(logits[0, length - 1]))
-  return buffer[0, len(prompt):len(prompt) + steps].tolist()
+  return buffer[0, len(prompt) : len(prompt) + steps].tolist()
 
 
 def _sampling(**overrides):
@@ -62,7 +61,7 @@ def test_cached_logits_match_the_full_forward(tiny):
   first, cache = cached(params, padded, cache)
   steps = [first[:, 4:]]
   for i in range(12, 20):
-    logits, cache = cached(params, tokens[:, i:i + 1], cache)
+    logits, cache = cached(params, tokens[:, i : i + 1], cache)
     steps.append(logits)
   np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4)
 
@@ -73,10 +72,11 @@ def test_end_of_text_and_stop_callbacks_end_rows(tiny):
   eos = greedy[0][3]  # the 4th token of row 0 becomes end-of-text
   cut = decode.Decoder(config, params, _sampling(eos_id=eos)).generate(PROMPTS)
   for full, got in zip(greedy, cut):
-    assert got == (full[:full.index(eos)] if eos in full else full)
+    assert got == (full[: full.index(eos)] if eos in full else full)
   # Stop checks run between chunks of 5 tokens: row 1 ends after its first chunk.
   stopped = decode.Decoder(config, params, _sampling()).generate(
-      PROMPTS, stop=lambda row, new: row == 1 and len(new) >= 4)
+    PROMPTS, stop=lambda row, new: row == 1 and len(new) >= 4
+  )
   assert stopped[1] == greedy[1][:5] and stopped[0] == greedy[0] and stopped[2] == greedy[2]
 
 
@@ -93,9 +93,11 @@ def test_sampling_filters(tiny):
 
   logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 4000))
   keys = jax.random.split(jax.random.key(0), 1)[0]
+
   def draws(**kw):
     knobs = decode.sampling_knobs(dataclasses.replace(_sampling(temperature=1.0), **kw))
     return np.bincount(np.asarray(decode.sample_logits(logits, keys, knobs)), minlength=4)
+
   assert draws(top_k=2)[2:].sum() == 0 and draws(top_k=2)[1] > 1000
   top_p = draws(top_p=0.7)  # 0.5 + 0.3 reaches 0.7: two tokens stay
   assert top_p[2:].sum() == 0 and top_p[1] > 1000
@@ -124,6 +126,7 @@ def test_generate_text_cuts_at_stop_strings(tiny):
 
 def test_generate_text_keeps_the_end_of_a_prompt_longer_than_the_context(tiny):
   import dataclasses
+
   config, params = tiny
   short = dataclasses.replace(config, max_len=64)  # rotary: the same params serve any max_len
   decoder = decode.Decoder(short, params, _sampling())  # room for 64 - NEW -> 48 prompt tokens

@@ -13,11 +13,29 @@ from data_pipeline import sources
 from data_pipeline.words import code_words
 
 # Ordinary stdlib modules whose exercises are no benchmark's solutions.
-STDLIB_MODULES = ["textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "string.py",
-                  "json/encoder.py", "json/decoder.py", "csv.py", "difflib.py", "heapq.py",
-                  "bisect.py", "statistics.py", "colorsys.py", "calendar.py", "random.py",
-                  "base64.py", "quopri.py", "gettext.py", "ntpath.py", "posixpath.py",
-                  "fractions.py"]
+STDLIB_MODULES = [
+  "textwrap.py",
+  "shlex.py",
+  "fnmatch.py",
+  "glob.py",
+  "string.py",
+  "json/encoder.py",
+  "json/decoder.py",
+  "csv.py",
+  "difflib.py",
+  "heapq.py",
+  "bisect.py",
+  "statistics.py",
+  "colorsys.py",
+  "calendar.py",
+  "random.py",
+  "base64.py",
+  "quopri.py",
+  "gettext.py",
+  "ntpath.py",
+  "posixpath.py",
+  "fractions.py",
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +81,18 @@ def exercise_doc(doc_id: str, code: str) -> dict:
   tree = ast.parse(code)
   fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef))
   lines = code.splitlines(keepends=True)
-  prompt, solution = "".join(lines[:fn.body[0].end_lineno]), "".join(lines[fn.body[0].end_lineno:])
-  return {"id": doc_id, "kind": "exercise", "source": f"test:{doc_id}", "text": prompt + solution,
-          "prompt": prompt, "solution": solution}
+  prompt, solution = (
+    "".join(lines[: fn.body[0].end_lineno]),
+    "".join(lines[fn.body[0].end_lineno :]),
+  )
+  return {
+    "id": doc_id,
+    "kind": "exercise",
+    "source": f"test:{doc_id}",
+    "text": prompt + solution,
+    "prompt": prompt,
+    "solution": solution,
+  }
 
 
 class Rename(ast.NodeTransformer):
@@ -156,13 +183,24 @@ def test_ngram_rule_details(problems, index):
   # 12 words are not enough, and with ngram=8 they are
   twelve = " ".join(quote.split()[:12])
   assert dc.contamination(code_doc("prose", twelve), index, cfg) is None
-  small = dc.ReferenceIndex([{"benchmark": "humaneval", "task_id": "HumanEval/0", "text":
-                              problems["HumanEval/0"]["prompt"], "code": ""}], ngram=8)
+  small = dc.ReferenceIndex(
+    [
+      {
+        "benchmark": "humaneval",
+        "task_id": "HumanEval/0",
+        "text": problems["HumanEval/0"]["prompt"],
+        "code": "",
+      }
+    ],
+    ngram=8,
+  )
   assert dc.contamination(code_doc("prose", twelve), small, dc.make_config(cfg, ngram=8))
   # runs of numbers or single letters are data, not benchmark text
   digits = " ".join(str(i) for i in range(40)) + "\n" + " ".join("abcdefghijklmnopqrstuvwxyz")
   assert dc.contamination(code_doc("data", digits), index, cfg) is None
-  assert dc.contamination(code_doc("off", f"# {quote}\n"), index, dc.make_config(cfg, ngram=0)) is None
+  assert (
+    dc.contamination(code_doc("off", f"# {quote}\n"), index, dc.make_config(cfg, ngram=0)) is None
+  )
 
 
 @pytest.mark.parametrize("task", ["HumanEval/0", "HumanEval/12", "HumanEval/129"])
@@ -171,27 +209,33 @@ def test_renamed_humaneval_exercise_is_removed_by_ast(task, problems, index):
   copy = exercise_doc("copy", renamed(p["prompt"] + p["canonical_solution"]))
   assert "q0" in copy["text"] and p["entry_point"] not in copy["text"]
   words = code_words(copy["text"])
-  assert index.ngram_hit(words) is None      # the n-gram rule cannot see it
+  assert index.ngram_hit(words) is None  # the n-gram rule cannot see it
   hit = dc.contamination(copy, index, dc.DecontaminationConfig(tau=0.95))
   assert hit == {"rule": "ast", "benchmark": "humaneval", "task_id": task, "match_rate": 1.0}
   # the same code as a non-exercise document is only checked with ast_scope="all"
   as_code = dict(copy, kind="code")
   assert dc.contamination(as_code, index, dc.DecontaminationConfig()) is None
-  assert dc.contamination(as_code, index, dc.DecontaminationConfig(ast_scope="all"))["rule"] == "ast"
+  assert (
+    dc.contamination(as_code, index, dc.DecontaminationConfig(ast_scope="all"))["rule"] == "ast"
+  )
   assert dc.contamination(copy, index, dc.DecontaminationConfig(ast_scope="none")) is None
 
 
 def test_ast_tau_decides_for_an_edited_copy(problems, index):
   p = problems["HumanEval/0"]
-  code = renamed(p["prompt"] + p["canonical_solution"].replace(
-      "abs(elem - elem2)", "max(elem - elem2, elem2 - elem)"))
+  code = renamed(
+    p["prompt"]
+    + p["canonical_solution"].replace("abs(elem - elem2)", "max(elem - elem2, elem2 - elem)")
+  )
   edited = exercise_doc("edited", code)
   (seq,) = dc.function_sequences(edited["text"])
   (ref,) = dc.function_sequences(p["prompt"] + p["canonical_solution"])
   rate = dc.match_rate(seq, ref)
   assert 0.85 <= rate < 0.9
-  removed = {tau: dc.contamination(edited, index, dc.DecontaminationConfig(tau=tau)) is not None
-             for tau in (0.95, 0.9, 0.85, 0.8)}
+  removed = {
+    tau: dc.contamination(edited, index, dc.DecontaminationConfig(tau=tau)) is not None
+    for tau in (0.95, 0.9, 0.85, 0.8)
+  }
   assert removed == {0.95: False, 0.9: False, 0.85: True, 0.8: True}
 
 
@@ -204,7 +248,7 @@ def test_ast_sequence_normalisation():
   assert dc.match_rate(a[0], c[0]) == pytest.approx(1 - 1 / len(a[0]))
   assert dc.function_sequences("not python (") == []
   nested = dc.function_sequences("class A:\n  def m(self):\n    def inner():\n      return 1\n")
-  assert len(nested) == 2 and nested[1] == nested[0][-len(nested[1]):]
+  assert len(nested) == 2 and nested[1] == nested[0][-len(nested[1]) :]
 
 
 def test_index_bounds_agree_with_brute_force(index, stdlib_docs):
@@ -250,25 +294,35 @@ def mixed_corpus(problems, mbpp_rows, stdlib_docs):
   host = next(d for d in stdlib_docs if d["source"] == "stdlib:textwrap.py")["text"]
   he = problems["HumanEval/0"]
   return stdlib_docs + [
-      code_doc("planted-humaneval", plant(host, "def helper(*args):\n" + he["canonical_solution"])),
-      code_doc("planted-mbpp", plant(host, mbpp_rows[20]["code"])),
-      exercise_doc("renamed-humaneval", renamed(problems["HumanEval/12"]["prompt"]
-                                                + problems["HumanEval/12"]["canonical_solution"])),
+    code_doc("planted-humaneval", plant(host, "def helper(*args):\n" + he["canonical_solution"])),
+    code_doc("planted-mbpp", plant(host, mbpp_rows[20]["code"])),
+    exercise_doc(
+      "renamed-humaneval",
+      renamed(problems["HumanEval/12"]["prompt"] + problems["HumanEval/12"]["canonical_solution"]),
+    ),
   ]
 
 
-EXPECTED_COUNTERS = {"ngram_overlap_removed": 2, "ngram_overlap_removed_humaneval": 1,
-                     "ngram_overlap_removed_mbpp": 1, "ast_match_removed": 1,
-                     "ast_match_removed_humaneval": 1}
+EXPECTED_COUNTERS = {
+  "ngram_overlap_removed": 2,
+  "ngram_overlap_removed_humaneval": 1,
+  "ngram_overlap_removed_mbpp": 1,
+  "ast_match_removed": 1,
+  "ast_match_removed_humaneval": 1,
+}
 
 
 def test_beam_matches_pure_and_counts(mixed_corpus, references, beam_run):
   kept, removed, stats = dc.decontaminate(mixed_corpus, references, tau=0.95)
-  assert sorted(d["id"] for d in removed) == ["planted-humaneval", "planted-mbpp",
-                                              "renamed-humaneval"]
+  assert sorted(d["id"] for d in removed) == [
+    "planted-humaneval",
+    "planted-mbpp",
+    "renamed-humaneval",
+  ]
   assert {k: v for k, v in stats.items() if v} == EXPECTED_COUNTERS
   (out, out_removed), counters = beam_run(
-      mixed_corpus, dc.Decontaminate(references, ngram=13, tau=0.95, with_removed=True))
+    mixed_corpus, dc.Decontaminate(references, ngram=13, tau=0.95, with_removed=True)
+  )
   by_id = lambda docs: sorted(docs, key=lambda d: d["id"])  # noqa: E731
   assert by_id(out) == by_id(kept)
   assert by_id(out_removed) == by_id(removed)
@@ -288,7 +342,8 @@ class _WithSideInput(beam.PTransform):
 def test_beam_references_as_side_input(mixed_corpus, references, beam_run):
   out, counters = beam_run(mixed_corpus, _WithSideInput(references))
   assert sorted(d["id"] for d in out) == sorted(
-      d["id"] for d in dc.decontaminate(mixed_corpus, references)[0])
+    d["id"] for d in dc.decontaminate(mixed_corpus, references)[0]
+  )
   assert counters == EXPECTED_COUNTERS
 
 

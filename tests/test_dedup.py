@@ -46,18 +46,21 @@ def corpus():
   base = [doc(f"doc-{i:03d}", synthetic_code(rng)) for i in range(12)]
   texts = {d["id"]: d["text"] for d in base}
   extra = [
-      # exact copies: the smallest id of each group is the one kept
-      doc("a-copy-of-005", texts["doc-005"]),          # sorts before doc-005: doc-005 goes
-      doc("zz-copy-of-006", texts["doc-006"]),         # doc-006 stays
-      doc("zz-copy2-of-006", texts["doc-006"], kind="textbook"),
-      # near copies: 3 words of 400 renamed (Jaccard ~0.93); the larger id goes
-      doc("zz-near-001", replace_words(texts["doc-001"], [10, 150, 300], "edit")),
-      doc("a-near-002", replace_words(texts["doc-002"], [5, 160, 310], "edit")),  # doc-002 goes
-      # a document sharing 50 of doc-003's 80 lines (Jaccard ~0.45) is a different one: kept
-      doc("zz-partial-003", "".join(texts["doc-003"].splitlines(keepends=True)[:50])
-          + synthetic_code(random.Random(99), 30)),
-      # no words at all: never a near duplicate
-      doc("zz-punctuation", "()[]{}\n"),
+    # exact copies: the smallest id of each group is the one kept
+    doc("a-copy-of-005", texts["doc-005"]),  # sorts before doc-005: doc-005 goes
+    doc("zz-copy-of-006", texts["doc-006"]),  # doc-006 stays
+    doc("zz-copy2-of-006", texts["doc-006"], kind="textbook"),
+    # near copies: 3 words of 400 renamed (Jaccard ~0.93); the larger id goes
+    doc("zz-near-001", replace_words(texts["doc-001"], [10, 150, 300], "edit")),
+    doc("a-near-002", replace_words(texts["doc-002"], [5, 160, 310], "edit")),  # doc-002 goes
+    # a document sharing 50 of doc-003's 80 lines (Jaccard ~0.45) is a different one: kept
+    doc(
+      "zz-partial-003",
+      "".join(texts["doc-003"].splitlines(keepends=True)[:50])
+      + synthetic_code(random.Random(99), 30),
+    ),
+    # no words at all: never a near duplicate
+    doc("zz-punctuation", "()[]{}\n"),
   ]
   return base + extra
 
@@ -85,12 +88,12 @@ def test_pure_removes_exact_and_near_duplicates(corpus):
 
 
 def test_threshold_and_exact_only_modes(corpus):
-  kept, stats = dedup.deduplicate(corpus, threshold=0.99)   # the near copies are ~0.9 similar
+  kept, stats = dedup.deduplicate(corpus, threshold=0.99)  # the near copies are ~0.9 similar
   assert stats == {"exact_duplicates_removed": 3, "near_duplicates_removed": 0}
   assert {"zz-near-001", "a-near-002", "doc-002"} <= {d["id"] for d in kept}
   _, stats = dedup.deduplicate(corpus, near=False)
   assert stats["near_duplicates_removed"] == 0
-  _, stats = dedup.deduplicate(corpus, threshold=0.3)       # now the partial copy goes too
+  _, stats = dedup.deduplicate(corpus, threshold=0.3)  # now the partial copy goes too
   assert stats["near_duplicates_removed"] == 3
 
 
@@ -144,6 +147,7 @@ def test_beam_matches_pure_and_counts(corpus, beam_run):
 def test_beam_assert_that_exact_only(corpus):
   import apache_beam as beam
   from apache_beam.testing.util import assert_that, equal_to
+
   expected = sorted(d["id"] for d in dedup.deduplicate(corpus, near=False)[0])
   assert "zz-near-001" in expected and "doc-005" not in expected
   with beam.Pipeline(runner="DirectRunner") as p:

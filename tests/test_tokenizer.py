@@ -5,40 +5,38 @@ import json
 import os
 import pickle
 
-import numpy as np
 import pytest
-import seqio
 import sentencepiece as spm
+import seqio
 import tensorflow as tf
 from sentencepiece import sentencepiece_model_pb2
 
 from data_pipeline import sources
-from phi_jax import files
 from data_pipeline import tokenizer as tok
-from phi_jax import vocabularies
+from phi_jax import files, vocabularies
 
 VOCAB_SIZE = 1024
 TRAIN_CHARS = 400_000
 STRIDE = 9  # training files: every 9th stdlib file; held-out files: an offset of that grid
 
 EDGE_CASES = [
-    "",
-    "\n",
-    "\n\n\n",
-    "    ",
-    "x = 1   \n",                                   # trailing spaces
-    "\tif x:\n\t\treturn x\n",                        # tabs
-    "def f():\r\n    return 1\r\n",                   # CRLF
-    "a\rb\r\r\n",                                     # lone CR
-    "   leading\n\n\n    \n\ttrailing\t \n",          # blank and whitespace-only lines
-    "  a  b   c    d     e      f       g        h",
-    "π = 3.14159\nnaïve_ünïcode_名前 = 'Grüße, мир, 世界'\n",  # unicode identifiers/strings
-    "print('emoji 😀🐍👩‍👩‍👧 ✓')\n",                      # 4-byte chars, ZWJ sequence
-    "ﬁ ½ Ａ \u3000 e\u0301 \ufeffbom \u200b\n",           # NFKC would change every one of these
-    "nul\x00 bell\x07 esc\x1b del\x7f\n",
-    "x" * 20_000 + "\n" + " " * 300 + "y\n",            # long line, long whitespace run
-    "s = '<|endoftext|>'\n# <|endoftext|> in a comment\n<|endoftext|>",
-    "<pad> <unk> <s> </s> <0x41> ▁▁\u2581",            # piece-like text (U+2581 checked below)
+  "",
+  "\n",
+  "\n\n\n",
+  "    ",
+  "x = 1   \n",  # trailing spaces
+  "\tif x:\n\t\treturn x\n",  # tabs
+  "def f():\r\n    return 1\r\n",  # CRLF
+  "a\rb\r\r\n",  # lone CR
+  "   leading\n\n\n    \n\ttrailing\t \n",  # blank and whitespace-only lines
+  "  a  b   c    d     e      f       g        h",
+  "π = 3.14159\nnaïve_ünïcode_名前 = 'Grüße, мир, 世界'\n",  # unicode identifiers/strings
+  "print('emoji 😀🐍👩‍👩‍👧 ✓')\n",  # 4-byte chars, ZWJ sequence
+  "ﬁ ½ Ａ \u3000 e\u0301 \ufeffbom \u200b\n",  # NFKC would change every one of these
+  "nul\x00 bell\x07 esc\x1b del\x7f\n",
+  "x" * 20_000 + "\n" + " " * 300 + "y\n",  # long line, long whitespace run
+  "s = '<|endoftext|>'\n# <|endoftext|> in a comment\n<|endoftext|>",
+  "<pad> <unk> <s> </s> <0x41> ▁▁\u2581",  # piece-like text (U+2581 checked below)
 ]
 
 
@@ -72,8 +70,9 @@ def corpus():
 @pytest.fixture(scope="module")
 def model_path(corpus, tmp_path_factory):
   out = tmp_path_factory.mktemp("spm")
-  return tok.train_sentencepiece(corpus["train"], out, vocab_size=VOCAB_SIZE,
-                                 max_chars=TRAIN_CHARS, seed=0)
+  return tok.train_sentencepiece(
+    corpus["train"], out, vocab_size=VOCAB_SIZE, max_chars=TRAIN_CHARS, seed=0
+  )
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +94,7 @@ def _assert_round_trips(vocab, texts):
 
 # ---------------------------------------------------------------------------------------------
 # The trained SentencePiece model
+
 
 def test_model_file_and_metadata(model_path):
   assert model_path.name == "tokenizer.model"
@@ -168,7 +168,9 @@ def test_end_of_text(vocab):
   assert vocab.decode([vocabularies.EOT_ID]) == ""
   # The pipeline separates documents by the id; decoding stops at the first one.
   a, b = "def a():\n    pass\n", "def b():\n    pass\n"
-  stream = vocab.encode(a) + [vocabularies.eot_id(vocab)] + vocab.encode(b) + [vocabularies.eot_id(vocab)]
+  stream = (
+    vocab.encode(a) + [vocabularies.eot_id(vocab)] + vocab.encode(b) + [vocabularies.eot_id(vocab)]
+  )
   assert stream.count(vocabularies.EOT_ID) == 2
   assert vocab.decode(stream) == a
   assert vocab.tokenizer.decode(stream) == a + b  # the raw processor drops the control piece
@@ -193,6 +195,7 @@ def test_tf_matches_python(vocab, corpus):
 # ---------------------------------------------------------------------------------------------
 # Training behaviour
 
+
 def test_training_is_deterministic(corpus, tmp_path):
   docs = corpus["train"][:40]
   kw = dict(vocab_size=512, max_chars=150_000, seed=3)
@@ -212,8 +215,9 @@ def test_sample_is_bounded_and_seeded(corpus):
   assert s0 == s0_again and s0 != s1
   assert stats["documents"] == 50 and 100_000 <= stats["chars"] < 100_000 + 2048
   assert all(len(c.encode()) <= 2048 for c in s0)
-  full, stats = tok.training_sample(docs[:5], seed=0, max_documents=5, max_chars=10**9,
-                                    max_sentence_length=2048)
+  full, stats = tok.training_sample(
+    docs[:5], seed=0, max_documents=5, max_chars=10**9, max_sentence_length=2048
+  )
   assert "".join(full) == "".join(d["text"] for d in docs[:5])  # nothing lost when unbounded
 
 
@@ -233,8 +237,9 @@ def test_long_documents_are_not_dropped(tmp_path):
   # occurrences of an identifier: it must be learned, so the document was trained on.
   long_doc = "".join(f"qzxv_total = qzxv_total + {i % 7}\n" for i in range(3000))
   filler = ["def add(a, b):\n    return a + b\n"] * 20
-  path = tok.train_sentencepiece([long_doc] + filler, tmp_path, vocab_size=300,
-                                 max_sentence_length=2048)
+  path = tok.train_sentencepiece(
+    [long_doc] + filler, tmp_path, vocab_size=300, max_sentence_length=2048
+  )
   sp = spm.SentencePieceProcessor(model_file=str(path))
   assert sp.encode("qzxv", out_type=str) == ["qzxv"]  # q, z, x, v are in no other document
   meta = json.loads((tmp_path / "tokenizer.train.json").read_text())
@@ -253,6 +258,7 @@ def test_failed_training_keeps_the_old_model(corpus, tmp_path):
 def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
   def broken_fsync(fd):
     raise OSError("disk full")
+
   monkeypatch.setattr(os, "fsync", broken_fsync)
   with pytest.raises(OSError):
     files.write_atomic(tmp_path / "x.model", b"data")
@@ -269,14 +275,17 @@ def test_options_are_checked(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Hugging Face tokenizer.json
 
+
 @pytest.fixture(scope="module")
 def hf_json(corpus, tmp_path_factory):
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
   t = Tokenizer(models.BPE())
   t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   t.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=700, show_progress=False,
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  trainer = trainers.BpeTrainer(
+    vocab_size=700, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+  )
   t.train_from_iterator((d["text"] for d in corpus["train"][:80]), trainer=trainer)
   t.add_special_tokens(["<|endoftext|>"])  # last id, as 50256 is in GPT-2/CodeGen
   path = tmp_path_factory.mktemp("hf") / "tokenizer.json"
@@ -343,13 +352,19 @@ def test_make_vocabulary(model_path, hf_json, tmp_path):
   assert vocabularies.make_vocabulary(str(model_path)).encode("x = 1\n") == sp.encode("x = 1\n")
   hf = vocabularies.make_vocabulary(hf_json)
   assert isinstance(hf, vocabularies.HfTokenizerVocabulary)
-  assert isinstance(vocabularies.make_vocabulary(hf_json.parent), vocabularies.HfTokenizerVocabulary)
+  assert isinstance(
+    vocabularies.make_vocabulary(hf_json.parent), vocabularies.HfTokenizerVocabulary
+  )
   assert vocabularies.make_vocabulary(hf_json, eos_id=5).eos_id == 5
   # Recognised by content when the name says nothing.
   (tmp_path / "vocab_a").write_bytes(hf_json.read_bytes())
   (tmp_path / "vocab_b").write_bytes(model_path.read_bytes())
-  assert isinstance(vocabularies.make_vocabulary(tmp_path / "vocab_a"), vocabularies.HfTokenizerVocabulary)
-  assert isinstance(vocabularies.make_vocabulary(tmp_path / "vocab_b"), seqio.SentencePieceVocabulary)
+  assert isinstance(
+    vocabularies.make_vocabulary(tmp_path / "vocab_a"), vocabularies.HfTokenizerVocabulary
+  )
+  assert isinstance(
+    vocabularies.make_vocabulary(tmp_path / "vocab_b"), seqio.SentencePieceVocabulary
+  )
   assert vocabularies.make_vocabulary(hf) is hf
   with pytest.raises(FileNotFoundError):
     vocabularies.make_vocabulary(tmp_path / "missing.model")

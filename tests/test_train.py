@@ -16,8 +16,16 @@ STEPS = 3
 
 def small_config(**train):
   cfg = configs.get("tiny")
-  cfg.model.update(vocab_size=256, d_model=64, n_layers=2, n_heads=4, head_dim=16, mlp_dim=128,
-                   rotary_dim=8, max_len=64)
+  cfg.model.update(
+    vocab_size=256,
+    d_model=64,
+    n_layers=2,
+    n_heads=4,
+    head_dim=16,
+    mlp_dim=128,
+    rotary_dim=8,
+    max_len=64,
+  )
   cfg.train.update({"global_batch": 8, "seq_len": 32, "steps": STEPS, "log_every": 1, **train})
   cfg.optim.update(warmup_steps=2, decay_steps=50)
   return cfg
@@ -103,6 +111,7 @@ def test_schedule_is_linear_warmup_then_linear_decay():
 
 def test_no_weight_decay_on_biases_and_layernorm():
   from phi_jax import model
+
   mask = optimizer.weight_decay_mask(model.param_shapes(small_config()))
   assert mask["layers"]["mlp"]["fc1"]["kernel"] and mask["embed_tokens"]["embedding"]
   assert not mask["layers"]["mlp"]["fc1"]["bias"]  # [layers, mlp]: 2-D, still a bias
@@ -111,18 +120,22 @@ def test_no_weight_decay_on_biases_and_layernorm():
 
 def test_inconsistent_batch_and_mesh_are_rejected_before_compiling(tmp_path):
   from phi_jax import train
+
   workdir = tmp_path / "run"
   cfg = small_config(global_batch=12)
   cfg.mesh.update(data=8, fsdp=1, tensor=1)
-  with pytest.raises(ValueError, match="divisible by the data-parallel devices "
-                                       "mesh.data\\*mesh.fsdp=8"):
+  with pytest.raises(
+    ValueError, match="divisible by the data-parallel devices mesh.data\\*mesh.fsdp=8"
+  ):
     train.run(cfg, workdir)
   cfg = small_config(micro_batch=3)
   with pytest.raises(ValueError, match="global_batch=8 is not divisible by train.micro_batch=3"):
     train.run(cfg, workdir)
   cfg = small_config()
   cfg.mesh.update(data=1, fsdp=1, tensor=8)
-  with pytest.raises(ValueError, match="n_heads=4 is not divisible by tensor parallelism mesh.tensor=8"):
+  with pytest.raises(
+    ValueError, match="n_heads=4 is not divisible by tensor parallelism mesh.tensor=8"
+  ):
     train.run(cfg, workdir)
   assert not workdir.exists()  # nothing written
   with pytest.raises(ValueError, match="needs 16 devices, 8 are available"):
@@ -130,12 +143,25 @@ def test_inconsistent_batch_and_mesh_are_rejected_before_compiling(tmp_path):
 
 
 def _cli(workdir, devices, *overrides):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
-  args = [sys.executable, "-m", "phi_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
-          "--config.model.vocab_size=256", "--config.model.d_model=64", "--config.model.mlp_dim=128",
-          "--config.train.global_batch=8", "--config.train.seq_len=32", "--config.train.steps=4",
-          "--config.train.log_every=2", "--config.optim.warmup_steps=2", *overrides]
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+  )
+  args = [
+    sys.executable,
+    "-m",
+    "phi_jax.train",
+    "--config=configs/tiny.py",
+    f"--workdir={workdir}",
+    "--config.model.vocab_size=256",
+    "--config.model.d_model=64",
+    "--config.model.mlp_dim=128",
+    "--config.train.global_batch=8",
+    "--config.train.seq_len=32",
+    "--config.train.steps=4",
+    "--config.train.log_every=2",
+    "--config.optim.warmup_steps=2",
+    *overrides,
+  ]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   subprocess.run(args, env=env, cwd=root, check=True, timeout=300, capture_output=True)
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -146,8 +172,15 @@ def test_cli_on_1_and_8_devices_agree_and_write_metrics(tmp_path):
   eight = _cli(tmp_path / "eight", 8, "--config.mesh.data=2", "--config.mesh.tensor=2")
   assert [r["step"] for r in one] == [2, 4]
   for record in one:
-    assert {"step", "loss", "learning_rate", "grad_norm", "tokens_per_second", "mfu",
-            "step_time_s"} <= record.keys()
+    assert {
+      "step",
+      "loss",
+      "learning_rate",
+      "grad_norm",
+      "tokens_per_second",
+      "mfu",
+      "step_time_s",
+    } <= record.keys()
     assert record["tokens_per_second"] > 0 and 0 < record["mfu"] < 1
   np.testing.assert_allclose([r["loss"] for r in eight], [r["loss"] for r in one], rtol=1e-5)
   assert any((tmp_path / "one" / "tensorboard").iterdir())
@@ -156,6 +189,7 @@ def test_cli_on_1_and_8_devices_agree_and_write_metrics(tmp_path):
 
 def test_profiler_trace_on_request(tmp_path):
   from phi_jax import train
+
   cfg = small_config(steps=4)
   cfg.logging.update(profile_steps=2, profile_start_step=1, progress_bar=False, tensorboard=False)
   cfg.mesh.update(data=8, fsdp=1, tensor=1)

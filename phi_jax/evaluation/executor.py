@@ -97,6 +97,7 @@ def pack(message) -> bytes:
 
 def _read_exactly(fd: int, size: int) -> bytes:
   import os
+
   chunks, got = [], 0
   while got < size:
     chunk = os.read(fd, size - got)
@@ -109,8 +110,9 @@ def _read_exactly(fd: int, size: int) -> bytes:
 
 def _write_all(fd: int, data: bytes) -> None:
   import os
+
   while data:
-    data = data[os.write(fd, data):]
+    data = data[os.write(fd, data) :]
 
 
 def _error(exc: BaseException) -> dict:

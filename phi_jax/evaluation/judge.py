@@ -26,8 +26,11 @@ from phi_jax.evaluation import executor
 
 # Builtin exceptions a remote error may be re-raised as (so that tests catching, say,
 # ValueError behave as written); anything else, SystemExit included, becomes RemoteError.
-_EXCEPTIONS = {name: value for name, value in vars(builtins).items()
-               if isinstance(value, type) and issubclass(value, Exception)}
+_EXCEPTIONS = {
+  name: value
+  for name, value in vars(builtins).items()
+  if isinstance(value, type) and issubclass(value, Exception)
+}
 
 
 class RemoteError(Exception):
@@ -62,7 +65,7 @@ class Channel:
       message = executor.pack(request)
       while message:
         self._wait(select.POLLOUT, self.request_fd)
-        message = message[os.write(self.request_fd, message):]
+        message = message[os.write(self.request_fd, message) :]
     except OSError as exc:  # the sandbox end is closed
       self.lost = SandboxLost("failed", f"the program exited before its tests finished ({exc})")
       raise self.lost from None
@@ -116,9 +119,15 @@ class Handle:
     self._channel, self._number = channel, number
 
   def __call__(self, *args, **kwargs):
-    return _result(self._channel, {"op": "call", "target": self._number,
-                                   "args": executor.encode(list(args), _encode_arg),
-                                   "kwargs": executor.encode(kwargs, _encode_arg)})
+    return _result(
+      self._channel,
+      {
+        "op": "call",
+        "target": self._number,
+        "args": executor.encode(list(args), _encode_arg),
+        "kwargs": executor.encode(kwargs, _encode_arg),
+      },
+    )
 
   def __getattr__(self, name: str):
     if name.startswith("__"):
@@ -126,8 +135,10 @@ class Handle:
     return _result(self._channel, {"op": "getattr", "target": self._number, "name": name})
 
   def _refuse(self, *args):
-    raise TypeError("an object of the sandboxed program cannot be compared or tested for truth "
-                    "here (plain data only)")
+    raise TypeError(
+      "an object of the sandboxed program cannot be compared or tested for truth "
+      "here (plain data only)"
+    )
 
   __bool__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _refuse
   __hash__ = object.__hash__
@@ -185,8 +196,9 @@ def free_names(source: str) -> list[str]:
   return [n for n in dict.fromkeys(loaded) if n not in bound]
 
 
-def judge(channel: Channel, program: str, test: str, *, prelude: str = "",
-          entry_point: str = "") -> tuple[str, str]:
+def judge(
+  channel: Channel, program: str, test: str, *, prelude: str = "", entry_point: str = ""
+) -> tuple[str, str]:
   """(status, detail): runs `program` in the sandbox, then `prelude` and `test` here; status is
   'passed', 'failed' or 'timeout'.
 

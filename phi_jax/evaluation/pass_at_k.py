@@ -7,7 +7,7 @@ its mean over problems; it is defined only when every problem has n >= k.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -23,12 +23,15 @@ def estimate(n: int, c: int, k: int) -> float:
   return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def pass_at_k(passed: Mapping[str, Sequence[bool]], ks: Iterable[int] = DEFAULT_KS
-              ) -> dict[str, float]:
+def pass_at_k(
+  passed: Mapping[str, Sequence[bool]], ks: Iterable[int] = DEFAULT_KS
+) -> dict[str, float]:
   """{"pass@k": mean over problems} for each k that every problem's sample count allows."""
   if not passed:
     raise ValueError("pass@k of no problems")
   fewest = min(len(v) for v in passed.values())
-  return {f"pass@{k}": float(np.mean([estimate(len(v), sum(map(bool, v)), k)
-                                      for v in passed.values()]))
-          for k in ks if k <= fewest}
+  return {
+    f"pass@{k}": float(np.mean([estimate(len(v), sum(map(bool, v)), k) for v in passed.values()]))
+    for k in ks
+    if k <= fewest
+  }

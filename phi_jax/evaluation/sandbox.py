@@ -53,12 +53,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
-from phi_jax.evaluation import executor
+from phi_jax.evaluation import executor, seccomp
 from phi_jax.evaluation import judge as judge_lib
-from phi_jax.evaluation import seccomp
 
 ISOLATIONS = ("bwrap", "unsafe-no-sandbox")
 INSTALL_HINT = "install bubblewrap, e.g. `apt-get install -y bubblewrap` (Debian/Ubuntu)"
@@ -111,9 +110,10 @@ def check_available(isolation: str = "bwrap") -> None:
       if shutil.which(tool) is None:
         hint = INSTALL_HINT if tool == "bwrap" else "install util-linux (it provides setpriv)"
         raise SandboxUnavailable(
-            f"`{tool}` is not on PATH: evaluation runs model-written code only inside a "
-            f"bubblewrap sandbox; {hint}. Inside a container that already isolates it, "
-            f"isolation='unsafe-no-sandbox' runs without one.")
+          f"`{tool}` is not on PATH: evaluation runs model-written code only inside a "
+          f"bubblewrap sandbox; {hint}. Inside a container that already isolates it, "
+          f"isolation='unsafe-no-sandbox' runs without one."
+        )
     _check_bindable(_interpreter().roots)
 
 
@@ -146,9 +146,14 @@ _uids = _UidPool()
 
 
 def _rlimits(limits: Limits, timeout_s: float) -> dict[str, int]:
-  return {"RLIMIT_AS": limits.memory_bytes, "RLIMIT_NPROC": limits.processes,
-          "RLIMIT_CPU": math.ceil(timeout_s) + 1, "RLIMIT_FSIZE": limits.file_bytes,
-          "RLIMIT_NOFILE": limits.open_files, "RLIMIT_CORE": 0}
+  return {
+    "RLIMIT_AS": limits.memory_bytes,
+    "RLIMIT_NPROC": limits.processes,
+    "RLIMIT_CPU": math.ceil(timeout_s) + 1,
+    "RLIMIT_FSIZE": limits.file_bytes,
+    "RLIMIT_NOFILE": limits.open_files,
+    "RLIMIT_CORE": 0,
+  }
 
 
 def hidden_paths() -> list[str]:
@@ -180,7 +185,7 @@ class _Interpreter:
   site_dirs: tuple[str, ...]  # the site-packages on sys.path, real paths, in sys.path's order
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _interpreter() -> _Interpreter:
   """What the sandbox binds to run this interpreter."""
   executable = os.path.realpath(sys.executable)
@@ -188,12 +193,23 @@ def _interpreter() -> _Interpreter:
   # user site unless disabled); without .pth files (the executor skips them: editable installs
   # point into repositories).
   candidates = {os.path.realpath(d) for d in [*site.getsitepackages(), site.getusersitepackages()]}
-  site_dirs = list(dict.fromkeys(
-      os.path.realpath(entry) for entry in sys.path if os.path.realpath(entry) in candidates))
-  roots = [os.path.realpath(r) for r in
-           (sys.base_prefix, sys.base_exec_prefix, str(Path(executable).parent.parent), *site_dirs)]
-  return _Interpreter(executable, tuple(sorted({r for r in roots if os.path.isdir(r)})),
-                      tuple(site_dirs))
+  site_dirs = list(
+    dict.fromkeys(
+      os.path.realpath(entry) for entry in sys.path if os.path.realpath(entry) in candidates
+    )
+  )
+  roots = [
+    os.path.realpath(r)
+    for r in (
+      sys.base_prefix,
+      sys.base_exec_prefix,
+      str(Path(executable).parent.parent),
+      *site_dirs,
+    )
+  ]
+  return _Interpreter(
+    executable, tuple(sorted({r for r in roots if os.path.isdir(r)})), tuple(site_dirs)
+  )
 
 
 def _check_bindable(roots: Sequence[str]) -> None:
@@ -201,12 +217,13 @@ def _check_bindable(roots: Sequence[str]) -> None:
     for place in _hidden_places():
       if _within(place, root):
         raise SandboxUnavailable(
-            f"the interpreter's directory {root} holds {place}, which the sandbox must hide "
-            f"from programs: run from a Python or venv in a directory of its own, e.g. "
-            f"`python3 -m venv --system-site-packages /opt/phi-venv`")
+          f"the interpreter's directory {root} holds {place}, which the sandbox must hide "
+          f"from programs: run from a Python or venv in a directory of its own, e.g. "
+          f"`python3 -m venv --system-site-packages /opt/phi-venv`"
+        )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mount_args(tmpfs_bytes: int) -> tuple[str, ...]:
   interpreter = _interpreter()
   _check_bindable(interpreter.roots)
@@ -218,9 +235,24 @@ def _mount_args(tmpfs_bytes: int) -> tuple[str, ...]:
     elif os.path.isdir(top):
       args += ["--ro-bind", top, top]
       bound.append(top)
-  args += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc",
-           "--proc", "/proc", "--dev", "/dev",
-           "--perms", "1777", "--size", str(tmpfs_bytes), "--tmpfs", "/tmp"]
+  args += [
+    "--ro-bind",
+    "/usr",
+    "/usr",
+    "--ro-bind",
+    "/etc",
+    "/etc",
+    "--proc",
+    "/proc",
+    "--dev",
+    "/dev",
+    "--perms",
+    "1777",
+    "--size",
+    str(tmpfs_bytes),
+    "--tmpfs",
+    "/tmp",
+  ]
   # The interpreter's directories go on top of the tmpfs, which would hide those under /tmp.
   made = {"/tmp"}
   for root in interpreter.roots:  # sorted: a directory comes before those inside it
@@ -240,35 +272,92 @@ def _mount_args(tmpfs_bytes: int) -> tuple[str, ...]:
   return tuple(args)
 
 
-_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
-        # one thread per numeric library: threads count against the process limit
-        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_ENV = {
+  "PATH": "/usr/local/bin:/usr/bin:/bin",
+  "HOME": "/tmp",
+  "LANG": "C.UTF-8",
+  # one thread per numeric library: threads count against the process limit
+  "OPENBLAS_NUM_THREADS": "1",
+  "OMP_NUM_THREADS": "1",
+  "MKL_NUM_THREADS": "1",
+}
 
 
-def _command(isolation: str, uid: int, limits: Limits, timeout_s: float, fds: tuple[int, int],
-             info_fd: int, seccomp_fd: int | None) -> list[str]:
+def _command(
+  isolation: str,
+  uid: int,
+  limits: Limits,
+  timeout_s: float,
+  fds: tuple[int, int],
+  info_fd: int,
+  seccomp_fd: int | None,
+) -> list[str]:
   interpreter = _interpreter()
-  python = [interpreter.executable, "-I", "-S", "-c", _EXECUTOR_SOURCE,
-            json.dumps(_rlimits(limits, timeout_s)), str(fds[0]), str(fds[1]),
-            json.dumps(interpreter.site_dirs)]
+  python = [
+    interpreter.executable,
+    "-I",
+    "-S",
+    "-c",
+    _EXECUTOR_SOURCE,
+    json.dumps(_rlimits(limits, timeout_s)),
+    str(fds[0]),
+    str(fds[1]),
+    json.dumps(interpreter.site_dirs),
+  ]
   if isolation == "unsafe-no-sandbox":
     return python
   env = [arg for name, value in _ENV.items() for arg in ("--setenv", name, value)]
-  common = ["bwrap", "--die-with-parent", "--new-session", "--clearenv", *env,
-            "--info-fd", str(info_fd), *_mount_args(limits.tmpfs_bytes)]
+  common = [
+    "bwrap",
+    "--die-with-parent",
+    "--new-session",
+    "--clearenv",
+    *env,
+    "--info-fd",
+    str(info_fd),
+    *_mount_args(limits.tmpfs_bytes),
+  ]
   if seccomp_fd is not None:
     common += ["--seccomp", str(seccomp_fd)]
-  namespaces = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-                "--unshare-cgroup-try"]
+  namespaces = [
+    "--unshare-pid",
+    "--unshare-net",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+  ]
   if os.geteuid() != 0:  # bubblewrap's user namespace makes the process unprivileged
-    return [*common, *namespaces, "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
-            *python]
+    return [
+      *common,
+      *namespaces,
+      "--unshare-user",
+      "--disable-userns",
+      "--cap-drop",
+      "ALL",
+      *python,
+    ]
   # As root: no capability survives but the three setpriv needs to drop to `uid` and clear
   # the bounding set; setpriv then execs Python with none.
-  return [*common, *namespaces, "--cap-drop", "ALL", "--cap-add", "CAP_SETUID",
-          "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP",
-          "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-          "--bounding-set=-all", "--", *python]
+  return [
+    *common,
+    *namespaces,
+    "--cap-drop",
+    "ALL",
+    "--cap-add",
+    "CAP_SETUID",
+    "--cap-add",
+    "CAP_SETGID",
+    "--cap-add",
+    "CAP_SETPCAP",
+    "setpriv",
+    f"--reuid={uid}",
+    f"--regid={uid}",
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
+    "--",
+    *python,
+  ]
 
 
 def _seccomp_fd() -> int | None:
@@ -289,7 +378,7 @@ def _drain(fd: int, keep: int, kept: list[bytes]) -> None:
   with os.fdopen(fd, "rb", buffering=0) as stream:
     while chunk := stream.read(1 << 16):
       if size < keep:
-        kept.append(chunk[:keep - size])
+        kept.append(chunk[: keep - size])
       size += len(chunk)
 
 
@@ -308,8 +397,16 @@ def _kill_tree(process: subprocess.Popen, info_fd: int, isolation: str) -> None:
   process.wait()
 
 
-def run(program: str, timeout_s: float, *, test: str, prelude: str = "", entry_point: str = "",
-        limits: Limits = Limits(), isolation: str = "bwrap") -> Result:
+def run(
+  program: str,
+  timeout_s: float,
+  *,
+  test: str,
+  prelude: str = "",
+  entry_point: str = "",
+  limits: Limits = Limits(),
+  isolation: str = "bwrap",
+) -> Result:
   """Runs `program` in a fresh sandbox and the trusted `prelude` + `test` against it here
   (`judge.judge` says how names resolve); `passed` only if the whole test ran without an
   exception within `timeout_s` seconds of the sandbox's start."""
@@ -330,10 +427,14 @@ def _run(job: Job, timeout_s: float, limits: Limits, isolation: str, uid: int) -
     child_fds += (seccomp_fd,)
   try:
     process = subprocess.Popen(
-        _command(isolation, uid, limits, timeout_s, (request_r, answer_w), info_w, seccomp_fd),
-        stdin=subprocess.DEVNULL, stdout=output_w, stderr=output_w, pass_fds=child_fds,
-        env=_ENV if isolation == "unsafe-no-sandbox" else None,
-        start_new_session=isolation == "unsafe-no-sandbox")
+      _command(isolation, uid, limits, timeout_s, (request_r, answer_w), info_w, seccomp_fd),
+      stdin=subprocess.DEVNULL,
+      stdout=output_w,
+      stderr=output_w,
+      pass_fds=child_fds,
+      env=_ENV if isolation == "unsafe-no-sandbox" else None,
+      start_new_session=isolation == "unsafe-no-sandbox",
+    )
   except OSError:
     for fd in (*child_fds, request_w, answer_r, output_r, info_r):
       os.close(fd)
@@ -344,8 +445,9 @@ def _run(job: Job, timeout_s: float, limits: Limits, isolation: str, uid: int) -
   reader = threading.Thread(target=_drain, args=(output_r, limits.output_bytes, kept), daemon=True)
   reader.start()
   try:
-    channel = judge_lib.Channel(request_w, answer_r, start + _STARTUP_TIMEOUT_S,
-                                limits.message_bytes)
+    channel = judge_lib.Channel(
+      request_w, answer_r, start + _STARTUP_TIMEOUT_S, limits.message_bytes
+    )
     try:
       ready = channel.receive()
     except judge_lib.SandboxLost:
@@ -354,11 +456,13 @@ def _run(job: Job, timeout_s: float, limits: Limits, isolation: str, uid: int) -
       _kill_tree(process, info_r, isolation)
       reader.join(5)
       raise SandboxUnavailable(
-          f"the sandbox did not start (exit status {process.returncode}): "
-          f"{b''.join(kept).decode(errors='replace')[-2000:]}")
+        f"the sandbox did not start (exit status {process.returncode}): "
+        f"{b''.join(kept).decode(errors='replace')[-2000:]}"
+      )
     channel.deadline = time.monotonic() + timeout_s
-    status, detail = judge_lib.judge(channel, job.program, job.test, prelude=job.prelude,
-                                     entry_point=job.entry_point)
+    status, detail = judge_lib.judge(
+      channel, job.program, job.test, prelude=job.prelude, entry_point=job.entry_point
+    )
   finally:
     if process.returncode is None:
       _kill_tree(process, info_r, isolation)
@@ -368,19 +472,30 @@ def _run(job: Job, timeout_s: float, limits: Limits, isolation: str, uid: int) -
     for fd in (request_w, answer_r, info_r):
       os.close(fd)
   reader.join(5)
-  return Result(passed=status == "passed", status=status, detail=detail,
-                output=b"".join(kept).decode(errors="replace"),
-                duration_s=time.monotonic() - start)
+  return Result(
+    passed=status == "passed",
+    status=status,
+    detail=detail,
+    output=b"".join(kept).decode(errors="replace"),
+    duration_s=time.monotonic() - start,
+  )
 
 
-def run_many(jobs: Sequence[Job], timeout_s: float, *, workers: int = 0,
-             limits: Limits = Limits(), isolation: str = "bwrap") -> list[Result]:
+def run_many(
+  jobs: Sequence[Job],
+  timeout_s: float,
+  *,
+  workers: int = 0,
+  limits: Limits = Limits(),
+  isolation: str = "bwrap",
+) -> list[Result]:
   """Runs every job, `workers` at a time (0: one per CPU core), each in its own sandbox;
   results in the order of `jobs`. Hostile programs can take workers x Limits' per-run memory."""
   check_available(isolation)
   workers = workers or os.cpu_count() or 1
   if isolation != "bwrap":
     logging.warning("running %d programs WITHOUT A SANDBOX (isolation=%r)", len(jobs), isolation)
+
   def one(job: Job) -> Result:
     with _uids.lease() as uid:
       return _run(job, timeout_s, limits, isolation, uid)

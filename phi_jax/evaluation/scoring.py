@@ -10,12 +10,11 @@ from __future__ import annotations
 import collections
 import json
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from phi_jax import files
-from phi_jax.evaluation import benchmarks
-from phi_jax.evaluation import pass_at_k
-from phi_jax.evaluation import sandbox
+from phi_jax.evaluation import benchmarks, pass_at_k, sandbox
 
 
 def read_samples(path: str | os.PathLike) -> list[dict]:
@@ -30,7 +29,8 @@ def read_samples(path: str | os.PathLike) -> list[dict]:
       except json.JSONDecodeError as exc:
         raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
       if not isinstance(sample, dict) or not all(
-          isinstance(sample.get(key), str) for key in ("task_id", "completion")):
+        isinstance(sample.get(key), str) for key in ("task_id", "completion")
+      ):
         raise ValueError(f"{path}:{number}: a sample needs string 'task_id' and 'completion'")
       samples.append(sample)
   if not samples:
@@ -46,39 +46,62 @@ def human_eval_result(result: sandbox.Result) -> str:
   return f"failed: {result.detail}"
 
 
-def score(samples: Sequence[Mapping[str, Any]], problems: Iterable[benchmarks.Problem], *,
-          timeout_s: float, workers: int = 0, limits: sandbox.Limits = sandbox.Limits(),
-          isolation: str = "bwrap") -> list[dict]:
+def score(
+  samples: Sequence[Mapping[str, Any]],
+  problems: Iterable[benchmarks.Problem],
+  *,
+  timeout_s: float,
+  workers: int = 0,
+  limits: sandbox.Limits = sandbox.Limits(),
+  isolation: str = "bwrap",
+) -> list[dict]:
   """Each sample with `passed` and `result` added, in the order given."""
   by_id = {p.task_id: p for p in problems}
   unknown = sorted({s["task_id"] for s in samples} - set(by_id))
   if unknown:
-    raise ValueError(f"samples name {len(unknown)} unknown task ids, e.g. {unknown[:3]}; "
-                     f"known: {next(iter(by_id))} ... ({len(by_id)} problems)")
+    raise ValueError(
+      f"samples name {len(unknown)} unknown task ids, e.g. {unknown[:3]}; "
+      f"known: {next(iter(by_id))} ... ({len(by_id)} problems)"
+    )
   jobs = [by_id[s["task_id"]].job(s["completion"]) for s in samples]
   results = sandbox.run_many(jobs, timeout_s, workers=workers, limits=limits, isolation=isolation)
-  return [{**sample, "passed": r.passed, "result": human_eval_result(r)}
-          for sample, r in zip(samples, results)]
+  return [
+    {**sample, "passed": r.passed, "result": human_eval_result(r)}
+    for sample, r in zip(samples, results)
+  ]
 
 
-def score_with_config(samples: Sequence[Mapping[str, Any]],
-                      problems: Iterable[benchmarks.Problem], eval_cfg: Any) -> list[dict]:
+def score_with_config(
+  samples: Sequence[Mapping[str, Any]], problems: Iterable[benchmarks.Problem], eval_cfg: Any
+) -> list[dict]:
   """`score` with the settings of a run config's `eval` section."""
-  limits = sandbox.Limits(memory_bytes=int(eval_cfg.memory_mb) << 20,
-                          processes=int(eval_cfg.processes))
-  return score(samples, problems, timeout_s=float(eval_cfg.timeout_s),
-               workers=int(eval_cfg.workers), limits=limits, isolation=eval_cfg.isolation)
+  limits = sandbox.Limits(
+    memory_bytes=int(eval_cfg.memory_mb) << 20, processes=int(eval_cfg.processes)
+  )
+  return score(
+    samples,
+    problems,
+    timeout_s=float(eval_cfg.timeout_s),
+    workers=int(eval_cfg.workers),
+    limits=limits,
+    isolation=eval_cfg.isolation,
+  )
 
 
-def summarize(scored: Sequence[Mapping[str, Any]], ks: Iterable[int] = pass_at_k.DEFAULT_KS
-              ) -> dict:
+def summarize(
+  scored: Sequence[Mapping[str, Any]], ks: Iterable[int] = pass_at_k.DEFAULT_KS
+) -> dict:
   """pass@k (where every task has enough samples), counts of samples and of results."""
   by_task: dict[str, list[bool]] = collections.defaultdict(list)
   for row in scored:
     by_task[row["task_id"]].append(bool(row["passed"]))
   outcomes = collections.Counter(row["result"].split(":")[0] for row in scored)
-  return {**pass_at_k.pass_at_k(by_task, ks), "tasks": len(by_task), "samples": len(scored),
-          "results": dict(sorted(outcomes.items()))}
+  return {
+    **pass_at_k.pass_at_k(by_task, ks),
+    "tasks": len(by_task),
+    "samples": len(scored),
+    "results": dict(sorted(outcomes.items())),
+  }
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:

@@ -27,21 +27,72 @@ _X32_BIT = 0x40000000
 # Offsets in struct seccomp_data: nr, arch, then args[0] (its low 32 bits, little-endian).
 _NR, _ARCH, _ARG0 = 0, 4, 16
 # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
-_CLONE_NEW = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000
-              | 0x40000000)
+_CLONE_NEW = (
+  0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+)
 
-_BLOCKED = ("unshare", "setns", "mount", "umount2", "pivot_root", "ptrace", "keyctl", "add_key",
-            "request_key", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup",
-            "io_uring_enter", "io_uring_register")
+_BLOCKED = (
+  "unshare",
+  "setns",
+  "mount",
+  "umount2",
+  "pivot_root",
+  "ptrace",
+  "keyctl",
+  "add_key",
+  "request_key",
+  "bpf",
+  "perf_event_open",
+  "userfaultfd",
+  "io_uring_setup",
+  "io_uring_enter",
+  "io_uring_register",
+)
 _ARCHES = {
-    "x86_64": (0xC000003E, dict(
-        clone=56, clone3=435, unshare=272, setns=308, mount=165, umount2=166, pivot_root=155,
-        ptrace=101, keyctl=250, add_key=248, request_key=249, bpf=321, perf_event_open=298,
-        userfaultfd=323, io_uring_setup=425, io_uring_enter=426, io_uring_register=427)),
-    "aarch64": (0xC00000B7, dict(
-        clone=220, clone3=435, unshare=97, setns=268, mount=40, umount2=39, pivot_root=41,
-        ptrace=117, keyctl=219, add_key=217, request_key=218, bpf=280, perf_event_open=241,
-        userfaultfd=282, io_uring_setup=425, io_uring_enter=426, io_uring_register=427)),
+  "x86_64": (
+    0xC000003E,
+    dict(
+      clone=56,
+      clone3=435,
+      unshare=272,
+      setns=308,
+      mount=165,
+      umount2=166,
+      pivot_root=155,
+      ptrace=101,
+      keyctl=250,
+      add_key=248,
+      request_key=249,
+      bpf=321,
+      perf_event_open=298,
+      userfaultfd=323,
+      io_uring_setup=425,
+      io_uring_enter=426,
+      io_uring_register=427,
+    ),
+  ),
+  "aarch64": (
+    0xC00000B7,
+    dict(
+      clone=220,
+      clone3=435,
+      unshare=97,
+      setns=268,
+      mount=40,
+      umount2=39,
+      pivot_root=41,
+      ptrace=117,
+      keyctl=219,
+      add_key=217,
+      request_key=218,
+      bpf=280,
+      perf_event_open=241,
+      userfaultfd=282,
+      io_uring_setup=425,
+      io_uring_enter=426,
+      io_uring_register=427,
+    ),
+  ),
 }
 
 
@@ -57,9 +108,12 @@ def program(machine: str | None = None) -> bytes | None:
     body.append(("ge", _X32_BIT, "eperm"))
   body += [("eq", numbers[name], "eperm") for name in _BLOCKED]
   body += [("eq", numbers["clone3"], "enosys"), ("eq", numbers["clone"], "clone")]
-  tail = {"allow": [(_RET, _ALLOW)], "clone": [("ld", _ARG0), ("set", _CLONE_NEW, "eperm"),
-                                                (_RET, _ALLOW)],
-          "eperm": [(_RET, _ERRNO | _EPERM)], "enosys": [(_RET, _ERRNO | _ENOSYS)]}
+  tail = {
+    "allow": [(_RET, _ALLOW)],
+    "clone": [("ld", _ARG0), ("set", _CLONE_NEW, "eperm"), (_RET, _ALLOW)],
+    "eperm": [(_RET, _ERRNO | _EPERM)],
+    "enosys": [(_RET, _ERRNO | _ENOSYS)],
+  }
   head = [("ld", _ARCH), ("eq", arch, None)]  # another arch: fall through to EPERM below
   layout = head + body + tail["allow"] + tail["clone"] + tail["eperm"] + tail["enosys"]
   where = {"allow": len(head) + len(body), "clone": len(head) + len(body) + 1}
