@@ -504,7 +504,9 @@ def _venv(path: Path, *flags: str) -> Path:
 def _layout(kind: str, root: Path) -> tuple[Path, dict[str, str], Path]:
   """Builds `kind` under `root`: (the python to run, its environment, its site dir)."""
   if kind.startswith("user_site_of_"):  # a `pip install --user` package
-    python = Path(sys.executable if kind == "user_site_of_this_python" else "/usr/bin/python3")
+    # (a venv turns the user site off, so "this python" is the one the venv was made from)
+    this = getattr(sys, "_base_executable", sys.executable)
+    python = Path(this if kind == "user_site_of_this_python" else "/usr/bin/python3")
     if not python.exists():
       pytest.skip(f"no {python}")
     env = {"PYTHONUSERBASE": str(root / "user")}
