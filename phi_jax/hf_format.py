@@ -176,6 +176,8 @@ def _entries(c: ModelConfig) -> tuple[list[_Entry], list[_Entry]]:
   """(top-level entries, per-layer entries with '{i}' in the HF name)."""
   d, v, f, hd = c.d_model, c.vocab_size, c.mlp_dim, c.head_dim
   q, kv = c.n_heads * hd, c.num_kv_heads * hd
+  # A table, one HF tensor a line: it reads better than the formatter's layout.
+  # fmt: off
   top = [
     _Entry("model.embed_tokens.weight", ("embed_tokens", "embedding"), (v, d), (v, d), False),
     _Entry("model.final_layernorm.weight", ("final_layernorm", "scale"), (d,), (d,), False),
@@ -187,43 +189,20 @@ def _entries(c: ModelConfig) -> tuple[list[_Entry], list[_Entry]]:
   layer = [
     _Entry(pre + "input_layernorm.weight", ("input_layernorm", "scale"), (d,), (d,), False),
     _Entry(pre + "input_layernorm.bias", ("input_layernorm", "bias"), (d,), (d,), False),
-    _Entry(
-      pre + "self_attn.q_proj.weight",
-      ("attn", "q_proj", "kernel"),
-      (q, d),
-      (d, c.n_heads, hd),
-      True,
-    ),
+    _Entry(pre + "self_attn.q_proj.weight", ("attn", "q_proj", "kernel"), (q, d), (d, c.n_heads, hd), True),
     _Entry(pre + "self_attn.q_proj.bias", ("attn", "q_proj", "bias"), (q,), (c.n_heads, hd), False),
-    _Entry(
-      pre + "self_attn.k_proj.weight",
-      ("attn", "k_proj", "kernel"),
-      (kv, d),
-      (d, c.num_kv_heads, hd),
-      True,
-    ),
-    _Entry(
-      pre + "self_attn.k_proj.bias", ("attn", "k_proj", "bias"), (kv,), (c.num_kv_heads, hd), False
-    ),
-    _Entry(
-      pre + "self_attn.v_proj.weight",
-      ("attn", "v_proj", "kernel"),
-      (kv, d),
-      (d, c.num_kv_heads, hd),
-      True,
-    ),
-    _Entry(
-      pre + "self_attn.v_proj.bias", ("attn", "v_proj", "bias"), (kv,), (c.num_kv_heads, hd), False
-    ),
-    _Entry(
-      pre + "self_attn.dense.weight", ("attn", "dense", "kernel"), (d, q), (c.n_heads, hd, d), True
-    ),
+    _Entry(pre + "self_attn.k_proj.weight", ("attn", "k_proj", "kernel"), (kv, d), (d, c.num_kv_heads, hd), True),
+    _Entry(pre + "self_attn.k_proj.bias", ("attn", "k_proj", "bias"), (kv,), (c.num_kv_heads, hd), False),
+    _Entry(pre + "self_attn.v_proj.weight", ("attn", "v_proj", "kernel"), (kv, d), (d, c.num_kv_heads, hd), True),
+    _Entry(pre + "self_attn.v_proj.bias", ("attn", "v_proj", "bias"), (kv,), (c.num_kv_heads, hd), False),
+    _Entry(pre + "self_attn.dense.weight", ("attn", "dense", "kernel"), (d, q), (c.n_heads, hd, d), True),
     _Entry(pre + "self_attn.dense.bias", ("attn", "dense", "bias"), (d,), (d,), False),
     _Entry(pre + "mlp.fc1.weight", ("mlp", "fc1", "kernel"), (f, d), (d, f), True),
     _Entry(pre + "mlp.fc1.bias", ("mlp", "fc1", "bias"), (f,), (f,), False),
     _Entry(pre + "mlp.fc2.weight", ("mlp", "fc2", "kernel"), (d, f), (f, d), True),
     _Entry(pre + "mlp.fc2.bias", ("mlp", "fc2", "bias"), (d,), (d,), False),
   ]
+  # fmt: on
   if c.qk_layernorm:
     for which in ("q", "k"):
       for hf_part, ours in (("weight", "scale"), ("bias", "bias")):
