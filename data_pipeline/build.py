@@ -10,7 +10,8 @@ Dataflow/Flink/Spark), each resumable and idempotent (`data_pipeline.stages`):
   tokenizer    SentencePiece trained on the clean corpus (not Beam: one trainer)
   quality      annotate -> embed with a phi_jax model -> random forest -> keep code above threshold
   tasks        TFRecord sources of the seqio tasks (train / validation by id hash)
-  cache        the tasks tokenized, in seqio's cache layout (corpus.cache)
+  records      the tasks tokenized, in the random-access form the trainer reads (phi_jax.records)
+  cache        the same in seqio's cache layout, for seqio's own readers (corpus.cache)
 
 `DIR` is a local directory or an object-store prefix (gs://...; every path goes through
 etils.epath or Beam's FileSystems). A stage is complete once its `stage.json` marker is written,
@@ -30,6 +31,7 @@ import tempfile
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import seqio
 import tensorflow as tf
 from absl import flags, logging
@@ -43,7 +45,7 @@ from data_pipeline import dedup as dedup_lib
 from data_pipeline import embeddings as embeddings_lib
 from data_pipeline import quality as quality_lib
 from data_pipeline import tokenizer as tokenizer_lib
-from phi_jax import cli, configs, files, tasks, train, vocabularies
+from phi_jax import cli, configs, files, records, tasks, train, vocabularies
 
 TASK_KINDS = {"phi1_code_textbook": ("code", "textbook"), "phi1_code_exercises": ("exercise",)}
 
@@ -199,29 +201,30 @@ def embedding_model(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> s
 
   `corpus.quality_model` names a checkpoint workdir (any converted one); by default a small model
   is first trained briefly on the unfiltered corpus (the paper used a pretrained code model).
-  The trainer reads its data from the stage (local or remote, as seqio does) and writes its
-  workdir locally; the workdir is then copied into OUT/quality_model/run.
+  The unfiltered data and the trainer's workdir are local temporary directories; the workdir is
+  then copied into OUT/quality_model/run.
   """
   if cfg.corpus.quality_model:
     return cfg.corpus.quality_model
 
   def body(stage: epath.Path) -> dict:
-    unfiltered = stage / "data"
-    write_task(
-      cfg.corpus, "phi1_code_textbook", files.completed(out, "decontam"), unfiltered, beam_options
-    )
-    files.copy_file(
-      files.completed(out, "tokenizer") / "spm.model", unfiltered / "tokenizer" / "spm.model"
-    )
-    model_cfg = copy.deepcopy(cfg)
-    model_cfg.data.update(source="seqio", dir=os.fspath(unfiltered), mixture="phi1_pretrain")
-    model_cfg.train.update(steps=cfg.corpus.quality_model_steps)
-    model_cfg.logging.progress_bar = cfg.logging.progress_bar
+    # Local: the records reader (ArrayRecord) and orbax read and write local files only.
     with tempfile.TemporaryDirectory(prefix="phi1_quality_model_") as local:
+      unfiltered = epath.Path(local) / "data"
+      write_task(
+        cfg.corpus, "phi1_code_textbook", files.completed(out, "decontam"), unfiltered, beam_options
+      )
+      files.copy_file(
+        files.completed(out, "tokenizer") / "spm.model", unfiltered / "tokenizer" / "spm.model"
+      )
+      write_records(cfg, unfiltered, beam_options, task_names=("phi1_code_textbook",))
+      model_cfg = copy.deepcopy(cfg)
+      model_cfg.data.update(source="seqio", dir=os.fspath(unfiltered), mixture="phi1_pretrain")
+      model_cfg.train.update(steps=cfg.corpus.quality_model_steps)
+      model_cfg.logging.progress_bar = cfg.logging.progress_bar
       workdir = os.path.join(local, "run")
       metrics = train.run(model_cfg, workdir)
       files.copy_tree(workdir, stage / "run")
-    unfiltered.rmtree()
     return {"steps": cfg.corpus.quality_model_steps, "final_loss": metrics["loss"]}
 
   files.run_stage(out, "quality_model", body)
@@ -364,6 +367,81 @@ def write_task(
   return files.run_stage(out, task, body)
 
 
+def _keyed_document(example: dict, num_shards: int) -> tuple[int, tuple[bytes, np.ndarray, int]]:
+  """A task's final example -> (shard, (content digest, tokens, prompt tokens)). Shards and the
+  order within them follow the content, so that a rebuild writes the same records."""
+  tokens = np.asarray(example["targets"], np.int32)
+  prompt = np.asarray(example["loss_weights"]) <= 0  # exercise prompts, masked at the build
+  prompt_length = int(np.argmin(prompt)) if not prompt.all() else len(tokens)
+  digest = hashlib.sha256(tokens.tobytes()).digest()
+  return int.from_bytes(digest[:8], "little") % num_shards, (digest, tokens, prompt_length)
+
+
+class WriteRecordShard(beam.DoFn):
+  """(shard, documents) -> one ArrayRecord shard and its index (phi_jax.records)."""
+
+  def __init__(self, directory: str, split: str, num_shards: int):
+    self.directory, self.split, self.num_shards = directory, split, num_shards
+
+  def process(self, keyed):
+    shard, documents = keyed
+    ordered = sorted(documents, key=lambda document: document[0])
+    name = records.shard_name(self.split, shard, self.num_shards)
+    count, tokens = records.write_shard(self.directory, name, ((t, p) for _, t, p in ordered))
+    stages.counter(f"{self.split}_record_documents").inc(count)
+    stages.counter(f"{self.split}_record_tokens").inc(tokens)
+
+
+def write_records(
+  cfg: Any, out: epath.PathLike, beam_options: list[str], task_names=tuple(TASK_KINDS)
+) -> dict:
+  """The tasks' final examples (their seqio preprocessing, run by seqio.beam_utils) as the
+  trainer's random-access documents: OUT/records/<task>/ (phi_jax.records)."""
+  num_shards = int(cfg.corpus.num_shards)
+
+  def body(stage: epath.Path) -> dict:
+    setup = functools.partial(tasks.register, os.fspath(out))
+    setup()
+    jobs = [
+      (name, split)
+      for name in task_names
+      for split in ("train", "validation")
+      if seqio.get_mixture_or_task(name).source.list_shards(split)
+    ]
+
+    def build(p):
+      for name, split in jobs:
+        label = f"{name}_{split}"
+        _ = (
+          p
+          | f"{label} preprocess"
+          >> beam_utils.PreprocessTask(
+            seqio.get_mixture_or_task(name),
+            split,
+            setup_fn=setup,
+            preprocessors_seed=cfg.train.seed,
+          )
+          | f"{label} key"
+          >> beam.Map(lambda ex: _keyed_document({k: v.numpy() for k, v in ex.items()}, num_shards))
+          | f"{label} group" >> beam.GroupByKey()
+          | f"{label} write"
+          >> beam.ParDo(WriteRecordShard(os.fspath(stage / name), split, num_shards))
+        )
+
+    stages.run_pipeline(build, beam_options)
+    summary = {"format": records.FORMAT}
+    for name, split in jobs:
+      summary.setdefault(name, {}).update(
+        records.write_split_index(stage / name, split, num_shards)
+      )
+    for name in task_names:
+      if not summary.get(name, {}).get("train_documents"):
+        raise stages.EmptyStageError(f"stage 'records' wrote no {name} training documents")
+    return summary
+
+  return files.run_stage(out, records.STAGE, body)
+
+
 def cache(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
   """Tokenized tasks in seqio's own cache layout (OUT/cache/<task>/{<split>.tfrecord-*,
   info.<split>.json, stats.<split>.json, COMPLETED}), written with seqio.beam_utils, so seqio's
@@ -438,6 +516,7 @@ def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) ->
     manifest[task] = write_task(
       cfg.corpus, task, files.completed(out, "quality"), out, beam_options
     )
+  manifest[records.STAGE] = write_records(cfg, out, beam_options)
   if cfg.corpus.cache:
     manifest["cache"] = cache(cfg, out, beam_options)
   files.write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())

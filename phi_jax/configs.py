@@ -92,7 +92,10 @@ def base() -> ml_collections.ConfigDict:
       mask_prompt=True,  # no loss on exercise prompts (signature + docstring)
       pretrain_rates={},  # task -> rate for phi1_pretrain ({} = CodeTextbook only)
       finetune_rates={},  # task -> rate for phi1_finetune ({} = CodeExercises only)
-      use_cached=False,  # read seqio's cache (data_pipeline.build writes it)
+      # Grain reads rows ahead with this many threads, in this many processes (0: in the
+      # trainer's process); bench/pipeline_throughput.py measures both.
+      read_threads=4,
+      read_processes=0,
     )
   )
   # The corpus build (python -m data_pipeline.build): the embedded default draws on the Python
@@ -330,6 +333,11 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     problems.append("train.steps, train.log_every and train.global_batch must be positive")
   if cfg.data.source not in ("synthetic", "seqio"):
     problems.append(f"data.source={cfg.data.source!r} is not one of ['seqio', 'synthetic']")
+  if int(cfg.data.read_threads) < 1 or int(cfg.data.read_processes) < 0:
+    problems.append(
+      f"data.read_threads={cfg.data.read_threads} must be at least 1 and "
+      f"data.read_processes={cfg.data.read_processes} at least 0"
+    )
   if cfg.train.on_nonfinite not in ("stop", "skip"):
     problems.append(f"train.on_nonfinite={cfg.train.on_nonfinite!r} is not one of ['skip', 'stop']")
   negative = [

@@ -1,10 +1,13 @@
 """Batches for the trainer: each process builds only its own rows of the global batch.
 
 Sources (`cfg.data.source`):
-  seqio     -- the registered mixture `cfg.data.mixture` (data_pipeline.tasks) over
-               `cfg.data.dir`, read with one seqio.ShardInfo per process, shuffled with the
-               run's seed, packed the paper's way (data_pipeline.packing). A run started at
-               step k skips exactly k batches of the same deterministic stream.
+  seqio     -- the registered mixture `cfg.data.mixture` (phi_jax.tasks) over `cfg.data.dir`,
+               read by random access from the build's records (phi_jax.records): global row g
+               of step s (g = s * global_batch + i) is a pure function of (built data,
+               mixture, seed, g): its task from phi_jax.mixture, its tokens from that task's
+               packed stream (phi_jax.packing). Reaching step s costs the same for every s, and
+               the rows do not depend on the number of processes or the mesh: a run resumes at
+               any step on any number of hosts with the same global batches.
   synthetic -- arithmetic progressions mod vocab (row i: a_i, a_i + s_i, a_i + 2 s_i, ...):
                learnable from context, deterministic in (seed, step), independent of the number
                of processes and devices. For smoke tests and benchmarks.
@@ -12,14 +15,16 @@ Sources (`cfg.data.source`):
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import numpy as np
-from etils import epath
 from jax.sharding import NamedSharding
+
+from phi_jax import mixture, packing, records
 
 
 def process_rows(batch_sharding: NamedSharding, global_batch: int) -> slice:
@@ -67,59 +72,100 @@ def _synthetic(cfg: Any, rows: slice, start_step: int) -> Iterator[dict]:
     step += 1
 
 
-def seqio_dataset(
-  data: Any,
-  seq_len: int,
-  rows_per_batch: int,
-  seed: int,
-  split: str,
-  shard_index: int = 0,
-  num_shards: int = 1,
-  num_epochs: int | None = None,
-):
-  """Packed batches [rows_per_batch, seq_len] of a registered phi-1 mixture, as a tf.data set."""
-  # seqio and TensorFlow are heavy: only runs that read real data pay for them
-  import seqio
-  import tensorflow as tf
+def data_dir(data: Any) -> str:
+  """`data.dir`, or $PHI1_DATA_DIR, or the default."""
+  from phi_jax import tasks  # seqio and TensorFlow: only runs that read real data load them
 
-  from phi_jax import packing, tasks
+  return data.dir or os.environ.get("PHI1_DATA_DIR", tasks.DEFAULT_DATA_DIR)
 
-  tf.config.set_visible_devices([], "GPU")  # TF must not take accelerator memory from JAX
-  data_dir = data.dir or os.environ.get("PHI1_DATA_DIR", tasks.DEFAULT_DATA_DIR)
-  if not epath.Path(data_dir).exists():
-    raise FileNotFoundError(
-      f"data.dir={data_dir} does not exist: build it with `python -m data_pipeline.build "
-      f"--config=CONFIG --out={data_dir}`, or set --config.data.dir to a built corpus"
-    )
+
+def _register(data: Any, directory: str) -> None:
+  from phi_jax import tasks  # seqio and TensorFlow: only runs that read real data load them
+
   tasks.register(
-    data_dir,
+    directory,
     mask_prompt=data.mask_prompt,
     pretrain_rates=dict(data.pretrain_rates) or None,
     finetune_rates=dict(data.finetune_rates) or None,
   )
-  dataset = seqio.get_mixture_or_task(data.mixture).get_dataset(
-    None,
-    split=split,
-    shuffle=True,
-    seed=seed,
-    num_epochs=num_epochs,
-    shard_info=seqio.ShardInfo(shard_index, num_shards),
-    use_cached=data.use_cached,
+
+
+def mixture_of(data: Any, seed: int) -> tuple[list[str], mixture.Interleave]:
+  """The tasks of the registered mixture `data.mixture` with a positive rate, and which of them
+  each row comes from. The seqio registry stays the definition of the mixture: tasks and rates."""
+  import seqio  # (loaded with phi_jax.tasks, by runs that read real data)
+
+  provider = seqio.get_mixture_or_task(data.mixture)
+  if isinstance(provider, seqio.Mixture):
+    members = sorted((task.name, provider.get_rate(task)) for task in provider.tasks)
+  else:
+    members = [(provider.name, 1.0)]
+  members = [(name, rate) for name, rate in members if rate > 0]
+  return [name for name, _ in members], mixture.Interleave([rate for _, rate in members], seed)
+
+
+class MixtureRows:
+  """Row g of a seqio mixture's endless stream of packed rows, by random access
+  (`rows[g]`): the mixture's task for g (phi_jax.mixture), then that task's row (phi_jax.packing)."""
+
+  def __init__(self, data: Any, seq_len: int, seed: int, split: str):
+    self.data_dir = data_dir(data)
+    self.built = records.require_built(self.data_dir)
+    _register(data, self.data_dir)
+    self.task_names, self.interleave = mixture_of(data, seed)
+    self.streams = [
+      packing.Stream(
+        records.Documents(self.data_dir, name, split),
+        seq_len,
+        seed=int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little"),
+        mask_prompt=data.mask_prompt,
+      )
+      for name in self.task_names
+    ]
+
+  def __getitem__(self, row: int) -> dict[str, np.ndarray]:
+    task, task_row = self.interleave.locate(row)
+    return self.streams[task].row(task_row)
+
+
+class _ProcessRow:
+  """Element k of a process's reading order -> its global row (picklable for reader processes)."""
+
+  def __init__(self, source: MixtureRows, rows: slice, global_batch: int, start_step: int):
+    self.source, self.rows, self.global_batch, self.start_step = (
+      source,
+      rows,
+      global_batch,
+      start_step,
+    )
+
+  def __call__(self, k: int) -> dict[str, np.ndarray]:
+    step, row = divmod(int(k), self.rows.stop - self.rows.start)
+    return self.source[(self.start_step + step) * self.global_batch + self.rows.start + row]
+
+
+def read_rows(data: Any, source: MixtureRows, rows: slice, global_batch: int, start_step: int):
+  """This process's rows of steps start_step, start_step + 1, ..., batched, read ahead by
+  `data.read_threads` threads (in `data.read_processes` processes when > 0) with Grain."""
+  import grain  # only runs that read real data load it
+
+  local_batch = rows.stop - rows.start
+  dataset = grain.MapDataset.range(0, 1 << 62).map(
+    _ProcessRow(source, rows, global_batch, start_step)
   )
-  return packing.pack(dataset, seq_len).batch(rows_per_batch, drop_remainder=True)
+  dataset = dataset.to_iter_dataset(
+    grain.ReadOptions(num_threads=int(data.read_threads), prefetch_buffer_size=2 * local_batch)
+  ).batch(local_batch, drop_remainder=True)
+  if int(data.read_processes) > 0:
+    dataset = dataset.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=int(data.read_processes))
+    )
+  return iter(dataset)
 
 
 def _seqio(cfg: Any, rows: slice, start_step: int) -> Iterator[dict]:
-  dataset = seqio_dataset(
-    cfg.data,
-    int(cfg.train.seq_len),
-    rows.stop - rows.start,
-    int(cfg.train.seed),
-    cfg.data.split,
-    jax.process_index(),
-    jax.process_count(),
-  )
-  return dataset.skip(start_step).prefetch(2).as_numpy_iterator()
+  source = MixtureRows(cfg.data, int(cfg.train.seq_len), int(cfg.train.seed), cfg.data.split)
+  return read_rows(cfg.data, source, rows, int(cfg.train.global_batch), start_step)
 
 
 _SOURCES = {"synthetic": _synthetic, "seqio": _seqio}
@@ -136,14 +182,30 @@ def stream_signature(cfg: Any) -> dict:
   }
   if cfg.data.source == "synthetic":
     signature["vocab_size"] = int(cfg.model.vocab_size)
-  else:  # each process reads its own seqio shard: the process count changes the stream
+  else:  # rows are global (never per process): the process count is not part of it
     signature.update(
-      {key: cfg.data[key] for key in ("dir", "mixture", "split", "mask_prompt", "use_cached")},
+      {key: cfg.data[key] for key in ("dir", "mixture", "split", "mask_prompt")},
       pretrain_rates=dict(cfg.data.pretrain_rates),
       finetune_rates=dict(cfg.data.finetune_rates),
-      process_count=jax.process_count(),
+      records=records.fingerprint(data_dir(cfg.data)),
     )
   return signature
+
+
+def mixture_shares(cfg: Any) -> Callable[[int], dict[str, float]]:
+  """steps -> each task's realised share of the rows of the first `steps` global batches, as
+  metrics `mixture/<task>` (none for synthetic data)."""
+  if cfg.data.source != "seqio":
+    return lambda steps: {}
+  _register(cfg.data, data_dir(cfg.data))
+  names, interleave = mixture_of(cfg.data, int(cfg.train.seed))
+  global_batch = int(cfg.train.global_batch)
+
+  def shares(steps: int) -> dict[str, float]:
+    rows = max(steps * global_batch, 1)
+    return {f"mixture/{n}": c / rows for n, c in zip(names, interleave.counts(rows))}
+
+  return shares
 
 
 def batches(cfg: Any, batch_sharding: NamedSharding, start_step: int) -> Iterator[dict]:

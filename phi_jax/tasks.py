@@ -12,8 +12,9 @@ Sources are sharded TFRecord files of tf.train.Examples written by `data_pipelin
 refuses a task directory the build has not finished (no `stage.json`).
 
 Examples come out per document ('targets' = tokens + end-of-text; exercises also carry
-'loss_weights', 0 on prompt tokens when `mask_prompt`); `packing.pack` cuts the mixed stream
-into training rows.
+'loss_weights', 0 on prompt tokens when `mask_prompt`). data_pipeline.build writes them in the
+random-access form the trainer reads (phi_jax.records), and phi_jax.packing cuts them into
+training rows.
 """
 
 from __future__ import annotations
@@ -122,9 +123,10 @@ def register(
     preprocessors=[
       _document_text,
       seqio.preprocessors.tokenize,
-      seqio.CacheDatasetPlaceholder(),
       seqio.preprocessors.append_eos,
       _unit_weights,
+      # Last: what the build caches (seqio's cache, phi_jax.records) is each final document.
+      seqio.CacheDatasetPlaceholder(),
     ],
     output_features=_features(vocab),
   )

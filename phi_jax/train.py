@@ -107,6 +107,12 @@ class _Sigterm:
 
 
 def _check_same_stream(saved: dict, now: dict, workdir: epath.Path) -> None:
+  if saved.get("source") == "seqio" and "process_count" in saved:
+    raise ValueError(
+      f"{workdir} was trained on seqio data before 2026-12, when each process read its own "
+      "shard: its data position does not carry over to the random-access rows read now. Start "
+      f"a new workdir with --config.train.init_from={workdir} (params only)"
+    )
   changed = configs.differences(saved, now)
   if changed:
     raise ValueError(
@@ -188,6 +194,7 @@ def _train(cfg, workdir, model_config, trainer, checkpoints, sigterm) -> dict:
   batches = input_pipeline.batches(cfg, trainer.batch_sharding, next_batch)
   config = checkpoint.config_item(model_config, cfg, init_from)
   stream = input_pipeline.stream_signature(cfg)
+  mixture_shares = input_pipeline.mixture_shares(cfg)
   evaluator = train_eval.make_evaluator(cfg, trainer)  # None unless eval.every_steps > 0
 
   tokens_per_step = int(cfg.train.global_batch) * int(cfg.train.seq_len)
@@ -250,6 +257,7 @@ def _train(cfg, workdir, model_config, trainer, checkpoints, sigterm) -> dict:
           "tokens_per_second": tokens_per_step / step_time,
           "mfu": flops_per_step / step_time / peak,
           "nonfinite_steps": skipped,
+          **mixture_shares(done),
         }
         writer.write(done, last)
         progress.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
