@@ -16,6 +16,9 @@ DATA = [
   "tensorflow",  # data_pipeline.tokenizer's TF encode/decode (seqio brings it too)
   "tokenizers>=0.15",  # Tokenizer.encode_special_tokens, data_pipeline.tokenizer
   "pandas<3",  # Beam's interactive runner, which Beam loads inside notebooks (Colab)
+  # The trainer's random-access documents (phi_jax.records) and their parallel reading.
+  "array-record>=0.8",
+  "grain>=0.2.18",
 ]
 # transformers is the reference implementation the tests compare against; torch is pinned to the
 # CPU build so that pip does not pull CUDA packages. libtpu, at the version jax pins, compiles for

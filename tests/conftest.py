@@ -60,3 +60,18 @@ def beam_run(tmp_path):
     return (collected[0] if single else collected), counters
 
   return run
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+  """A corpus built by data_pipeline.build from 150 of this machine's Python files (configs/tiny.py,
+  ~1 min on 2 cores): its records feed the trainer's seqio source. Once per test worker."""
+  from data_pipeline import build
+  from phi_jax import configs
+
+  cfg = configs.get("tiny")
+  cfg.corpus.update(max_files=150, quality_model_steps=5, tokenizer_max_documents=500)
+  cfg.logging.progress_bar = False
+  out = tmp_path_factory.mktemp("tiny_corpus") / "data"
+  build.run(cfg, out)
+  return out
