@@ -392,11 +392,31 @@ class WriteRecordShard(beam.DoFn):
     stages.counter(f"{self.split}_record_tokens").inc(tokens)
 
 
+class PreprocessExamples(beam.DoFn):
+  """Batches of a task's serialized source examples -> the task's final examples, through its own
+  seqio preprocessing (one small tf.data pipeline per batch)."""
+
+  def __init__(self, task: str, setup):
+    self.task, self._setup = task, setup
+
+  def setup(self):
+    self._setup()
+
+  def process(self, batch):
+    task = seqio.get_mixture_or_task(self.task)
+    features = tasks.SOURCE_FEATURES[self.task]
+    dataset = tf.data.Dataset.from_tensor_slices(batch).map(
+      lambda serialized: tf.io.parse_single_example(serialized, features)
+    )
+    yield from task.preprocess_precache(dataset).as_numpy_iterator()
+
+
 def write_records(
   cfg: Any, out: epath.PathLike, beam_options: list[str], task_names=tuple(TASK_KINDS)
 ) -> dict:
-  """The tasks' final examples (their seqio preprocessing, run by seqio.beam_utils) as the
-  trainer's random-access documents: OUT/records/<task>/ (phi_jax.records)."""
+  """The tasks' final examples (their seqio preprocessing) as the trainer's random-access
+  documents: OUT/records/<task>/ (phi_jax.records). Sources are read with Beam's filesystems, so
+  any object store Beam reaches works."""
   num_shards = int(cfg.corpus.num_shards)
 
   def body(stage: epath.Path) -> dict:
@@ -406,7 +426,7 @@ def write_records(
       (name, split)
       for name in task_names
       for split in ("train", "validation")
-      if seqio.get_mixture_or_task(name).source.list_shards(split)
+      if list((epath.Path(out) / name).glob(f"{split}.tfrecord-*"))
     ]
 
     def build(p):
@@ -414,15 +434,11 @@ def write_records(
         label = f"{name}_{split}"
         _ = (
           p
-          | f"{label} preprocess"
-          >> beam_utils.PreprocessTask(
-            seqio.get_mixture_or_task(name),
-            split,
-            setup_fn=setup,
-            preprocessors_seed=cfg.train.seed,
-          )
-          | f"{label} key"
-          >> beam.Map(lambda ex: _keyed_document({k: v.numpy() for k, v in ex.items()}, num_shards))
+          | f"{label} read"
+          >> beam.io.ReadFromTFRecord(tasks.split_pattern(os.fspath(out), name, split))
+          | f"{label} batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
+          | f"{label} preprocess" >> beam.ParDo(PreprocessExamples(name, setup))
+          | f"{label} key" >> beam.Map(_keyed_document, num_shards)
           | f"{label} group" >> beam.GroupByKey()
           | f"{label} write"
           >> beam.ParDo(WriteRecordShard(os.fspath(stage / name), split, num_shards))
@@ -440,6 +456,9 @@ def write_records(
     return summary
 
   return files.run_stage(out, records.STAGE, body)
+
+
+_CACHE_FORMAT = 2  # 2: the tasks' final documents (end-of-text included) are what is cached
 
 
 def cache(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
@@ -496,8 +515,16 @@ def cache(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
           )
         )
 
-    return stages.run_pipeline(build, beam_options)
+    return {**stages.run_pipeline(build, beam_options), "format": _CACHE_FORMAT}
 
+  previous = files.done(out, "cache")
+  if previous is not None and previous.get("format") != _CACHE_FORMAT:
+    logging.warning(
+      "%s/cache was written before 2026-12, without end-of-text on CodeTextbook documents "
+      "(the task now caches each final document): rewriting it",
+      out,
+    )
+    (epath.Path(out) / "cache").rmtree()
   return files.run_stage(out, "cache", body)
 
 

@@ -130,7 +130,9 @@ def base() -> ml_collections.ConfigDict:
       quality_max_len=512,
       llm_base_url="",  # OpenAI-compatible endpoint, e.g. http://localhost:8000/v1
       llm_model="",
-      cache=True,  # also write the tokenized tasks in seqio's cache layout (OUT/cache)
+      # Also write the tokenized tasks in seqio's cache layout (OUT/cache), for seqio's own
+      # readers (get_dataset(use_cached=True)); the trainer reads the records stage.
+      cache=False,
     )
   )
   # Multi-host: jax.distributed.initialize() when enabled; empty fields are auto-detected

@@ -95,6 +95,12 @@ def _load_index(path: epath.Path) -> np.ndarray:
 
 def require_built(data_dir: str) -> dict:
   """The records stage's summary; a clear error naming the command when it is not there."""
+  if files.is_remote(data_dir):
+    raise ValueError(
+      f"data.dir={data_dir}: ArrayRecord (array_record 0.8) reads local files only "
+      "(google/array_record#120). Mount the bucket with gcsfuse (`gcsfuse --implicit-dirs "
+      "BUCKET /mnt/BUCKET`) on every host and set data.dir to the mounted path"
+    )
   if not epath.Path(data_dir).exists():
     raise FileNotFoundError(
       f"data.dir={data_dir} does not exist: build it with `python -m data_pipeline.build "
@@ -107,12 +113,6 @@ def require_built(data_dir: str) -> dict:
       "trainer reads; builds from before 2026-12 lack it): run `python -m data_pipeline.build "
       f"--config=CONFIG --out={data_dir}` with the config it was built with; the finished "
       "stages are reused and only the missing ones run"
-    )
-  if files.is_remote(data_dir):
-    raise ValueError(
-      f"data.dir={data_dir}: ArrayRecord (array_record 0.8) reads local files only "
-      "(google/array_record#120). Mount the bucket with gcsfuse (`gcsfuse --implicit-dirs "
-      "BUCKET /mnt/BUCKET`) on every host and set data.dir to the mounted path"
     )
   return summary
 

@@ -36,6 +36,16 @@ FINETUNE = "phi1_finetune"
 DEFAULT_DATA_DIR = os.path.expanduser("~/.cache/phi_jax/data")
 
 
+# The tf.train.Example features of each task's source files.
+SOURCE_FEATURES = {
+  CODE_TEXTBOOK: {"text": tf.io.FixedLenFeature([], tf.string)},
+  CODE_EXERCISES: {
+    "prompt": tf.io.FixedLenFeature([], tf.string),
+    "solution": tf.io.FixedLenFeature([], tf.string),
+  },
+}
+
+
 def vocabulary_path(data_dir: str) -> str:
   return os.path.join(data_dir, "tokenizer", "spm.model")
 
@@ -105,11 +115,7 @@ def register(
   _require_built(data_dir)
   vocab = vocab or seqio.SentencePieceVocabulary(vocabulary_path(data_dir))
   splits = ("train", "validation")
-  text = {"text": tf.io.FixedLenFeature([], tf.string)}
-  exercise = {
-    "prompt": tf.io.FixedLenFeature([], tf.string),
-    "solution": tf.io.FixedLenFeature([], tf.string),
-  }
+  text, exercise = SOURCE_FEATURES[CODE_TEXTBOOK], SOURCE_FEATURES[CODE_EXERCISES]
 
   for name in (CODE_TEXTBOOK, CODE_EXERCISES, PRETRAIN, FINETUNE):
     seqio.MixtureRegistry.remove(name)

