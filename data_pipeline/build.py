@@ -221,6 +221,7 @@ def embedding_model(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> s
       model_cfg = copy.deepcopy(cfg)
       model_cfg.data.update(source="seqio", dir=os.fspath(unfiltered), mixture="phi1_pretrain")
       model_cfg.train.update(steps=cfg.corpus.quality_model_steps)
+      model_cfg.eval.every_steps = 0  # an embedding model: its held-out loss is not the point
       model_cfg.logging.progress_bar = cfg.logging.progress_bar
       workdir = os.path.join(local, "run")
       metrics = train.run(model_cfg, workdir)
@@ -392,6 +393,14 @@ class WriteRecordShard(beam.DoFn):
     stages.counter(f"{self.split}_record_tokens").inc(tokens)
 
 
+def _register_with_local_vocabulary(out: str) -> None:
+  """tasks.register over `out`, with its SentencePiece model first copied to a local file:
+  TensorFlow's own GCS client reaches fewer object stores than epath and Beam do."""
+  local = os.path.join(tempfile.mkdtemp(prefix="phi1_spm_"), "spm.model")
+  files.copy_file(tasks.vocabulary_path(out), local)
+  tasks.register(out, vocab=seqio.SentencePieceVocabulary(local))
+
+
 class PreprocessExamples(beam.DoFn):
   """Batches of a task's serialized source examples -> the task's final examples, through its own
   seqio preprocessing (one small tf.data pipeline per batch)."""
@@ -420,7 +429,7 @@ def write_records(
   num_shards = int(cfg.corpus.num_shards)
 
   def body(stage: epath.Path) -> dict:
-    setup = functools.partial(tasks.register, os.fspath(out))
+    setup = functools.partial(_register_with_local_vocabulary, os.fspath(out))
     setup()
     jobs = [
       (name, split)

@@ -137,7 +137,8 @@ class Documents:
     if summary["documents"] == 0:
       raise ValueError(
         f"task {task} has no documents in split {split!r} of {data_dir} (a corpus too small "
-        "for corpus.validation_fraction?); drop the task from the mixture or rebuild with more data"
+        "for corpus.validation_fraction?): rebuild with more data or a larger fraction, drop "
+        "the task from the mixture, or (for the held-out loss) set eval.every_steps=0"
       )
     index = np.concatenate(
       [_load_index(directory / f"{s['name']}.index.npy") for s in summary["shards"]]

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from phi_jax import configs, input_pipeline, optimizer, sharding, train_step
+from phi_jax import configs, input_pipeline, optimizer, sharding, train, train_step
 
 STEPS = 3
 
@@ -197,3 +197,11 @@ def test_profiler_trace_on_request(tmp_path):
   traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
   assert len(traces) == 1 and traces[0].stat().st_size > 0
   assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_seqio_run_from_before_random_access_reading_is_not_resumed(tmp_path):
+  """Its stream (each process read its own shard, recorded with the process count) cannot be
+  continued: the error says how to start from its params instead."""
+  saved = {"source": "seqio", "seed": 0, "process_count": 1, "use_cached": False}
+  with pytest.raises(ValueError, match=f"before 2026-12.*train.init_from={tmp_path}"):
+    train._check_same_stream(saved, dict(saved), tmp_path)
