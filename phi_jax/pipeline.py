@@ -67,9 +67,7 @@ def _build_data(cfg: Any, workdir: Path) -> dict:
   data_dir = workdir / "data"
   manifest = build.run(cfg, data_dir)
   row = {task: manifest[task]["train_documents"] for task in build.TASK_KINDS}
-  stats = [data_dir / "cache" / task / "stats.train.json" for task in build.TASK_KINDS]
-  if all(path.exists() for path in stats):  # seqio's cache counts the tokens
-    row["tokens"] = sum(json.loads(path.read_text())["targets_tokens"] for path in stats)
+  row["tokens"] = sum(manifest["records"][task]["train_tokens"] for task in build.TASK_KINDS)
   return row
 
 
