@@ -13,7 +13,11 @@ mixture of a built corpus, for two batch shapes:
 each with 1 and 2 reading threads in the trainer's process (`data.read_threads`) and with 2
 reading processes of 1 thread each (`data.read_processes`, Grain mp_prefetch). Delivered
 tokens/s: rows x seq_len of numpy batches per second, over --seconds after the first two
-batches, by a consumer that does nothing else.
+batches, by a consumer that does nothing else. "next() when ahead": the median time `next()`
+then holds the trainer's thread when the reader had --step_seconds (a trainer step; the
+consumer sleeps) to read ahead since the last batch: the reader's own cost on the thread that
+dispatches the steps. "same batches": each reader's first batch at every resume step equals
+the 1-thread reader's (the batch of a step must not depend on how it is read).
 
 Trainer consumption: tiny: jitted train steps on this machine (synthetic batches, the first,
 compiling step excluded). phi1_small: NOT measured (one 1 x 2048 step on a 2-core CPU compiles
@@ -52,6 +56,8 @@ import statistics
 import tempfile
 import time
 from importlib import metadata
+
+import numpy as np
 
 # CPU benchmark: never probe for accelerators (also in Grain's reader processes, which spawn).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -95,12 +101,16 @@ def open_reader(cfg, rows: slice, step: int, threads: int, processes: int):
   return input_pipeline.read_rows(cfg.data, source, rows, int(cfg.train.global_batch), step)
 
 
-def first_batch_seconds(open_fn, step: int):
-  """(seconds to construct a reader at `step` and get its first batch, the open reader)."""
+def first_batch_seconds(open_fn, step: int, batches: dict | None = None):
+  """(seconds to construct a reader at `step` and get its first batch, the open reader); the
+  batch goes into `batches[step]`."""
   start = time.perf_counter()
   reader = open_fn(step)
-  next(reader)
-  return time.perf_counter() - start, reader
+  batch = next(reader)
+  seconds = time.perf_counter() - start
+  if batches is not None:
+    batches.setdefault(step, batch)
+  return seconds, reader
 
 
 def tokens_per_second(reader, tokens_per_batch: int, seconds: float) -> float:
@@ -112,26 +122,50 @@ def tokens_per_second(reader, tokens_per_batch: int, seconds: float) -> float:
   return batches * tokens_per_batch / (time.perf_counter() - start)
 
 
+def blocked_seconds(reader, step_seconds: float, samples: int = 5) -> float:
+  """Median time `next()` holds the caller when the reader had a trainer step's time to read
+  ahead: the consumer sleeps `step_seconds` (releasing the GIL, as a thread waiting on the
+  accelerator does), then takes a batch."""
+  waits = []
+  for _ in range(samples):
+    time.sleep(step_seconds)
+    start = time.perf_counter()
+    next(reader)
+    waits.append(time.perf_counter() - start)
+  return statistics.median(waits)
+
+
 def measure_reader(open_fn, tokens_per_batch: int, args) -> dict:
   """Time to first batch at each resume step (median of repeats, steps interleaved) and the
   delivered tokens/s of the first step-0 reader."""
-  firsts, throughput = {step: [] for step in RESUME_STEPS}, None
+  firsts, throughput, batches = {step: [] for step in RESUME_STEPS}, None, {}
   for _ in range(args.repeats):
     for step in RESUME_STEPS:
-      seconds, reader = first_batch_seconds(open_fn, step)
+      seconds, reader = first_batch_seconds(open_fn, step, batches)
       firsts[step].append(seconds)
       if throughput is None:
         throughput = tokens_per_second(reader, tokens_per_batch, args.seconds)
+        blocked = blocked_seconds(reader, args.step_seconds)
       reader.close()
       del reader
       gc.collect()
   first = {step: statistics.median(values) for step, values in firsts.items()}
   return {
     "tokens_per_s": throughput,
+    "blocked_s": blocked,
     "first_batch_s": first,
     "first_batch_samples_s": firsts,
     "first_batch_ratio": first[RESUME_STEPS[-1]] / first[0],
+    "batches": batches,
   }
+
+
+def same_batches(a: dict, b: dict) -> bool:
+  return all(
+    a[step].keys() == b[step].keys()
+    and all(np.array_equal(a[step][key], b[step][key]) for key in a[step])
+    for step in a
+  )
 
 
 # --------------------------------------------------------------------------- old way
@@ -207,6 +241,7 @@ def measure_old_reader(cfg, use_cached: bool, args) -> dict:
   seconds, reader = first_batch_seconds(open_fn, 0)
   measured = {0: seconds}
   throughput = tokens_per_second(reader, tokens, args.seconds)
+  blocked = blocked_seconds(reader, args.step_seconds)
   reader.close()
   measured[args.old_step], reader = first_batch_seconds(open_fn, args.old_step)
   reader.close()
@@ -214,6 +249,7 @@ def measure_old_reader(cfg, use_cached: bool, args) -> dict:
   first = {step: measured[0] + per_step * step for step in RESUME_STEPS}
   return {
     "tokens_per_s": throughput,
+    "blocked_s": blocked,
     "first_batch_s": first,
     "first_batch_measured_s": measured,
     "first_batch_extrapolated": [step for step in RESUME_STEPS if step not in measured],
@@ -279,8 +315,8 @@ def table(report) -> str:
     "times",
     "",
     f"| rows/host x seq_len | source | tokens/s | x tiny trainer (>= 10) | x phi1_small host "
-    f"(est.) | 1st batch @{s0} (s) | @{s1} (s) | @{s2} (s) | @{s2} / @{s0} (<= 2) |",
-    "|---|---|---|---|---|---|---|---|---|",
+    f"(est.) | next() when ahead (ms) | same batches | 1st batch @{s0} (s) | @{s1} (s) | @{s2} (s) | @{s2} / @{s0} (<= 2) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for row in report["rows"]:
     tokens, trainer = row["tokens_per_s"], row.get("trainer")
@@ -289,6 +325,8 @@ def table(report) -> str:
       cells[1] = f"{tokens / tiny:,.1f}"
     if row["shape"].startswith("phi1_small") and trainer != "tiny":
       cells[2] = f"{tokens / small:,.2f}"
+    cells.append(f"{row['blocked_s'] * 1e3:,.1f}" if "blocked_s" in row else "")
+    cells.append({True: "yes", False: "**no**", None: ""}[row.get("same_batches")])
     first = row.get("first_batch_s", {})
     guessed = row.get("first_batch_extrapolated", [])
     cells += [f"{first[k]:,.3f}" + "*" * (k in guessed) if first else "" for k in RESUME_STEPS]
@@ -300,6 +338,9 @@ def table(report) -> str:
     "",
     f"phi1_small host consumption (est.): {report['host_flops']:.3g} FLOP/s x "
     f"{report['mfu']:.0%} MFU / {report['phi1_small_flops_per_token']:.3g} FLOP/token. "
+    "same batches: the first batch at each resume step equals the 1-thread reader's. "
+    f"next() when ahead: median wait for a batch after sleeping {report['step_seconds']} s (a "
+    "trainer step) since the last one. "
     f"* extrapolated linearly from steps 0 and {report['old_step']:,} (skip(step) reads every "
     "earlier row)",
   ]
@@ -310,6 +351,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--data_dir", default="", help="a built corpus (default: build one)")
   parser.add_argument("--seconds", type=float, default=4.0, help="timed reading per reader")
+  parser.add_argument("--step_seconds", type=float, default=0.4, help="a step, for next() ahead")
   parser.add_argument("--repeats", type=int, default=3, help="first-batch samples per step")
   parser.add_argument("--steps", type=int, default=10, help="timed tiny train steps")
   parser.add_argument("--hosts", type=int, default=4, help="hosts sharing phi1_small's batch")
@@ -348,12 +390,16 @@ def main(argv=None):
 
   rows = []
   for cfg, host_rows, label in cases.values():
+    reference = None
     tokens_per_batch = (host_rows.stop - host_rows.start) * int(cfg.train.seq_len)
     for reader, (threads, processes) in READERS.items():
       open_fn = lambda step, c=cfg, r=host_rows, t=threads, p=processes: open_reader(
         c, r, step, t, p
       )
       result = measure_reader(open_fn, tokens_per_batch, args)
+      batches = result.pop("batches")
+      reference = reference or batches
+      result["same_batches"] = same_batches(batches, reference)
       rows.append({"shape": label, "seq_len": int(cfg.train.seq_len), "source": reader, **result})
   if not args.skip_old:
     for use_cached, source in (
@@ -404,6 +450,7 @@ def main(argv=None):
     "host_flops": args.host_flops,
     "mfu": args.mfu,
     "old_step": args.old_step,
+    "step_seconds": args.step_seconds,
     "phi1_small_flops_per_token": small_flops,
     "trainer_tokens_per_s": {"tiny": tiny_consumes, "phi1_small_host_estimated": small_host},
     "rows": rows,
