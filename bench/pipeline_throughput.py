@@ -2,10 +2,10 @@
 consumes, and the time to the first batch when a run resumes, side by side in one run.
 
     PYTHONPATH=. python bench/pipeline_throughput.py [--data_dir=DIR] [--seconds=4] \
-        [--repeats=3] [--out=result.json]
+        [--repeats=9] [--process_repeats=3] [--out=result.json]
 
 Reader: phi_jax.input_pipeline's seqio source (`MixtureRows` + `read_rows`, as `_seqio` builds
-it: ArrayRecord documents -> phi_jax.packing rows -> Grain map -> batch), the phi1_pretrain
+it: ArrayRecord documents -> phi_jax.packing rows -> Grain batches read ahead), the phi1_pretrain
 mixture of a built corpus, for two batch shapes:
   tiny        configs/tiny.py, 16 x 256: all 16 rows (one host);
   phi1_small  configs/phi1_small.py, 1024 x 2048 global: the 256 rows that host 0 of a 4-host
@@ -20,11 +20,13 @@ dispatches the steps. "same batches": each reader's first batch at every resume 
 the 1-thread reader's (the batch of a step must not depend on how it is read).
 
 Trainer consumption: tiny: jitted train steps on this machine (synthetic batches, the first,
-compiling step excluded). phi1_small: NOT measured (one 1 x 2048 step on a 2-core CPU compiles
-and runs for over 10 minutes); estimated per host from FLOPs per token (phi_jax.metrics.
+compiling step excluded). phi1_small: NOT measured (on a 2-core CPU its first 1 x 2048 step,
+fp32, compiled and ran for 9 minutes, the second for over 6); estimated per host from FLOPs per token (phi_jax.metrics.
 flops_per_token) at --host_flops x --mfu (default: a host of 8 H200s at bf16 dense peak, 40% MFU).
 
-Time to the first batch when resuming at step 0, 1,000 and 1,000,000 (median of --repeats):
+Time to the first batch when resuming at step 0, 1,000 and 1,000,000 (median of --repeats, of
+--process_repeats for the readers with processes; the steps interleaved, so that load from
+other processes hits all alike):
 a fresh reader for that start step, then `next()`. Included: `MixtureRows` (task registration,
 the mixture's rates, each task's index files), the Grain pipeline and its threads (or the
 spawn of its reader processes, which import phi_jax), the epoch permutations the first rows
@@ -41,7 +43,7 @@ every earlier row: timed once at steps 0 and --old_step (100), extrapolated line
 
 Without --data_dir a small corpus is built first with data_pipeline.build's own stages
 (configs/tiny.py, corpus.max_files=300, quality_model_steps=20; about 3.5 minutes on 2 cores,
-outside the measurements).
+outside the measurements). The measurements take about 5 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -135,11 +137,11 @@ def blocked_seconds(reader, step_seconds: float, samples: int = 5) -> float:
   return statistics.median(waits)
 
 
-def measure_reader(open_fn, tokens_per_batch: int, args) -> dict:
+def measure_reader(open_fn, tokens_per_batch: int, repeats: int, args) -> dict:
   """Time to first batch at each resume step (median of repeats, steps interleaved) and the
   delivered tokens/s of the first step-0 reader."""
   firsts, throughput, batches = {step: [] for step in RESUME_STEPS}, None, {}
-  for _ in range(args.repeats):
+  for _ in range(repeats):
     for step in RESUME_STEPS:
       seconds, reader = first_batch_seconds(open_fn, step, batches)
       firsts[step].append(seconds)
@@ -308,11 +310,16 @@ def table(report) -> str:
   tiny = report["trainer_tokens_per_s"]["tiny"]
   small = report["trainer_tokens_per_s"]["phi1_small_host_estimated"]
   s0, s1, s2 = (f"{step:,}" for step in RESUME_STEPS)
+  startup = f"{report['startup_s']:.1f} s"
+  if report["built_here"]:
+    startup = "done by the corpus build in this process"
+  load = ", ".join(f"{x:.1f}" for x in report["load_average"])
   lines = [
     f"phi1_pretrain mixture of {report['data_dir']} ({report['corpus_tokens']:,} training "
-    f"tokens); {report['cores']} cores; {report['date']}; one-time process start-up "
-    f"(imports, first task registration) {report['startup_s']:.1f} s, not in the first-batch "
-    "times",
+    f"tokens); {report['date']}; {report['cores']} cores, load average {load} at the end; "
+    f"one-time process start-up (imports, first task registration): {startup}, not in the "
+    f"first-batch times (medians of {report['repeats']}, {report['process_repeats']} with "
+    "processes)",
     "",
     f"| rows/host x seq_len | source | tokens/s | x tiny trainer (>= 10) | x phi1_small host "
     f"(est.) | next() when ahead (ms) | same batches | 1st batch @{s0} (s) | @{s1} (s) | @{s2} (s) | @{s2} / @{s0} (<= 2) |",
@@ -352,7 +359,8 @@ def main(argv=None):
   parser.add_argument("--data_dir", default="", help="a built corpus (default: build one)")
   parser.add_argument("--seconds", type=float, default=4.0, help="timed reading per reader")
   parser.add_argument("--step_seconds", type=float, default=0.4, help="a step, for next() ahead")
-  parser.add_argument("--repeats", type=int, default=3, help="first-batch samples per step")
+  parser.add_argument("--repeats", type=int, default=9, help="first-batch samples per step")
+  parser.add_argument("--process_repeats", type=int, default=3, help="the same, with processes")
   parser.add_argument("--steps", type=int, default=10, help="timed tiny train steps")
   parser.add_argument("--hosts", type=int, default=4, help="hosts sharing phi1_small's batch")
   parser.add_argument("--host_flops", type=float, default=8 * 989e12, help="peak FLOP/s a host")
@@ -368,7 +376,8 @@ def main(argv=None):
 
   from phi_jax import configs, input_pipeline, records  # (see shapes)
 
-  if not args.data_dir:
+  built_here = not args.data_dir
+  if built_here:
     from data_pipeline import build  # only a run without --data_dir builds
 
     args.data_dir = tempfile.mkdtemp(prefix="phi1_bench_data_")
@@ -396,7 +405,8 @@ def main(argv=None):
       open_fn = lambda step, c=cfg, r=host_rows, t=threads, p=processes: open_reader(
         c, r, step, t, p
       )
-      result = measure_reader(open_fn, tokens_per_batch, args)
+      repeats = args.process_repeats if processes else args.repeats
+      result = measure_reader(open_fn, tokens_per_batch, repeats, args)
       batches = result.pop("batches")
       reference = reference or batches
       result["same_batches"] = same_batches(batches, reference)
@@ -445,6 +455,8 @@ def main(argv=None):
     "corpus_tokens": sum(int(summary[name]["train_tokens"]) for name in task_names),
     "startup_s": startup,
     "repeats": args.repeats,
+    "process_repeats": args.process_repeats,
+    "built_here": built_here,
     "seconds": args.seconds,
     "hosts": args.hosts,
     "host_flops": args.host_flops,
