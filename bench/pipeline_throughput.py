@@ -36,7 +36,7 @@ with its vocabulary load), done by a warm-up reader first and reported separatel
 host-to-device copy `input_pipeline.batches` adds. The corpus files are in the page cache.
 
 Old way (extra rows, tiny shape only): seqio's `get_dataset` of the mixture (shuffled, seeded,
-on the fly and from the build's seqio cache), packed with tf.data as the deleted
+on the fly, and from the build's seqio cache when it has one: corpus.cache), packed with tf.data as the deleted
 phi_jax.packing.pack did (its 20 lines re-created here), resumed by `skip(step)`, which reads
 every earlier row: timed once at steps 0 and --old_step (100), extrapolated linearly to 1,000 and
 1,000,000 (marked *).
@@ -374,7 +374,7 @@ def main(argv=None):
 
   flags.FLAGS(["pipeline_throughput"])
 
-  from phi_jax import configs, input_pipeline, records  # (see shapes)
+  from phi_jax import configs, files, input_pipeline, records  # (see shapes)
 
   built_here = not args.data_dir
   if built_here:
@@ -383,7 +383,8 @@ def main(argv=None):
     args.data_dir = tempfile.mkdtemp(prefix="phi1_bench_data_")
     cfg = configs.get("tiny")
     cfg.logging.progress_bar = False
-    cfg.corpus.update(max_files=300, quality_model_steps=20)
+    # cache: seqio's cache layout too (optional in the build), for the old way's cached row
+    cfg.corpus.update(max_files=300, quality_model_steps=20, cache=True)
     build.run(cfg, args.data_dir)
   args.data_dir = os.path.abspath(args.data_dir)
   cases = shapes(args.hosts)
@@ -411,16 +412,15 @@ def main(argv=None):
       reference = reference or batches
       result["same_batches"] = same_batches(batches, reference)
       rows.append({"shape": label, "seq_len": int(cfg.train.seq_len), "source": reader, **result})
-  if not args.skip_old:
-    for use_cached, source in (
-      (False, "old: seqio on the fly + tf"),
-      (True, "old: seqio cache + tf"),
-    ):
-      result = measure_old_reader(tiny_cfg, use_cached, args)
-      rows.append(
-        {"shape": cases["tiny"][2], "seq_len": int(tiny_cfg.train.seq_len), "source": source}
-        | result
-      )
+  old_ways = [] if args.skip_old else [False]
+  if old_ways and files.done(args.data_dir, "cache") is not None:  # the build's seqio cache
+    old_ways.append(True)
+  for use_cached in old_ways:
+    source = f"old: seqio {'cache' if use_cached else 'on the fly'} + tf"
+    result = measure_old_reader(tiny_cfg, use_cached, args)
+    rows.append(
+      {"shape": cases["tiny"][2], "seq_len": int(tiny_cfg.train.seq_len), "source": source} | result
+    )
   gc.collect()
 
   tiny_consumes = trainer_tokens_per_second(configs.get("tiny"), args.steps)
