@@ -151,8 +151,8 @@ def read_rows(data: Any, source: MixtureRows, rows: slice, global_batch: int, st
   Elements are whole batches, batched before the threads: mp_prefetch deals the elements out to
   its processes, so each reads whole steps and batch k is step start_step + k's rows for any
   number of processes (rows dealt out and batched after would mix steps). And Grain's prefetch
-  scans its ready elements on every `next()`: a buffer of batches keeps that short, where one of
-  2 x local_batch rows held the trainer's thread for ~0.3 s a step (bench/pipeline_throughput)."""
+  scans its ready elements on every `next()`: a buffer of a few batches keeps that short, where
+  one of many rows held the trainer's thread (docs/measurements.md)."""
   import grain  # only runs that read real data load it
 
   threads = int(data.read_threads)
@@ -163,6 +163,10 @@ def read_rows(data: Any, source: MixtureRows, rows: slice, global_batch: int, st
     .to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, threads)))
   )
   if int(data.read_processes) > 0:
+    from absl import flags  # grain 0.2.18's workers read an absl flag (google/grain#1355)
+
+    if not flags.FLAGS.is_parsed():  # train.run from Python or a notebook: nothing parsed them
+      flags.FLAGS.mark_as_parsed()
     dataset = dataset.mp_prefetch(
       grain.MultiprocessingOptions(num_workers=int(data.read_processes))
     )

@@ -2,17 +2,12 @@
 
 import numpy as np
 import pytest
-from absl import flags
 
 from phi_jax import configs, input_pipeline
 
 
 @pytest.mark.slow
 def test_batches_are_the_steps_rows_with_threads_and_processes(tiny_corpus):
-  # Grain 0.2.18's mp_prefetch reads an absl flag, which only a parsed command line provides
-  # (google/grain#1355); python -m phi_jax.cli parses them, pytest does not.
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
   cfg = configs.get("tiny")
   cfg.data.update(source="seqio", dir=str(tiny_corpus), mixture="phi1_pretrain")
   seq_len, global_batch, rows, start = 64, 8, slice(2, 6), 1_000
