@@ -63,15 +63,24 @@ def beam_run(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def tiny_corpus(tmp_path_factory) -> Path:
+def tiny_corpus(tmp_path_factory, worker_id) -> Path:
   """A corpus built by data_pipeline.build from 150 of this machine's Python files (configs/tiny.py,
-  ~1 min on 2 cores): its records feed the trainer's seqio source. Once per test worker."""
+  ~1 min on 2 cores): its records feed the trainer's seqio source. Built once per test session:
+  the first worker to ask builds it under a lock, the others wait and read the same build."""
+  import fcntl  # the lock that makes xdist's workers share one build
+
   from data_pipeline import build
   from phi_jax import configs
 
-  cfg = configs.get("tiny")
-  cfg.corpus.update(max_files=150, quality_model_steps=5, tokenizer_max_documents=500)
-  cfg.logging.progress_bar = False
-  out = tmp_path_factory.mktemp("tiny_corpus") / "data"
-  build.run(cfg, out)
+  root = tmp_path_factory.getbasetemp()
+  if worker_id != "master":
+    root = root.parent  # this session's directory, shared by its xdist workers
+  out = root / "tiny_corpus" / "data"
+  with open(root / "tiny_corpus.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (out / "manifest.json").exists():  # the build writes it last
+      cfg = configs.get("tiny")
+      cfg.corpus.update(max_files=150, quality_model_steps=5, tokenizer_max_documents=500)
+      cfg.logging.progress_bar = False
+      build.run(cfg, out)
   return out

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import sentencepiece
 from orbax.checkpoint._src.serialization import serialization as orbax_serialization
 
 from phi_jax import checkpoint, configs, convert, hf_format, model, sharding, train, train_step
@@ -115,7 +116,22 @@ CLI_ARGS = (
 )
 
 
-def _start(workdir: Path, cache: Path, log: Path) -> subprocess.Popen:
+def _cli_args(request, data: str) -> tuple[str, ...]:
+  """CLI_ARGS on synthetic data, or on seqio data from the tiny corpus: the model's vocabulary
+  then that of the corpus tokenizer (an id past the embedding table would be clamped silently)."""
+  if data == "synthetic":
+    return CLI_ARGS
+  corpus = request.getfixturevalue("tiny_corpus")
+  vocab = sentencepiece.SentencePieceProcessor(model_file=str(corpus / "tokenizer" / "spm.model"))
+  return (
+    *(arg for arg in CLI_ARGS if not arg.startswith("--config.model.vocab_size=")),
+    f"--config.model.vocab_size={vocab.vocab_size()}",
+    "--config.data.source=seqio",
+    f"--config.data.dir={corpus}",
+  )
+
+
+def _start(workdir: Path, cache: Path, log: Path, args: tuple[str, ...]) -> subprocess.Popen:
   # The persistent compilation cache spares each restart the compile; cached executables are the
   # compiled ones, so the arithmetic is that of a fresh compile.
   env = dict(
@@ -128,7 +144,7 @@ def _start(workdir: Path, cache: Path, log: Path) -> subprocess.Popen:
   )
   with log.open("a") as out:
     return subprocess.Popen(
-      [sys.executable, "-m", "phi_jax.train", f"--workdir={workdir}", *CLI_ARGS],
+      [sys.executable, "-m", "phi_jax.train", f"--workdir={workdir}", *args],
       env=env,
       cwd=REPO,
       stdout=out,
@@ -171,12 +187,17 @@ def _save_in_flight(workdir: Path):
 
 
 @pytest.mark.slow
-def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("data", ["synthetic", "seqio"])
+def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run(
+  tmp_path, request, data
+):
   """SIGKILL mid-save, at random moments and after progress, SIGTERM, and finally a damaged
-  newest step: rerunning the same command ends with the uninterrupted run's bits."""
+  newest step: rerunning the same command ends with the uninterrupted run's bits, on synthetic
+  data and on seqio data (the tiny corpus's records, read from the restored data position)."""
+  args = _cli_args(request, data)
   cache, log = tmp_path / "compile_cache", tmp_path / "runs.log"
   started = time.monotonic()
-  reference = _start(tmp_path / "reference", cache, log)
+  reference = _start(tmp_path / "reference", cache, log, args)
   assert reference.wait(timeout=300) == 0, log.read_text()[-3000:]
   reference_s = time.monotonic() - started
   # Seconds per step, saves included: random moments "between steps" scale with the machine.
@@ -202,7 +223,7 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
   for sig, when in plan:
     before = steps_in(workdir)
     launched = time.monotonic()
-    proc = _start(workdir, cache, log)
+    proc = _start(workdir, cache, log, args)
     if when == "start":
       deadline = launched + rng.uniform(0, first_save_s)
       landed = _wait(proc, lambda: time.monotonic() > deadline)
@@ -236,7 +257,7 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
   # And the newest step is damaged: the last run falls back to the one before it.
   *_, previous, newest = steps_in(workdir)
   _damage(workdir / "checkpoints" / str(newest), "changed_byte")
-  final = _start(workdir, cache, log)
+  final = _start(workdir, cache, log, args)
   assert final.wait(timeout=300) == 0, log.read_text()[-3000:]
   print(
     f"\nreference run {reference_s:.1f} s ({step_s:.3f} s/step; a restart saves after "

@@ -11,6 +11,10 @@ replicated across processes, sharded over fsdp and tensor within each) and runs 
 parallelism under it. That run stops after 2 steps and is resumed, both processes restoring
 their shards of the checkpoint, for the other 2.
 
+On seqio data (the tiny corpus of tests/conftest.py) runs resume elastically: two processes stop
+after 2 steps and one process trains the other 2, and the reverse; both end like one process
+that was never stopped (the batches themselves: tests/test_input_pipeline.py).
+
 Loopback only: the coordinator binds 127.0.0.1 (JAX_COORDINATOR_BIND_ADDRESS). jax 0.10.2 offers
 no setting for gloo's own sockets, which bind the address the machine's hostname resolves to.
 """
@@ -155,31 +159,76 @@ def runs(tmp_path_factory) -> Path:
   return workdir
 
 
+@pytest.fixture(scope="module")
+def seqio_runs(tmp_path_factory, tiny_corpus) -> Path:
+  """On seqio data: one process for 4 steps; two processes for 2 steps, then one for 2 more;
+  one process for 2 steps, then two for 2 more."""
+  workdir = tmp_path_factory.mktemp("multihost_seqio")
+  data = ("--config.data.source=seqio", f"--config.data.dir={tiny_corpus}")
+  first = data + ("--config.train.steps=2",)
+  _run_all(
+    _jobs(workdir, "seqio_one_process", 1, data)
+    + _jobs(workdir, "seqio_two_then_one", 2, first)
+    + _jobs(workdir, "seqio_one_then_two", 1, first),
+    DEADLINE_S,
+  )
+  _run_all(
+    _jobs(workdir, "seqio_two_then_one", 1, data) + _jobs(workdir, "seqio_one_then_two", 2, data),
+    DEADLINE_S,
+  )
+  for name in ("seqio_two_then_one", "seqio_one_then_two"):
+    resumes = json.loads((workdir / name / "run.json").read_text())["resumes"]
+    assert [r["step"] for r in resumes] == [2], name
+  return workdir
+
+
 def _losses(workdir: Path) -> list[tuple[int, float]]:
   lines = (workdir / "metrics.jsonl").read_text().splitlines()
   return [(r["step"], r["loss"]) for r in map(json.loads, lines)]
 
 
-@pytest.fixture(scope="module")
-def reference(runs):
-  """The one-process run's (losses, model config, final params), checked to have trained."""
-  config, params = checkpoint.restore_params(runs / "one_process")
+def _trained(workdir: Path):
+  """A one-process run's (losses, model config, final params), checked to have trained."""
+  config, params = checkpoint.restore_params(workdir)
   initial = jax.jit(model.init, static_argnums=0)(config, jax.random.key(0))  # train.seed=0
   moved = jax.tree.map(
     lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), params, initial
   )
   assert min(jax.tree.leaves(moved)) > 1e-3, moved  # the comparison below is not vacuous
-  return _losses(runs / "one_process"), config, params
+  return _losses(workdir), config, params
+
+
+@pytest.fixture(scope="module")
+def reference(runs):
+  return _trained(runs / "one_process")
+
+
+@pytest.fixture(scope="module")
+def seqio_reference(seqio_runs):
+  return _trained(seqio_runs / "seqio_one_process")
 
 
 @pytest.mark.parametrize("name", ["two_processes", "two_processes_2x2x2"])
 def test_two_processes_train_like_one(runs, reference, name):
+  _assert_trained_like(runs / name, reference)
+
+
+@pytest.mark.parametrize("name", ["seqio_two_then_one", "seqio_one_then_two"])
+def test_seqio_run_resumed_on_another_process_count_trains_like_one_process(
+  seqio_runs, seqio_reference, name
+):
+  """A checkpoint of 2 processes resumes on 1 and one of 1 on 2, continuing at the next batch
+  of the seqio stream: the losses and final params of an uninterrupted one-process run."""
+  _assert_trained_like(seqio_runs / name, seqio_reference)
+
+
+def _assert_trained_like(workdir: Path, reference) -> None:
   reference_losses, reference_config, reference_params = reference
-  losses = _losses(runs / name)
+  losses = _losses(workdir)
   assert [s for s, _ in losses] == [s for s, _ in reference_losses] == [1, 2, 3, 4]
   np.testing.assert_allclose([l for _, l in losses], [l for _, l in reference_losses], rtol=1e-5)
 
-  config, params = checkpoint.restore_params(runs / name)
+  config, params = checkpoint.restore_params(workdir)
   assert config == reference_config
   assert jax.tree.structure(params) == jax.tree.structure(reference_params)
   for (path, got), want in zip(
