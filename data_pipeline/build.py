@@ -26,6 +26,7 @@ import copy
 import functools
 import hashlib
 import json
+import math
 import os
 import tempfile
 from typing import Any
@@ -38,7 +39,7 @@ from absl import flags, logging
 from etils import epath
 from seqio import beam_utils
 
-from data_pipeline import annotators, llm_judge, sources, stages
+from data_pipeline import annotators, generation, llm_judge, sources, stages, synthetic
 from data_pipeline import classifier as classifier_lib
 from data_pipeline import decontaminate as decontam_lib
 from data_pipeline import dedup as dedup_lib
@@ -46,6 +47,7 @@ from data_pipeline import embeddings as embeddings_lib
 from data_pipeline import quality as quality_lib
 from data_pipeline import tokenizer as tokenizer_lib
 from phi_jax import cli, configs, files, records, tasks, train, vocabularies
+from phi_jax.evaluation import sandbox
 
 TASK_KINDS = {"phi1_code_textbook": ("code", "textbook"), "phi1_code_exercises": ("exercise",)}
 
@@ -212,7 +214,11 @@ def embedding_model(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> s
     with tempfile.TemporaryDirectory(prefix="phi1_quality_model_") as local:
       unfiltered = epath.Path(local) / "data"
       write_task(
-        cfg.corpus, "phi1_code_textbook", files.completed(out, "decontam"), unfiltered, beam_options
+        cfg.corpus,
+        "phi1_code_textbook",
+        [files.completed(out, "decontam")],
+        unfiltered,
+        beam_options,
       )
       files.copy_file(
         files.completed(out, "tokenizer") / "spm.model", unfiltered / "tokenizer" / "spm.model"
@@ -333,15 +339,21 @@ def _example(doc: dict) -> bytes:
 
 
 def write_task(
-  corpus: Any, task: str, docs_dir: epath.PathLike, out: epath.PathLike, beam_options: list[str]
+  corpus: Any,
+  task: str,
+  docs_dirs: list[epath.Path],
+  out: epath.PathLike,
+  beam_options: list[str],
 ) -> dict:
-  """One seqio task's source files: OUT/<task>/<split>.tfrecord-SSSSS-of-NNNNN."""
+  """One seqio task's source files, from the documents of the stages `docs_dirs`:
+  OUT/<task>/<split>.tfrecord-SSSSS-of-NNNNN."""
   kinds = TASK_KINDS[task]
 
   def body(stage: epath.Path) -> dict:
     def build(p):
-      docs = stages.read_docs(p, docs_dir, "docs") | "Select" >> beam.Filter(
-        lambda d: d["kind"] in kinds
+      parts = [stages.read_docs(p, directory, f"docs {directory.name}") for directory in docs_dirs]
+      docs = (
+        parts | "Join" >> beam.Flatten() | "Select" >> beam.Filter(lambda d: d["kind"] in kinds)
       )
       for split in ("train", "validation"):
         (
@@ -402,18 +414,19 @@ def _register_with_local_vocabulary(out: str) -> None:
 
 
 class PreprocessExamples(beam.DoFn):
-  """Batches of a task's serialized source examples -> the task's final examples, through its own
-  seqio preprocessing (one small tf.data pipeline per batch)."""
+  """Batches of a task's serialized source examples -> the final examples of `task` (the task or
+  one of its parts), through its own seqio preprocessing (one small tf.data pipeline per batch).
+  """
 
-  def __init__(self, task: str, setup):
-    self.task, self._setup = task, setup
+  def __init__(self, task: str, source_task: str, setup):
+    self.task, self.source_task, self._setup = task, source_task, setup
 
   def setup(self):
     self._setup()
 
   def process(self, batch):
     task = seqio.get_mixture_or_task(self.task)
-    features = tasks.SOURCE_FEATURES[self.task]
+    features = tasks.SOURCE_FEATURES[self.source_task]
     dataset = tf.data.Dataset.from_tensor_slices(batch).map(
       lambda serialized: tf.io.parse_single_example(serialized, features)
     )
@@ -424,7 +437,7 @@ def write_records(
   cfg: Any, out: epath.PathLike, beam_options: list[str], task_names=tuple(TASK_KINDS)
 ) -> dict:
   """The tasks' final examples (their seqio preprocessing) as the trainer's random-access
-  documents: OUT/records/<task>/ (phi_jax.records). Sources are read with Beam's filesystems, so
+  documents, a directory per task part: OUT/records/<task>.<part>/ (phi_jax.records). Sources are read with Beam's filesystems, so
   any object store Beam reaches works."""
   num_shards = int(cfg.corpus.num_shards)
 
@@ -432,33 +445,37 @@ def write_records(
     setup = functools.partial(_register_with_local_vocabulary, os.fspath(out))
     setup()
     jobs = [
-      (name, split)
+      (name, tasks.part(name, part), split)
       for name in task_names
       for split in ("train", "validation")
       if list((epath.Path(out) / name).glob(f"{split}.tfrecord-*"))
+      for part in tasks.PARTS
     ]
 
     def build(p):
-      for name, split in jobs:
-        label = f"{name}_{split}"
+      for name, part, split in jobs:
+        label = f"{part}_{split}"
         _ = (
           p
           | f"{label} read"
           >> beam.io.ReadFromTFRecord(tasks.split_pattern(os.fspath(out), name, split))
           | f"{label} batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
-          | f"{label} preprocess" >> beam.ParDo(PreprocessExamples(name, setup))
+          | f"{label} preprocess" >> beam.ParDo(PreprocessExamples(part, name, setup))
           | f"{label} key" >> beam.Map(_keyed_document, num_shards)
           | f"{label} group" >> beam.GroupByKey()
           | f"{label} write"
-          >> beam.ParDo(WriteRecordShard(os.fspath(stage / name), split, num_shards))
+          >> beam.ParDo(WriteRecordShard(os.fspath(stage / part), split, num_shards))
         )
 
     stages.run_pipeline(build, beam_options)
     summary = {"format": records.FORMAT}
-    for name, split in jobs:
-      summary.setdefault(name, {}).update(
-        records.write_split_index(stage / name, split, num_shards)
-      )
+    for name, part, split in jobs:
+      counts = records.write_split_index(stage / part, split, num_shards)
+      task_summary = summary.setdefault(name, {})
+      task_summary.setdefault("parts", {}).setdefault(part, {}).update(counts)
+      for key, value in counts.items():
+        if not key.endswith("_sha256"):
+          task_summary[key] = task_summary.get(key, 0) + value
     for name in task_names:
       if not summary.get(name, {}).get("train_documents"):
         raise stages.EmptyStageError(f"stage 'records' wrote no {name} training documents")
@@ -537,6 +554,151 @@ def cache(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
   return files.run_stage(out, "cache", body)
 
 
+def synthetic_backend(cfg: Any, out: epath.PathLike) -> generation.Backend:
+  """The backend `synthetic.backend` names, configured by the `synthetic` section."""
+  syn = cfg.synthetic
+  if syn.backend == "openai":
+    return generation.OpenAIBackend(
+      syn.base_url,
+      syn.model,
+      api_key_env=syn.api_key_env,
+      timeout_s=syn.timeout_s,
+      max_retries=syn.max_retries,
+      backoff_s=syn.backoff_s,
+      concurrency=syn.concurrency,
+    )
+  if syn.backend == "phi_jax":
+    if not syn.checkpoint:
+      raise ValueError(
+        "synthetic.backend='phi_jax' needs synthetic.checkpoint: a checkpoint workdir "
+        "(python -m phi_jax.train or phi_jax.convert made it)"
+      )
+    return generation.DecoderBackend(
+      files.existing(syn.checkpoint, "synthetic.checkpoint"),
+      tokenizer=syn.tokenizer or os.fspath(files.completed(out, "tokenizer") / "spm.model"),
+    )
+  raise ValueError(f"synthetic.backend={syn.backend!r}: use 'openai' or 'phi_jax'")
+
+
+def _expanded_topics(syn: Any, backend, cache) -> tuple[tuple[str, ...] | None, dict]:
+  """synthetic.topics, each replaced by the subtopics the model lists for it when
+  synthetic.topic_expansion is set (a topic whose request failed stays as it is)."""
+  if not syn.topic_expansion:
+    return None, {}
+  outcomes = generation.generate(backend, cache, synthetic.topic_requests(syn))
+  topics, counters = [], {"topics_requested": len(outcomes)}
+  for topic, outcome in zip(syn.topics, outcomes):
+    found = []
+    if outcome.response is not None:
+      found = synthetic.parse_subtopics(topic, outcome.response.text, syn.topic_expansion)
+    else:
+      counters[f"topics_failed_{outcome.failure}"] = 1 + counters.get(
+        f"topics_failed_{outcome.failure}", 0
+      )
+    topics += found or [topic]
+  counters["topics"] = len(topics)
+  return tuple(topics), counters
+
+
+def _failure_summary(counters: dict) -> str:
+  reasons = {
+    k: v for k, v in sorted(counters.items()) if k.startswith(("failed_", "rejected_")) and v
+  }
+  return ", ".join(f"{k}={v}" for k, v in reasons.items()) or "no failures counted"
+
+
+def synthesize(cfg: Any, kind: str, out: epath.PathLike, beam_options: list[str]) -> dict:
+  """Stage synthetic_textbook / synthetic_exercises: the grid's prompts through the backend (the
+  cache first), validated, deduplicated and decontaminated like the corpus."""
+  syn, corpus = cfg.synthetic, cfg.corpus
+  count = int(syn.textbooks if kind == synthetic.TEXTBOOK else syn.exercises)
+  name = synthetic.SOURCES[kind]
+
+  def body(stage: epath.Path) -> dict:
+    if kind == synthetic.EXERCISE and syn.run_tests:
+      sandbox.check_available(cfg.eval.isolation)  # before any request is paid for
+    backend = synthetic_backend(cfg, out)
+    cache_dir = syn.cache_dir or os.fspath(epath.Path(out) / "generation_cache")
+    counters: dict[str, Any] = {"items": count}
+    if kind == synthetic.TEXTBOOK:
+      topics, counters_topics = _expanded_topics(syn, backend, generation.ResponseCache(cache_dir))
+      counters.update(counters_topics)
+      grid = synthetic.textbook_grid(syn, topics)
+    else:
+      grid = synthetic.exercise_grid(syn)
+    shards = list(synthetic.shards(count, int(syn.items_per_shard)))
+    budget = math.ceil(syn.max_requests / len(shards)) if syn.max_requests else 0
+    references = decontam_lib.load_references(cfg.eval.mbpp_path or None)
+    limits = sandbox.Limits(memory_bytes=cfg.eval.memory_mb << 20, processes=cfg.eval.processes)
+
+    def build(p):
+      docs = (
+        p
+        | "Shards" >> beam.Create(shards)
+        | "Spread" >> beam.Reshuffle()
+        | "Generate" >> beam.ParDo(synthetic.GenerateItems(grid, backend, cache_dir, budget))
+        | "Validate"
+        >> beam.ParDo(
+          synthetic.ValidateItems(
+            syn.min_tokens, syn.run_tests, syn.test_timeout_s, cfg.eval.isolation, limits
+          )
+        )
+        | "Dedup"
+        >> dedup_lib.Deduplicate(
+          dedup_lib.make_config(threshold=corpus.dedup_threshold, num_perm=corpus.dedup_num_perm)
+        )
+        | "Decontaminate"
+        >> decontam_lib.Decontaminate(
+          references, ngram=corpus.decontam_ngram, tau=corpus.decontam_tau
+        )
+        | "Count" >> beam.Map(lambda d: (stages.counter("kept").inc(), d)[1])
+      )
+      stages.write_docs(docs, stage, "kept")
+
+    counters.update(stages.run_pipeline(build, beam_options))
+    if not counters.get("kept"):
+      raise stages.EmptyStageError(
+        f"stage '{name}' kept none of {count} generated items ({_failure_summary(counters)}): "
+        f"check synthetic.backend={syn.backend!r} (base_url={syn.base_url!r}, "
+        f"model={syn.model!r}) and the templates, or set synthetic."
+        f"{'textbooks' if kind == synthetic.TEXTBOOK else 'exercises'}=0"
+      )
+    return counters
+
+  return files.run_stage(out, name, body)
+
+
+def _inputs_digest(out: epath.PathLike, names: list[str]) -> str:
+  summaries = {name: files.done(out, name) for name in names}
+  return hashlib.sha256(json.dumps(summaries, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _fresh(out: epath.PathLike, name: str, inputs: str) -> None:
+  """Removes finished stage `name` when it was made from other inputs than `inputs` (a digest of
+  the stages it reads), so that it is made again from them."""
+  previous = files.done(out, name)
+  if previous is not None and previous.get("inputs") != inputs:
+    logging.warning(
+      "%s/%s was made from other inputs (e.g. no synthetic data): redoing it", out, name
+    )
+    (epath.Path(out) / name).rmtree()
+
+
+def _with_inputs(out: epath.PathLike, name: str, inputs: list[str], make) -> dict:
+  """Stage `name` by `make()`, redone when the stages `inputs` it reads have changed."""
+  digest = _inputs_digest(out, inputs)
+  _fresh(out, name, digest)
+  if files.done(out, name) is not None:
+    return files.done(out, name)
+  summary = make()
+  # The digest joins the marker only after the stage is whole: rewrite the marker with it.
+  files.write_atomic(
+    epath.Path(out) / name / files.MARKER,
+    json.dumps({**summary, "inputs": digest}, indent=2, sort_keys=True),
+  )
+  return {**summary, "inputs": digest}
+
+
 def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) -> dict:
   """All stages; returns (and writes as OUT/manifest.json, last) every stage's counts."""
   cfg, out = configs.resolve_paths(cfg), epath.Path(files.absolute(out))
@@ -548,13 +710,30 @@ def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) ->
     "tokenizer": tokenizer(cfg.corpus, int(cfg.model.vocab_size), out),
     "quality": quality(cfg, out, beam_options),
   }
+  docs_stages = ["quality"]
+  for kind, count in (
+    (synthetic.TEXTBOOK, cfg.synthetic.textbooks),
+    (synthetic.EXERCISE, cfg.synthetic.exercises),
+  ):
+    if count:
+      name = synthetic.SOURCES[kind]
+      manifest[name] = synthesize(cfg, kind, out, beam_options)
+      docs_stages.append(name)
+  docs_dirs = [files.completed(out, name) for name in docs_stages]
   for task in TASK_KINDS:
-    manifest[task] = write_task(
-      cfg.corpus, task, files.completed(out, "quality"), out, beam_options
+    manifest[task] = _with_inputs(
+      out,
+      task,
+      docs_stages,
+      lambda task=task: write_task(cfg.corpus, task, docs_dirs, out, beam_options),
     )
-  manifest[records.STAGE] = write_records(cfg, out, beam_options)
+  manifest[records.STAGE] = _with_inputs(
+    out, records.STAGE, list(TASK_KINDS), lambda: write_records(cfg, out, beam_options)
+  )
   if cfg.corpus.cache:
-    manifest["cache"] = cache(cfg, out, beam_options)
+    manifest["cache"] = _with_inputs(
+      out, "cache", list(TASK_KINDS), lambda: cache(cfg, out, beam_options)
+    )
   files.write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
   return manifest
 

@@ -6,14 +6,9 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import time
-import urllib.error
-import urllib.request
 
-from data_pipeline import annotators
+from data_pipeline import annotators, generation
 
 
 class LLMJudgeError(RuntimeError):
@@ -70,13 +65,12 @@ def parse_judgement(reply: str, scale: float = 10.0) -> float:
 class LLMJudgeAnnotator(annotators.Annotator):
   """The paper's annotation by an LLM, through any OpenAI-compatible chat endpoint.
 
-  POSTs `{base_url}/chat/completions` with `model` and a prompt asking for the educational
-  value on a 0-10 scale, and parses the reply with `parse_judgement` (a yes/no answer also
-  works). The API key is read from the environment variable `api_key_env` at request time (so
-  it is never pickled into a pipeline); no key, no Authorization header (local servers).
-  Connection errors, timeouts, HTTP 429 and 5xx are retried `max_retries` times with
-  exponential backoff (`backoff_s` x 2^attempt); other HTTP errors and unparseable replies
-  raise `LLMJudgeError` at once. Code longer than `max_chars` is cut.
+  Asks `model` at `base_url` (e.g. http://localhost:8000/v1) for the educational value on a
+  0-10 scale and parses the reply with `parse_judgement` (a yes/no answer also works). Requests go
+  through `generation.OpenAIBackend`: the API key comes from the environment variable
+  `api_key_env` in each worker, and 429, 5xx, timeouts and dropped connections are retried
+  `max_retries` times with exponential backoff; other errors and unparseable replies raise
+  `LLMJudgeError`. Code longer than `max_chars` is cut.
   """
 
   def __init__(
@@ -93,79 +87,47 @@ class LLMJudgeAnnotator(annotators.Annotator):
     temperature: float = 0.0,
     max_tokens: int = 64,
   ):
-    self.base_url = base_url.rstrip("/")
-    self.model = model
-    self.api_key_env = api_key_env
-    self.timeout = timeout
-    self.max_retries = max_retries
-    self.backoff_s = backoff_s
+    self.backend = generation.OpenAIBackend(
+      base_url,
+      model,
+      api_key_env=api_key_env,
+      timeout_s=timeout,
+      max_retries=max_retries,
+      backoff_s=backoff_s,
+      concurrency=1,
+    )
     self.threshold = threshold
     self.max_chars = max_chars
     self.temperature = temperature
     self.max_tokens = max_tokens
 
   def __repr__(self):
-    return f"LLMJudgeAnnotator(base_url={self.base_url!r}, model={self.model!r})"
+    return f"LLMJudgeAnnotator(base_url={self.backend.base_url!r}, model={self.backend.model!r})"
 
-  @property
-  def url(self) -> str:
-    return f"{self.base_url}/chat/completions"
-
-  def messages(self, text: str) -> list[dict]:
+  def request(self, text: str) -> generation.Request:
     prompt = LLM_JUDGE_PROMPT.format(
       question=annotators.EDUCATIONAL_VALUE_QUESTION, code=text[: self.max_chars]
     )
-    return [
-      {"role": "system", "content": LLM_JUDGE_SYSTEM_PROMPT},
-      {"role": "user", "content": prompt},
-    ]
-
-  def _request(self, text: str) -> urllib.request.Request:
-    body = json.dumps(
-      {
-        "model": self.model,
-        "messages": self.messages(text),
-        "temperature": self.temperature,
-        "max_tokens": self.max_tokens,
-      }
-    ).encode()
-    headers = {"Content-Type": "application/json"}
-    key = os.environ.get(self.api_key_env) if self.api_key_env else None
-    if key:
-      headers["Authorization"] = f"Bearer {key}"
-    return urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+    return generation.Request(
+      prompt,
+      system=LLM_JUDGE_SYSTEM_PROMPT,
+      max_tokens=self.max_tokens,
+      temperature=self.temperature,
+    )
 
   def complete(self, text: str) -> str:
     """The judge's raw reply for `text`."""
-    last_error = None
-    for attempt in range(self.max_retries + 1):
-      if attempt:
-        time.sleep(self.backoff_s * 2 ** (attempt - 1))
-      try:
-        with urllib.request.urlopen(self._request(text), timeout=self.timeout) as response:
-          payload = json.loads(response.read().decode("utf-8"))
-      except urllib.error.HTTPError as error:
-        detail = error.read().decode("utf-8", "replace")[:500]
-        last_error = f"HTTP {error.code} from {self.url}: {detail}"
-        if error.code == 429 or error.code >= 500:
-          continue
-        raise LLMJudgeError(last_error) from error
-      except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
-        last_error = f"cannot reach {self.url}: {error}"
-        continue
-      except json.JSONDecodeError as error:
-        raise LLMJudgeError(f"{self.url} did not return JSON: {error}") from error
-      try:
-        return payload["choices"][0]["message"]["content"]
-      except (KeyError, IndexError, TypeError) as error:
-        raise LLMJudgeError(
-          f"{self.url} returned no choices[0].message.content: {json.dumps(payload)[:500]}"
-        ) from error
-    raise LLMJudgeError(f"gave up after {self.max_retries + 1} attempts: {last_error}")
+    (outcome,) = generation.generate(self.backend, None, [self.request(text)])
+    if outcome.response is None:
+      raise LLMJudgeError(
+        f"{self.backend.model} at {self.backend.base_url}: gave up after {outcome.attempts} "
+        f"attempt(s): {outcome.detail or outcome.failure}"
+      )
+    return outcome.response.text
 
   def score(self, text: str) -> float:
     reply = self.complete(text)
     try:
       return parse_judgement(reply)
     except ValueError as error:
-      raise LLMJudgeError(f"{self.model} at {self.url}: {error}") from error
+      raise LLMJudgeError(f"{self.backend.model} at {self.backend.base_url}: {error}") from error

@@ -135,6 +135,142 @@ def base() -> ml_collections.ConfigDict:
       cache=False,
     )
   )
+  # Synthetic textbooks and exercises (data_pipeline.synthetic), written by an OpenAI-compatible
+  # server or a phi_jax checkpoint, join CodeTextbook / CodeExercises as the tasks' `synthetic`
+  # part (data.*_rates can weight it). Off while `textbooks` and `exercises` are 0.
+  cfg.synthetic = ml_collections.ConfigDict(
+    dict(
+      textbooks=0,  # textbook sections to request
+      exercises=0,  # exercises to request
+      backend="openai",  # "openai" (base_url + model) or "phi_jax" (checkpoint, in this process)
+      base_url="",  # e.g. http://localhost:8000/v1 (python -m phi_jax.serve, vLLM, TGI, OpenAI)
+      model="",  # a name the server's /v1/models lists
+      api_key_env="OPENAI_API_KEY",  # environment variable holding the key ("" or unset: none)
+      mode="chat",  # "chat" (/v1/chat/completions) or "completions" (/v1/completions)
+      checkpoint="",  # backend "phi_jax": a checkpoint workdir (trained or converted)
+      tokenizer="",  # backend "phi_jax": its tokenizer ("" = the corpus SentencePiece)
+      concurrency=8,  # requests in flight per Beam worker
+      timeout_s=120.0,  # per request
+      max_retries=4,  # on 429, 5xx, timeouts and dropped connections, with exponential backoff
+      backoff_s=1.0,  # the first retry's wait; doubles with each retry
+      max_requests=0,  # requests sent per stage, retries included (0 = no limit)
+      cache_dir="",  # where responses are kept across runs; "" = OUT/generation_cache
+      items_per_shard=64,  # grid items per Beam work item
+      # Cosmopedia's sampling; the seed makes the grid's order and each request reproducible.
+      temperature=0.6,
+      top_p=0.95,
+      seed=0,
+      min_tokens=150,  # shorter generations are dropped (Cosmopedia's rule)
+      run_tests=True,  # exercises' own asserts must pass in the sandbox (eval.isolation)
+      test_timeout_s=10.0,
+      # Textbooks: topic x audience x style (the paper constrained topic and audience).
+      topics=(
+        "variables and types",
+        "string manipulation",
+        "lists and list comprehensions",
+        "dictionaries and sets",
+        "tuples and unpacking",
+        "control flow",
+        "loops and iteration",
+        "functions and arguments",
+        "recursion",
+        "sorting algorithms",
+        "searching algorithms",
+        "classes and objects",
+        "inheritance and composition",
+        "exceptions and error handling",
+        "file input and output",
+        "generators and iterators",
+        "decorators",
+        "modules and packages",
+        "regular expressions",
+        "dynamic programming",
+        "graphs and trees",
+        "stacks and queues",
+        "testing with assert",
+        "numerical computing with the math module",
+      ),
+      audiences=(
+        "a high school student",
+        "a first-year computer science student",
+        "a data analyst",
+        "a biologist",
+        "a web developer",
+        "a mathematician",
+        "a self-taught programmer",
+        "a physics student",
+      ),
+      styles=("textbook", "tutorial", "worked example", "lecture notes"),
+      topic_expansion=0,  # first ask for this many subtopics of each topic (0 = topics as given)
+      topic_template="List {count} distinct subtopics of '{topic}' that a Python course would "
+      "teach, one per line, without numbering or commentary.",
+      textbook_system="You write clear, correct Python teaching material.",
+      textbook_template="Write a section of a {style} on {topic} in Python for {audience}. "
+      "Explain the ideas in prose and teach them through short, complete code examples in "
+      "```python blocks, each of which runs on its own.",
+      textbook_start="",  # the document's first text (e.g. a docstring for completion models)
+      textbook_stop=(),
+      textbook_max_tokens=1024,
+      # Exercises: function name (verb_noun) x concept x difficulty (the paper constrained names).
+      function_verbs=(
+        "count",
+        "find",
+        "merge",
+        "split",
+        "filter",
+        "sort",
+        "group",
+        "compute",
+        "validate",
+        "convert",
+        "reverse",
+        "flatten",
+        "rotate",
+        "encode",
+        "parse",
+        "summarize",
+      ),
+      function_nouns=(
+        "words",
+        "intervals",
+        "primes",
+        "digits",
+        "pairs",
+        "matrix",
+        "vowels",
+        "dates",
+        "scores",
+        "brackets",
+        "palindromes",
+        "temperatures",
+        "inventory",
+        "anagrams",
+        "coordinates",
+        "fractions",
+      ),
+      concepts=(
+        "loops",
+        "list comprehensions",
+        "dictionaries",
+        "recursion",
+        "string methods",
+        "sorting",
+        "sets",
+        "two pointers",
+        "stacks",
+        "arithmetic",
+      ),
+      difficulties=("easy", "medium", "hard"),
+      exercise_system="You write Python exercises with correct solutions.",
+      exercise_template="Write a {difficulty} Python exercise that practises {concept}: a function "
+      "named {function_name} with type hints and a docstring stating the task with an example, "
+      "followed by its solution. Use only the standard library. Give the function in one "
+      "```python block, then two or three assert statements that test it in the same block.",
+      exercise_start="",
+      exercise_stop=(),
+      exercise_max_tokens=512,
+    )
+  )
   # Multi-host: jax.distributed.initialize() when enabled; empty fields are auto-detected
   # (TPU VMs, SLURM, ...) or read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
   cfg.distributed = ml_collections.ConfigDict(
@@ -197,6 +333,9 @@ PATH_FIELDS = (
   "corpus.jsonl",
   "corpus.quality_model",
   "corpus.quality_tokenizer",
+  "synthetic.checkpoint",
+  "synthetic.tokenizer",
+  "synthetic.cache_dir",
 )
 _ROOT_NAMES = ("stdlib", "site-packages")
 

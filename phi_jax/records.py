@@ -1,15 +1,16 @@
 """The random-access form of a built task split, which the trainer reads: tokenized documents in
 ArrayRecord files plus an index of their lengths.
 
-    DATA_DIR/records/<task>/<split>-SSSSS-of-NNNNN.array_record   one record per document:
+    DATA_DIR/records/<part>/<split>-SSSSS-of-NNNNN.array_record   one record per document:
                                                                   its int32 tokens (EOT
                                                                   included), little-endian
-    DATA_DIR/records/<task>/<split>-SSSSS-of-NNNNN.index.npy      [documents, 2] int64:
+    DATA_DIR/records/<part>/<split>-SSSSS-of-NNNNN.index.npy      [documents, 2] int64:
                                                                   tokens, prompt tokens
-    DATA_DIR/records/<task>/<split>.json                          the shards in order, with counts
+    DATA_DIR/records/<part>/<split>.json                          the shards in order, with counts
     DATA_DIR/records/stage.json                                   written last (phi_jax.files)
 
-Document i of a split is record i of its shards read in order. The prompt tokens of an exercise
+A <part> is a task's part (phi_jax.tasks: `<task>.filtered`, `<task>.synthetic`); a task's
+documents are its parts' in order. Document i of a split is record i of its shards read in order. The prompt tokens of an exercise
 (signature + docstring) lead its tokens; `data.mask_prompt` is applied when rows are cut, so one
 build serves both settings. data_pipeline.build's `records` stage writes this from the seqio
 tasks' own preprocessing (phi_jax.tasks).
@@ -30,11 +31,18 @@ from etils import epath
 from phi_jax import files
 
 STAGE = "records"
-FORMAT = 1
+FORMAT = 2  # 2: one directory per task part
 
 
-def task_dir(data_dir: epath.PathLike, task: str) -> epath.Path:
-  return epath.Path(data_dir) / STAGE / task
+def part_dir(data_dir: epath.PathLike, part: str) -> epath.Path:
+  return epath.Path(data_dir) / STAGE / part
+
+
+def parts_of(data_dir: epath.PathLike, name: str) -> list[epath.Path]:
+  """The directories holding `name`'s documents: a part's own, or a task's parts in order."""
+  if "." in name:
+    return [part_dir(data_dir, name)]
+  return sorted((epath.Path(data_dir) / STAGE).glob(f"{name}.*"))
 
 
 def shard_name(split: str, shard: int, num_shards: int) -> str:
@@ -127,27 +135,27 @@ class Documents:
   """The documents of one task split: `lengths`, `prompt_lengths` and `tokens(i)`."""
 
   def __init__(self, data_dir: str, task: str, split: str):
-    directory = task_dir(data_dir, task)
-    summary_path = directory / f"{split}.json"
-    if not summary_path.exists():
+    summaries = []
+    for directory in parts_of(data_dir, task):
+      if (directory / f"{split}.json").exists():
+        summaries.append((directory, json.loads((directory / f"{split}.json").read_text())))
+    if not summaries:
       raise FileNotFoundError(
-        f"{summary_path} is missing: task {task} has no split {split!r} in {data_dir}'s records"
+        f"{part_dir(data_dir, task)}/{split}.json is missing: {task} has no split {split!r} in "
+        f"{data_dir}'s records"
       )
-    summary = json.loads(summary_path.read_text())
-    if summary["documents"] == 0:
+    summaries = [(d, s) for d, s in summaries if s["documents"]]
+    if not summaries:
       raise ValueError(
-        f"task {task} has no documents in split {split!r} of {data_dir} (a corpus too small "
+        f"{task} has no documents in split {split!r} of {data_dir} (a corpus too small "
         "for corpus.validation_fraction?): rebuild with more data or a larger fraction, drop "
-        "the task from the mixture, or (for the held-out loss) set eval.every_steps=0"
+        "it from the mixture, or (for the held-out loss) set eval.every_steps=0"
       )
-    index = np.concatenate(
-      [_load_index(directory / f"{s['name']}.index.npy") for s in summary["shards"]]
-    )
+    shards = [(d / s["name"], s["documents"]) for d, summary in summaries for s in summary["shards"]]
+    index = np.concatenate([_load_index(epath.Path(f"{path}.index.npy")) for path, _ in shards])
     self.lengths, self.prompt_lengths = index[:, 0], index[:, 1]
-    self.tokens_total = int(summary["tokens"])
-    self._paths = [
-      f"{directory / s['name']}.array_record[0:{s['documents']}]" for s in summary["shards"]
-    ]
+    self.tokens_total = sum(int(summary["tokens"]) for _, summary in summaries)
+    self._paths = [f"{path}.array_record[0:{count}]" for path, count in shards]
     self._source = None
 
   def __len__(self) -> int:

@@ -5,6 +5,11 @@
   phi1_pretrain        -- mixture for pretraining (phi-1-base)
   phi1_finetune        -- mixture for finetuning (phi-1)
 
+Each task also has its parts as tasks of their own, by the examples' `source` feature:
+`<task>.filtered` (what the quality filter kept) and `<task>.synthetic` (generated text,
+data_pipeline.synthetic), so that mixture rates can weight them, e.g.
+`data.pretrain_rates={"phi1_code_textbook.filtered": 0.8, "phi1_code_textbook.synthetic": 0.2}`.
+
 Sources are sharded TFRecord files of tf.train.Examples written by `data_pipeline.build`
 (`DATA_DIR/<task>/<split>.tfrecord-*`), local or `gs://`, with the vocabulary at
 `DATA_DIR/tokenizer/spm.model`. Registration reads the data directory from `PHI1_DATA_DIR`
@@ -38,12 +43,38 @@ DEFAULT_DATA_DIR = os.path.expanduser("~/.cache/phi_jax/data")
 
 # The tf.train.Example features of each task's source files.
 SOURCE_FEATURES = {
-  CODE_TEXTBOOK: {"text": tf.io.FixedLenFeature([], tf.string)},
+  CODE_TEXTBOOK: {
+    "text": tf.io.FixedLenFeature([], tf.string),
+    "source": tf.io.FixedLenFeature([], tf.string),
+  },
   CODE_EXERCISES: {
     "prompt": tf.io.FixedLenFeature([], tf.string),
     "solution": tf.io.FixedLenFeature([], tf.string),
+    "source": tf.io.FixedLenFeature([], tf.string),
   },
 }
+# A task's parts, by the `source` of its examples: generated sources are named synthetic_*.
+SYNTHETIC_SOURCE_PREFIX = "synthetic"
+PARTS = ("filtered", "synthetic")
+
+
+def part(task: str, name: str) -> str:
+  """The task of `task`'s examples from one part (PARTS), e.g. phi1_code_textbook.synthetic."""
+  return f"{task}.{name}"
+
+
+def _only_part(name: str):
+  synthetic = name == "synthetic"
+
+  def keep(dataset, output_features=None):
+    del output_features
+    return dataset.filter(
+      lambda ex: (
+        tf.strings.regex_full_match(ex["source"], f"{SYNTHETIC_SOURCE_PREFIX}.*") == synthetic
+      )
+    )
+
+  return keep
 
 
 def vocabulary_path(data_dir: str) -> str:
@@ -115,18 +146,14 @@ def register(
   _require_built(data_dir)
   vocab = vocab or seqio.SentencePieceVocabulary(vocabulary_path(data_dir))
   splits = ("train", "validation")
-  text, exercise = SOURCE_FEATURES[CODE_TEXTBOOK], SOURCE_FEATURES[CODE_EXERCISES]
 
-  for name in (CODE_TEXTBOOK, CODE_EXERCISES, PRETRAIN, FINETUNE):
+  tasks = (CODE_TEXTBOOK, CODE_EXERCISES)
+  for name in tasks + tuple(part(t, p) for t in tasks for p in PARTS) + (PRETRAIN, FINETUNE):
     seqio.MixtureRegistry.remove(name)
     seqio.TaskRegistry.remove(name)
 
-  seqio.TaskRegistry.add(
-    CODE_TEXTBOOK,
-    source=seqio.TFExampleDataSource(
-      {s: split_pattern(data_dir, CODE_TEXTBOOK, s) for s in splits}, text
-    ),
-    preprocessors=[
+  preprocessors = {
+    CODE_TEXTBOOK: [
       _document_text,
       seqio.preprocessors.tokenize,
       seqio.preprocessors.append_eos,
@@ -134,20 +161,26 @@ def register(
       # Last: what the build caches (seqio's cache, phi_jax.records) is each final document.
       seqio.CacheDatasetPlaceholder(),
     ],
-    output_features=_features(vocab),
-  )
-  seqio.TaskRegistry.add(
-    CODE_EXERCISES,
-    source=seqio.TFExampleDataSource(
-      {s: split_pattern(data_dir, CODE_EXERCISES, s) for s in splits}, exercise
-    ),
-    preprocessors=[
+    CODE_EXERCISES: [
       _exercise_parts,
       functools.partial(_tokenize_exercise, mask_prompt=mask_prompt),
       seqio.CacheDatasetPlaceholder(),
     ],
-    output_features=_features(vocab),
-  )
+  }
+  for task in tasks:
+    source = seqio.TFExampleDataSource(
+      {s: split_pattern(data_dir, task, s) for s in splits}, SOURCE_FEATURES[task]
+    )
+    seqio.TaskRegistry.add(
+      task, source=source, preprocessors=preprocessors[task], output_features=_features(vocab)
+    )
+    for name in PARTS:
+      seqio.TaskRegistry.add(
+        part(task, name),
+        source=source,
+        preprocessors=[_only_part(name), *preprocessors[task]],
+        output_features=_features(vocab),
+      )
   seqio.add_global_cache_dirs([os.path.join(data_dir, "cache")])  # data_pipeline.build's cache
   seqio.MixtureRegistry.add(PRETRAIN, list((pretrain_rates or {CODE_TEXTBOOK: 1.0}).items()))
   seqio.MixtureRegistry.add(FINETUNE, list((finetune_rates or {CODE_EXERCISES: 1.0}).items()))

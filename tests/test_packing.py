@@ -106,19 +106,30 @@ def test_mixture_rates_hold_exactly_in_expectation_over_seeds():
 
 
 def test_records_round_trip_and_refuse_what_was_not_built(tmp_path):
-  directory = records.task_dir(tmp_path, "phi1_code_exercises")
+  filtered = records.part_dir(tmp_path, "phi1_code_exercises.filtered")
   documents = [(np.arange(5) + 100, 2), (np.arange(3) + 200, 0)]
-  assert records.write_shard(directory, records.shard_name("train", 0, 2), documents) == (2, 8)
-  counts = records.write_split_index(directory, "train", num_shards=2)  # shard 1: no documents
+  assert records.write_shard(filtered, records.shard_name("train", 0, 2), documents) == (2, 8)
+  counts = records.write_split_index(filtered, "train", num_shards=2)  # shard 1: no documents
   assert counts["train_documents"] == 2 and counts["train_tokens"] == 8
+  synthetic = records.part_dir(tmp_path, "phi1_code_exercises.synthetic")
+  records.write_shard(synthetic, records.shard_name("train", 1, 2), [(np.arange(4) + 300, 1)])
+  records.write_split_index(synthetic, "train", num_shards=2)
+  records.write_split_index(synthetic, "validation", num_shards=2)  # no documents at all
   with pytest.raises(FileNotFoundError, match="no finished `records` stage.*data_pipeline.build"):
     records.require_built(str(tmp_path))  # no marker yet: as a build from before 2026-12
   (tmp_path / "records" / "stage.json").write_text(json.dumps({"format": records.FORMAT}))
-  docs = records.Documents(str(tmp_path), "phi1_code_exercises", "train")
-  np.testing.assert_array_equal(docs.lengths, [5, 3])
-  np.testing.assert_array_equal(docs.prompt_lengths, [2, 0])
-  np.testing.assert_array_equal(docs.tokens(1), [200, 201, 202])
+  task = records.Documents(str(tmp_path), "phi1_code_exercises", "train")  # its parts, in order
+  np.testing.assert_array_equal(task.lengths, [5, 3, 4])
+  np.testing.assert_array_equal(task.prompt_lengths, [2, 0, 1])
+  np.testing.assert_array_equal(task.tokens(1), [200, 201, 202])
+  np.testing.assert_array_equal(task.tokens(2), [300, 301, 302, 303])
+  assert task.tokens_total == 12
+  part = records.Documents(str(tmp_path), "phi1_code_exercises.synthetic", "train")
+  np.testing.assert_array_equal(part.lengths, [4])
+  np.testing.assert_array_equal(part.tokens(0), [300, 301, 302, 303])
+  with pytest.raises(ValueError, match="no documents in split 'validation'"):
+    records.Documents(str(tmp_path), "phi1_code_exercises.synthetic", "validation")
   with pytest.raises(FileNotFoundError, match="no split 'validation'"):
-    records.Documents(str(tmp_path), "phi1_code_exercises", "validation")
+    records.Documents(str(tmp_path), "phi1_code_exercises.filtered", "validation")
   with pytest.raises(ValueError, match="gcsfuse"):
     records.require_built("gs://bucket/data")

@@ -1,14 +1,13 @@
 """The quality classifier: annotators, embeddings, random forest, and the Beam transforms."""
 
-import http.server
 import json
-import threading
 
 import apache_beam as beam
 import jax
 import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
+from fake_openai import FakeOpenAI, Reply
 
 from data_pipeline import annotators, llm_judge, quality, sources, stages
 from data_pipeline import classifier as classifier_lib
@@ -98,102 +97,60 @@ def test_heuristic_prefers_documented_code_and_penalises_stubs_and_prose():
 # ------------------------------------------------------------------------------------------------
 
 
-class _FakeChatServer:
-  """A /chat/completions endpoint that answers from a script of (status, body) responses."""
-
-  def __init__(self, responses):
-    self.responses = list(responses)
-    self.requests = []
-    fake = self
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-      def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        fake.requests.append(
-          {"path": self.path, "headers": dict(self.headers), "json": json.loads(body)}
-        )
-        status, reply = fake.responses.pop(0) if len(fake.responses) > 1 else fake.responses[0]
-        payload = (
-          json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]})
-          if status == 200 and reply is not None
-          else json.dumps({"error": reply})
-        )
-        data = payload.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-      def log_message(self, *args):
-        pass
-
-    self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-  @property
-  def base_url(self):
-    return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-  def __enter__(self):
-    self.thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self.server.shutdown()
-    self.server.server_close()
-
-
 @pytest.fixture(autouse=True)
 def _no_proxy_for_loopback(monkeypatch):
   monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
   monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
 
+def _scripted(*replies: Reply) -> FakeOpenAI:
+  """A server answering its n-th request with replies[n] (the last one from then on)."""
+  return FakeOpenAI(lambda prompt, attempt: replies[min(attempt, len(replies)) - 1])
+
+
 def test_llm_judge_scores_through_an_openai_compatible_endpoint(monkeypatch):
   monkeypatch.setenv("FAKE_JUDGE_KEY", "sk-test")
-  with _FakeChatServer([(200, "Score: 8\nClear, documented and self-contained.")]) as server:
+  with _scripted(Reply("Score: 8\nClear, documented and self-contained.")) as server:
     judge = llm_judge.LLMJudgeAnnotator(
-      server.base_url, "judge-model", api_key_env="FAKE_JUDGE_KEY", timeout=5
+      server.url, "judge-model", api_key_env="FAKE_JUDGE_KEY", timeout=5
     )
     annotation = judge.annotate(TEACHING)
   assert annotation.score == pytest.approx(0.8) and annotation.label
-  (request,) = server.requests
+  (request,) = server.received
   assert request["path"] == "/v1/chat/completions"
-  assert request["headers"]["Authorization"] == "Bearer sk-test"
+  assert request["headers"]["authorization"] == "Bearer sk-test"
   assert request["json"]["model"] == "judge-model"
   prompt = request["json"]["messages"][-1]["content"]
   assert annotators.EDUCATIONAL_VALUE_QUESTION in prompt and "def binary_search" in prompt
 
 
 def test_llm_judge_retries_server_errors_then_succeeds():
-  with _FakeChatServer([(503, "overloaded"), (429, "slow down"), (200, "no")]) as server:
+  replies = Reply("overloaded", status=503), Reply("slow down", status=429), Reply("no")
+  with _scripted(*replies) as server:
     judge = llm_judge.LLMJudgeAnnotator(
-      server.base_url, "m", api_key_env="UNSET_KEY_VAR", timeout=5, max_retries=3, backoff_s=0.01
+      server.url, "m", api_key_env="UNSET_KEY_VAR", timeout=5, max_retries=3, backoff_s=0.01
     )
     annotation = judge.annotate(DATA_BLOB)
   assert annotation.score == 0.0 and not annotation.label
-  assert len(server.requests) == 3
-  assert "Authorization" not in server.requests[0]["headers"]
+  assert len(server.received) == 3
+  assert "sk-" not in server.received[0]["headers"]["authorization"]  # no key: a placeholder
 
 
 def test_llm_judge_errors_are_clear():
-  with _FakeChatServer([(400, "bad model name")]) as server:
-    judge = llm_judge.LLMJudgeAnnotator(server.base_url, "m", timeout=5, backoff_s=0.01)
+  with _scripted(Reply("bad model name", status=400)) as server:
+    judge = llm_judge.LLMJudgeAnnotator(server.url, "m", timeout=5, backoff_s=0.01)
     with pytest.raises(llm_judge.LLMJudgeError, match="HTTP 400.*bad model name"):
       judge.score("x = 1")
-    assert len(server.requests) == 1  # a client error is not retried
-  with _FakeChatServer([(200, "I would rather not say.")]) as server:
-    judge = llm_judge.LLMJudgeAnnotator(server.base_url, "m", timeout=5)
+    assert len(server.received) == 1  # a client error is not retried
+  with _scripted(Reply("I would rather not say.")) as server:
+    judge = llm_judge.LLMJudgeAnnotator(server.url, "m", timeout=5)
     with pytest.raises(llm_judge.LLMJudgeError, match="no score"):
       judge.score("x = 1")
-  with _FakeChatServer([(500, "boom")]) as server:
-    judge = llm_judge.LLMJudgeAnnotator(
-      server.base_url, "m", timeout=5, max_retries=2, backoff_s=0.01
-    )
-    with pytest.raises(llm_judge.LLMJudgeError, match="gave up after 3 attempts.*HTTP 500"):
+  with _scripted(Reply("boom", status=500)) as server:
+    judge = llm_judge.LLMJudgeAnnotator(server.url, "m", timeout=5, max_retries=2, backoff_s=0.01)
+    with pytest.raises(llm_judge.LLMJudgeError, match="gave up after 3 attempt.*HTTP 500"):
       judge.score("x = 1")
-    assert len(server.requests) == 3
+    assert len(server.received) == 3
 
 
 @pytest.mark.parametrize(
