@@ -437,7 +437,7 @@ def write_records(
   cfg: Any, out: epath.PathLike, beam_options: list[str], task_names=tuple(TASK_KINDS)
 ) -> dict:
   """The tasks' final examples (their seqio preprocessing) as the trainer's random-access
-  documents, a directory per task part: OUT/records/<task>.<part>/ (phi_jax.records). Sources are read with Beam's filesystems, so
+  documents, a directory per task part: OUT/records/<task>:<part>/ (phi_jax.records). Sources are read with Beam's filesystems, so
   any object store Beam reaches works."""
   num_shards = int(cfg.corpus.num_shards)
 

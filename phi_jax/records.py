@@ -9,7 +9,7 @@ ArrayRecord files plus an index of their lengths.
     DATA_DIR/records/<part>/<split>.json                          the shards in order, with counts
     DATA_DIR/records/stage.json                                   written last (phi_jax.files)
 
-A <part> is a task's part (phi_jax.tasks: `<task>.filtered`, `<task>.synthetic`); a task's
+A <part> is a task's part (phi_jax.tasks: `<task>:filtered`, `<task>:synthetic`); a task's
 documents are its parts' in order. Document i of a split is record i of its shards read in order. The prompt tokens of an exercise
 (signature + docstring) lead its tokens; `data.mask_prompt` is applied when rows are cut, so one
 build serves both settings. data_pipeline.build's `records` stage writes this from the seqio
@@ -40,9 +40,9 @@ def part_dir(data_dir: epath.PathLike, part: str) -> epath.Path:
 
 def parts_of(data_dir: epath.PathLike, name: str) -> list[epath.Path]:
   """The directories holding `name`'s documents: a part's own, or a task's parts in order."""
-  if "." in name:
+  if ":" in name:
     return [part_dir(data_dir, name)]
-  return sorted((epath.Path(data_dir) / STAGE).glob(f"{name}.*"))
+  return sorted((epath.Path(data_dir) / STAGE).glob(f"{name}:*"))
 
 
 def shard_name(split: str, shard: int, num_shards: int) -> str:
@@ -151,7 +151,9 @@ class Documents:
         "for corpus.validation_fraction?): rebuild with more data or a larger fraction, drop "
         "it from the mixture, or (for the held-out loss) set eval.every_steps=0"
       )
-    shards = [(d / s["name"], s["documents"]) for d, summary in summaries for s in summary["shards"]]
+    shards = [
+      (d / s["name"], s["documents"]) for d, summary in summaries for s in summary["shards"]
+    ]
     index = np.concatenate([_load_index(epath.Path(f"{path}.index.npy")) for path, _ in shards])
     self.lengths, self.prompt_lengths = index[:, 0], index[:, 1]
     self.tokens_total = sum(int(summary["tokens"]) for _, summary in summaries)

@@ -6,9 +6,9 @@
   phi1_finetune        -- mixture for finetuning (phi-1)
 
 Each task also has its parts as tasks of their own, by the examples' `source` feature:
-`<task>.filtered` (what the quality filter kept) and `<task>.synthetic` (generated text,
+`<task>:filtered` (what the quality filter kept) and `<task>:synthetic` (generated text,
 data_pipeline.synthetic), so that mixture rates can weight them, e.g.
-`data.pretrain_rates={"phi1_code_textbook.filtered": 0.8, "phi1_code_textbook.synthetic": 0.2}`.
+`data.pretrain_rates={"phi1_code_textbook:filtered": 0.8, "phi1_code_textbook:synthetic": 0.2}`.
 
 Sources are sharded TFRecord files of tf.train.Examples written by `data_pipeline.build`
 (`DATA_DIR/<task>/<split>.tfrecord-*`), local or `gs://`, with the vocabulary at
@@ -59,8 +59,8 @@ PARTS = ("filtered", "synthetic")
 
 
 def part(task: str, name: str) -> str:
-  """The task of `task`'s examples from one part (PARTS), e.g. phi1_code_textbook.synthetic."""
-  return f"{task}.{name}"
+  """The task of `task`'s examples from one part (PARTS), e.g. phi1_code_textbook:synthetic."""
+  return f"{task}:{name}"
 
 
 def _only_part(name: str):

@@ -106,12 +106,12 @@ def test_mixture_rates_hold_exactly_in_expectation_over_seeds():
 
 
 def test_records_round_trip_and_refuse_what_was_not_built(tmp_path):
-  filtered = records.part_dir(tmp_path, "phi1_code_exercises.filtered")
+  filtered = records.part_dir(tmp_path, "phi1_code_exercises:filtered")
   documents = [(np.arange(5) + 100, 2), (np.arange(3) + 200, 0)]
   assert records.write_shard(filtered, records.shard_name("train", 0, 2), documents) == (2, 8)
   counts = records.write_split_index(filtered, "train", num_shards=2)  # shard 1: no documents
   assert counts["train_documents"] == 2 and counts["train_tokens"] == 8
-  synthetic = records.part_dir(tmp_path, "phi1_code_exercises.synthetic")
+  synthetic = records.part_dir(tmp_path, "phi1_code_exercises:synthetic")
   records.write_shard(synthetic, records.shard_name("train", 1, 2), [(np.arange(4) + 300, 1)])
   records.write_split_index(synthetic, "train", num_shards=2)
   records.write_split_index(synthetic, "validation", num_shards=2)  # no documents at all
@@ -124,12 +124,12 @@ def test_records_round_trip_and_refuse_what_was_not_built(tmp_path):
   np.testing.assert_array_equal(task.tokens(1), [200, 201, 202])
   np.testing.assert_array_equal(task.tokens(2), [300, 301, 302, 303])
   assert task.tokens_total == 12
-  part = records.Documents(str(tmp_path), "phi1_code_exercises.synthetic", "train")
+  part = records.Documents(str(tmp_path), "phi1_code_exercises:synthetic", "train")
   np.testing.assert_array_equal(part.lengths, [4])
   np.testing.assert_array_equal(part.tokens(0), [300, 301, 302, 303])
   with pytest.raises(ValueError, match="no documents in split 'validation'"):
-    records.Documents(str(tmp_path), "phi1_code_exercises.synthetic", "validation")
+    records.Documents(str(tmp_path), "phi1_code_exercises:synthetic", "validation")
   with pytest.raises(FileNotFoundError, match="no split 'validation'"):
-    records.Documents(str(tmp_path), "phi1_code_exercises.filtered", "validation")
+    records.Documents(str(tmp_path), "phi1_code_exercises:filtered", "validation")
   with pytest.raises(ValueError, match="gcsfuse"):
     records.require_built("gs://bucket/data")

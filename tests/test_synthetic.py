@@ -353,7 +353,7 @@ def test_mixture_rates_weight_the_synthetic_part_of_a_task(tmp_path, tiny_corpus
   parts = manifest["records"]["phi1_code_textbook"]["parts"]
   kept = manifest["synthetic_textbook"]["kept"]
   synthetic_docs = sum(
-    parts["phi1_code_textbook.synthetic"][f"{s}_documents"] for s in ("train", "validation")
+    parts["phi1_code_textbook:synthetic"][f"{s}_documents"] for s in ("train", "validation")
   )
   assert synthetic_docs == kept > 0
   assert (
@@ -361,13 +361,37 @@ def test_mixture_rates_weight_the_synthetic_part_of_a_task(tmp_path, tiny_corpus
     + manifest["phi1_code_exercises"]["validation_documents"]
     > manifest["synthetic_exercises"]["kept"]
   )
-  cfg.data.update(
-    source="seqio",
-    dir=str(data),
-    pretrain_rates={"phi1_code_textbook.filtered": 0.75, "phi1_code_textbook.synthetic": 0.25},
-  )
+  cfg.data.update(source="seqio", dir=str(data))
+  cfg.data.pretrain_rates = {
+    "phi1_code_textbook:filtered": 0.75,
+    "phi1_code_textbook:synthetic": 0.25,
+  }
   rows = input_pipeline.MixtureRows(cfg.data, seq_len=64, seed=0, split="train")
-  assert rows.task_names == ["phi1_code_textbook.filtered", "phi1_code_textbook.synthetic"]
+  assert rows.task_names == ["phi1_code_textbook:filtered", "phi1_code_textbook:synthetic"]
   tasks = np.array([rows.interleave.locate(g)[0] for g in range(400)])
   assert abs((tasks == 1).mean() - 0.25) < 0.01
   assert len(rows[0]["targets"]) == 64
+
+
+def test_a_phi_jax_checkpoint_generates_in_process_batched_and_cached(tmp_path, tiny_corpus):
+  from phi_jax import checkpoint, decode, vocabularies
+
+  run, spm = tiny_corpus / "quality_model" / "run", tiny_corpus / "tokenizer" / "spm.model"
+  backend = generation.DecoderBackend(str(run), tokenizer=str(spm), max_batch=2)
+  cache = generation.ResponseCache(tmp_path)
+  requests = [
+    generation.Request(p, mode=generation.COMPLETIONS, max_tokens=8, temperature=0.0)
+    for p in ("def add(a, b):\n", "import os\n", "class Stack:\n")
+  ] + [generation.Request("Explain loops.", max_tokens=8, temperature=0.0)]
+  outcomes = generation.generate(backend, cache, requests)
+  vocab = vocabularies.make_vocabulary(str(spm))
+  config, params = checkpoint.restore_params(str(run))
+  decoder = decode.Decoder(
+    config,
+    params,
+    decode.SamplingConfig(max_new_tokens=8, eos_id=vocabularies.eot_id(vocab)),
+  )
+  prompts = [r.prompt for r in requests[:3]] + ["User: Explain loops.\nAssistant:"]
+  assert [o.response.text for o in outcomes] == decode.generate_text(decoder, vocab, prompts)
+  assert all(o.response.completion_tokens <= 8 and o.response.prompt_tokens for o in outcomes)
+  assert [o.cached for o in generation.generate(backend, cache, requests)] == [True] * 4
