@@ -577,7 +577,13 @@ def synthetic_backend(cfg: Any, out: epath.PathLike) -> generation.Backend:
       files.existing(syn.checkpoint, "synthetic.checkpoint"),
       tokenizer=syn.tokenizer or os.fspath(files.completed(out, "tokenizer") / "spm.model"),
     )
-  raise ValueError(f"synthetic.backend={syn.backend!r}: use 'openai' or 'phi_jax'")
+  if syn.backend == "pretrained":
+    raise ValueError(
+      "synthetic.backend='pretrained' is the main job's own pretrained model (python -m "
+      "phi_jax.pipeline); for this build serve a checkpoint (python -m phi_jax.serve) and use "
+      "backend='openai' with its base_url, or backend='phi_jax' with synthetic.checkpoint"
+    )
+  raise ValueError(f"synthetic.backend={syn.backend!r}: use 'openai', 'phi_jax' or 'pretrained'")
 
 
 def _expanded_topics(syn: Any, backend, cache) -> tuple[tuple[str, ...] | None, dict]:

@@ -142,7 +142,10 @@ def base() -> ml_collections.ConfigDict:
     dict(
       textbooks=0,  # textbook sections to request
       exercises=0,  # exercises to request
-      backend="openai",  # "openai" (base_url + model) or "phi_jax" (checkpoint, in this process)
+      # "openai" (base_url + model), "phi_jax" (checkpoint, in the build's process), or
+      # "pretrained": the main job's own pretrained model, served by phi_jax.serve after
+      # pretraining (python -m phi_jax.pipeline only; configs/tiny_synthetic.py)
+      backend="openai",
       base_url="",  # e.g. http://localhost:8000/v1 (python -m phi_jax.serve, vLLM, TGI, OpenAI)
       model="",  # a name the server's /v1/models lists
       api_key_env="OPENAI_API_KEY",  # environment variable holding the key ("" or unset: none)

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding
 
 from phi_jax import mixture, packing, records
@@ -90,9 +91,13 @@ def _register(data: Any, directory: str) -> None:
   )
 
 
-def mixture_of(data: Any, seed: int) -> tuple[list[str], mixture.Interleave]:
+def mixture_of(
+  data: Any, seed: int, held_out_split: str = ""
+) -> tuple[list[str], mixture.Interleave]:
   """The tasks of the registered mixture `data.mixture` with a positive rate, and which of them
-  each row comes from. The seqio registry stays the definition of the mixture: tasks and rates."""
+  each row comes from. The seqio registry stays the definition of the mixture: tasks and rates.
+  For a `held_out_split`, tasks with no documents in it are left out (a small synthetic part
+  may have none), the rest keep their relative rates."""
   import seqio  # (loaded with phi_jax.tasks, by runs that read real data)
 
   provider = seqio.get_mixture_or_task(data.mixture)
@@ -101,6 +106,14 @@ def mixture_of(data: Any, seed: int) -> tuple[list[str], mixture.Interleave]:
   else:
     members = [(provider.name, 1.0)]
   members = [(name, rate) for name, rate in members if rate > 0]
+  if held_out_split:
+    held = [m for m in members if records.documents_in(data_dir(data), m[0], held_out_split)]
+    left_out = sorted({name for name, _ in members} - {name for name, _ in held})
+    if held and left_out:
+      logging.warning(
+        "%s has no %s documents: the held-out mixture leaves it out", left_out, held_out_split
+      )
+    members = held or members  # none at all: records.Documents names the problem
   return [name for name, _ in members], mixture.Interleave([rate for _, rate in members], seed)
 
 
@@ -112,7 +125,8 @@ class MixtureRows:
     self.data_dir = data_dir(data)
     self.built = records.require_built(self.data_dir)
     _register(data, self.data_dir)
-    self.task_names, self.interleave = mixture_of(data, seed)
+    held_out = split if split != "train" else ""
+    self.task_names, self.interleave = mixture_of(data, seed, held_out)
     self.streams = [
       packing.Stream(
         records.Documents(self.data_dir, name, split),

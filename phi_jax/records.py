@@ -131,6 +131,12 @@ def fingerprint(data_dir: str) -> str:
   return hashlib.sha256(summary.encode()).hexdigest()[:16]
 
 
+def documents_in(data_dir: epath.PathLike, name: str, split: str) -> int:
+  """How many documents `name` (a task or a part) has in `split` (0 when it has no such split)."""
+  summaries = [d / f"{split}.json" for d in parts_of(data_dir, name)]
+  return sum(json.loads(s.read_text())["documents"] for s in summaries if s.exists())
+
+
 class Documents:
   """The documents of one task split: `lengths`, `prompt_lengths` and `tokens(i)`."""
 

@@ -371,6 +371,18 @@ def test_mixture_rates_weight_the_synthetic_part_of_a_task(tmp_path, tiny_corpus
   tasks = np.array([rows.interleave.locate(g)[0] for g in range(400)])
   assert abs((tasks == 1).mean() - 0.25) < 0.01
   assert len(rows[0]["targets"]) == 64
+  # The held-out mixture leaves out a part without held-out documents (and keeps one with them).
+  held_out = input_pipeline.MixtureRows(cfg.data, seq_len=64, seed=0, split="validation")
+  with_validation = parts["phi1_code_textbook:synthetic"]["validation_documents"] > 0
+  assert (
+    held_out.task_names
+    == ["phi1_code_textbook:filtered"] + ["phi1_code_textbook:synthetic"] * with_validation
+  )
+  synthetic_records = data / "records" / "phi1_code_textbook:synthetic"
+  shutil.rmtree(synthetic_records)
+  synthetic_records.mkdir()
+  held_out = input_pipeline.MixtureRows(cfg.data, seq_len=64, seed=0, split="validation")
+  assert held_out.task_names == ["phi1_code_textbook:filtered"]
 
 
 def test_a_phi_jax_checkpoint_generates_in_process_batched_and_cached(tmp_path, tiny_corpus):

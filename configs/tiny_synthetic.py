@@ -1,0 +1,39 @@
+"""configs/tiny.py's main job with synthetic data its own pretrained model writes: after
+pretraining, phi_jax.serve serves DIR/pretrain and the corpus build asks it for textbooks and
+exercises through the OpenAI API, as it would ask vLLM or OpenAI; what passes validation joins
+CodeTextbook and CodeExercises, and so the finetuning data. No network is needed.
+
+A 2-layer model trained for minutes writes poor textbooks: most answers are rejected, and what
+is kept teaches little. The point is the path. For real data, point the same stages at a real
+model: --config.synthetic.backend=openai --config.synthetic.base_url=URL
+--config.synthetic.model=NAME (chat mode and the default templates; see docs/corpus.md).
+
+Completion mode: the prompt is the document's start (a docstring, or a signature and docstring)
+and the model continues it, which is what a base model can do.
+"""
+
+from phi_jax import configs
+
+
+def get_config():
+  cfg = configs.get("tiny")
+  cfg.synthetic.update(
+    backend="pretrained",
+    mode="completions",
+    textbooks=64,
+    exercises=128,
+    temperature=0.8,
+    min_tokens=4,
+    textbook_template="",
+    textbook_start='"""{style} on {topic}, for {audience}."""\n\n',
+    textbook_stop=("\n\n\n",),
+    textbook_max_tokens=96,
+    exercise_template="",
+    exercise_start=(
+      "def {function_name}(values):\n"
+      '    """{difficulty} exercise on {concept}: {function_name} of the values."""\n'
+    ),
+    exercise_stop=("\ndef ", "\nclass ", "\n\n\n"),
+    exercise_max_tokens=96,
+  )
+  return cfg
