@@ -519,7 +519,8 @@ def running(
   and whose `eval.tokenizer` / `data.dir` find the tokenizer unless `tokenizer` (a path, or a
   vocabulary) is given. `model_name` defaults to the checkpoint directory's name."""
   cfg = configs.base() if cfg is None else cfg
-  vocab = tokenizer if hasattr(tokenizer, "encode") else vocabularies.for_config(cfg, tokenizer)
+  is_path = isinstance(tokenizer, (str, os.PathLike))
+  vocab = vocabularies.for_config(cfg, os.fspath(tokenizer)) if is_path else tokenizer
   checkpoint_dir = files.existing(checkpoint_dir, "checkpoint_dir")
   decoder = decode.load_decoder(
     checkpoint_dir, decode.sampling_config(cfg, vocabularies.eot_id(vocab)), step
