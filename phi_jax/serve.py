@@ -170,7 +170,7 @@ def _params(body: dict, chat: bool, sampling: decode.SamplingConfig) -> _Params:
   else:
     prompts = _strings(body, "prompt")
     if prompts is None:
-      raise ApiError(400, "prompt is required: a non-empty string or a list of them", "prompt")
+      raise ApiError(400, "prompt is required: a string or a list of them", param="prompt")
   largest = sampling.max_new_tokens
   tokens_name = (
     "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
