@@ -42,7 +42,9 @@ From Python (e.g. to generate synthetic data from a pretrained model), in a back
       client = openai.OpenAI(base_url=server.url, api_key="none")
       client.completions.create(model=server.model, prompt=..., max_tokens=...)
 
-`serve.Server(decoder, vocab, ...)` does the same over a `decode.Decoder` already made.
+`serve.load(checkpoint_dir, ...)` makes the same server without starting it (`.serve()` runs it
+in the calling thread, `.start()` / `.stop()` in a background one), and `serve.Server(decoder,
+vocab, ...)` makes one over a `decode.Decoder` already made.
 """
 
 from __future__ import annotations
@@ -105,9 +107,8 @@ def _number(
   value = body.get(name)
   if value is None:
     return default
-  if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-    raise ApiError(400, f"{name} must be {expected}, not {value!r}", param=name)
-  if not valid(value):
+  number = int if integer else (int, float)
+  if isinstance(value, bool) or not isinstance(value, number) or not valid(value):
     raise ApiError(400, f"{name} must be {expected}, not {value!r}", param=name)
   return value
 
@@ -499,6 +500,32 @@ class _Reply:
     return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
 
 
+def load(
+  checkpoint_dir: str,
+  *,
+  cfg: Any = None,
+  tokenizer: Any = "",
+  step: int | None = None,
+  model_name: str = "",
+  **options,
+) -> Server:
+  """A `Server` (not started) over `checkpoint_dir`, a workdir with checkpoints/<step>/. `cfg`: a
+  run config (default `configs.base()`) whose `sampling` section sets the defaults and the
+  decoder's limits, and whose `eval.tokenizer` / `data.dir` find the tokenizer unless
+  `tokenizer` (a path, or a vocabulary) is given. `model_name` defaults to the checkpoint
+  directory's name; `options` go to `Server` (host, port, max_batch, max_queue,
+  batch_window_s)."""
+  checkpoint_dir = files.existing(checkpoint_dir, "checkpoint")  # before the tokenizer
+  cfg = configs.base() if cfg is None else cfg
+  is_path = isinstance(tokenizer, (str, os.PathLike))
+  vocab = vocabularies.for_config(cfg, os.fspath(tokenizer)) if is_path else tokenizer
+  decoder = decode.load_decoder(
+    checkpoint_dir, decode.sampling_config(cfg, vocabularies.eot_id(vocab)), step
+  )
+  name = model_name or os.path.basename(checkpoint_dir.rstrip("/"))
+  return Server(decoder, vocab, model_name=name, **options)
+
+
 @contextlib.contextmanager
 def running(
   checkpoint_dir: str,
@@ -513,28 +540,21 @@ def running(
   max_queue: int = 256,
   batch_window_s: float = 0.01,
 ) -> Iterator[Server]:
-  """Serves `checkpoint_dir` (a workdir with checkpoints/<step>/) from a background thread for
-  the block; yields the `Server` (`.url`, ending in /v1, and `.model`). `cfg`: a run config
-  (default `configs.base()`) whose `sampling` section sets the defaults and the decoder's limits
-  and whose `eval.tokenizer` / `data.dir` find the tokenizer unless `tokenizer` (a path, or a
-  vocabulary) is given. `model_name` defaults to the checkpoint directory's name."""
-  cfg = configs.base() if cfg is None else cfg
-  is_path = isinstance(tokenizer, (str, os.PathLike))
-  vocab = vocabularies.for_config(cfg, os.fspath(tokenizer)) if is_path else tokenizer
-  checkpoint_dir = files.existing(checkpoint_dir, "checkpoint_dir")
-  decoder = decode.load_decoder(
-    checkpoint_dir, decode.sampling_config(cfg, vocabularies.eot_id(vocab)), step
-  )
-  with Server(
-    decoder,
-    vocab,
-    model_name=model_name or os.path.basename(checkpoint_dir.rstrip("/")),
+  """Serves `checkpoint_dir` from a background thread for the block (arguments as in `load`
+  and `Server`); yields the `Server`: `.url` (ending in /v1) and `.model`."""
+  server = load(
+    checkpoint_dir,
+    cfg=cfg,
+    tokenizer=tokenizer,
+    step=step,
+    model_name=model_name,
     host=host,
     port=port,
     max_batch=max_batch,
     max_queue=max_queue,
     batch_window_s=batch_window_s,
-  ) as server:
+  )
+  with server:
     yield server
 
 
@@ -542,15 +562,13 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   cfg, args = configs.resolve_paths(flags.FLAGS.config), flags.FLAGS
-  checkpoint_dir = files.existing(args.checkpoint, "--checkpoint")  # before the tokenizer
-  vocab = vocabularies.for_config(cfg, args.tokenizer)
-  decoder = decode.load_decoder(
-    checkpoint_dir, decode.sampling_config(cfg, vocabularies.eot_id(vocab)), args.step
-  )
-  server = Server(
-    decoder,
-    vocab,
-    model_name=args.model_name or os.path.basename(checkpoint_dir.rstrip("/")),
+  files.existing(args.checkpoint, "--checkpoint")  # named as the flag it came from
+  server = load(
+    args.checkpoint,
+    cfg=cfg,
+    tokenizer=args.tokenizer,
+    step=args.step,
+    model_name=args.model_name,
     host=args.host,
     port=args.port,
     max_batch=args.max_batch,
@@ -578,12 +596,7 @@ if __name__ == "__main__":
   )
   flags.DEFINE_string("checkpoint", None, "Workdir holding checkpoints/<step>/ (train, convert).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-  flags.DEFINE_string(
-    "tokenizer",
-    "",
-    "SentencePiece .model or tokenizer.json; default: "
-    "config eval.tokenizer, else DATA_DIR/tokenizer/spm.model.",
-  )
+  flags.DEFINE_string("tokenizer", "", "Tokenizer for --checkpoint (see phi_jax.generate).")
   flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
   flags.DEFINE_integer("port", 8000, "Port to listen on; 0 = a free one (see --ready_file).")
   flags.DEFINE_string("model_name", "", "The model's name in the API; default: the workdir's.")
