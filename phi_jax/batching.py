@@ -27,9 +27,10 @@ import contextlib
 import dataclasses
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from absl import logging
 
 from phi_jax import decode
 
@@ -208,15 +209,23 @@ class Engine:
 
   def stats(self) -> dict:
     """Counters: requests and batches run, rows decoded (without padding), the largest batch
-    in rows, rows decoding now, and jobs queued."""
+    in rows, rows decoding now, jobs queued, and the limits."""
     with self._changed:
-      return {**self._stats, "queued": len(self._queue)}
+      limits = {"max_batch": self.max_batch, "max_queue": self.max_queue}
+      return {**self._stats, "queued": len(self._queue), **limits}
+
+  def _drop_cancelled(self) -> None:
+    """Drops queued jobs whose clients have gone (cancelled before they ran)."""
+    self._queue = collections.deque(job for job in self._queue if not job.cancelled)
 
   def _take(self) -> list[Job] | None:
     """The next batch: the oldest job, and those that fit and come within the window; None
     once closing with nothing queued."""
     with self._changed:
-      while not self._closing and (self._paused or not self._queue):
+      while True:
+        self._drop_cancelled()
+        if self._closing or (self._queue and not self._paused):
+          break
         self._changed.wait()
       if not self._queue:
         return None
@@ -224,6 +233,7 @@ class Engine:
       rows = len(jobs[0].rows)
       deadline = time.monotonic() + self.window_s
       while rows < self.max_batch:
+        self._drop_cancelled()
         if self._queue:
           if rows + len(self._queue[0].rows) > self.max_batch:
             break
@@ -238,10 +248,10 @@ class Engine:
     while (jobs := self._take()) is not None:
       try:
         self._decode(jobs)
-      except Exception:  # noqa: BLE001 - the server lives on; the requests get the error
-        message = traceback.format_exc(limit=3)
+      except Exception as e:  # noqa: BLE001 - the server lives on; the requests get the error
+        logging.exception("decoding a batch of %d requests failed", len(jobs))
         for job in jobs:
-          job.notify(Failed(message))
+          job.notify(Failed(f"{type(e).__name__}: {e}"))
       finally:
         with self._changed:
           self._stats["running"] = 0

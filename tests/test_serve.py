@@ -286,12 +286,18 @@ def test_mistakes_are_openai_errors(server, client):
     client.models.retrieve("other")
 
 
-def test_the_engine_refuses_jobs_once_closed(server):
+def test_the_engine_drops_jobs_whose_clients_went_and_refuses_jobs_once_closed(server):
   engine = batching.Engine(server.decoder, server.vocab)
+  events = []
+  job = batching.Job([batching.Row([5], decode.RowSampling(), 1)], events.append)
   engine.start()
+  with engine.paused():
+    engine.submit(job)
+    job.cancel()
   engine.close()
+  assert events == [] and engine.stats()["requests"] == 0
   with pytest.raises(RuntimeError, match="shutting down"):
-    engine.submit(batching.Job([batching.Row([5], decode.RowSampling(), 1)], print))
+    engine.submit(job)
 
 
 def _serve_command(*flags):
