@@ -10,7 +10,7 @@ tokens, greedily, exactly --new new tokens each (end-of-text disabled), on one
 
 * offline: `Decoder.generate` of all the prompts in one batch;
 * serve with C clients: a `phi_jax.serve.Server` on loopback (max_batch = --prompts, batch
-  window --window_ms) and C threads, each an `openai` client sending its share of the prompts
+  window --window_ms, restarting with each arrival) and C threads, each an `openai` client sending its share of the prompts
   one request after another (C = 1, 4, 16): the time from the first request to the last answer.
 
 The vocabulary writes token ids as decimal words ("17 4051 ..."), so the bench measures HTTP,
@@ -28,6 +28,7 @@ import datetime
 import json
 import os
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -141,6 +142,7 @@ def main(argv=None):
         elapsed = result if isinstance(result, float) else time.perf_counter() - start
         times[name].append(elapsed)
         batches[name].append(server.engine.stats()["batches"] - before)
+        print(f"repeat {repeat}: {name} {elapsed:.1f} s", file=sys.stderr, flush=True)
 
   tokens = args.prompts * args.new
   offline = times["offline"]
@@ -155,6 +157,7 @@ def main(argv=None):
     "repeats": args.repeats,
     "batch_window_ms": args.window_ms,
     "warmup_s": warmup,
+    "times_s": times,
     "median_s": {k: statistics.median(v) for k, v in times.items()},
     "tokens_per_s": {k: tokens / statistics.median(v) for k, v in times.items()},
     "ratio_to_offline": {

@@ -8,7 +8,8 @@
 
 Jobs (one request each: one or more rows) wait in a bounded queue (`submit` raises `QueueFull`
 when it holds `max_queue` jobs). One worker thread takes the oldest job, then the jobs that
-arrive within `window_s`, up to `max_batch` rows, and decodes them together. Each row samples
+follow it, each within `window_s` of the one before, up to `max_batch` rows, and decodes them
+together (jobs that queued while a batch ran join the next one at once). Each row samples
 its own way (`decode.RowSampling`), so what a row generates does not depend on the batch it
 joins. Rows are padded with idle rows to a power of two (at most `max_batch`), so that few
 batch shapes are ever compiled. A row's `max_tokens` and stop strings are enforced between
@@ -219,7 +220,7 @@ class Engine:
     self._queue = collections.deque(job for job in self._queue if not job.cancelled)
 
   def _take(self) -> list[Job] | None:
-    """The next batch: the oldest job, and those that fit and come within the window; None
+    """The next batch: the oldest job, and those that fit and follow within the window; None
     once closing with nothing queued."""
     with self._changed:
       while True:
@@ -239,6 +240,7 @@ class Engine:
             break
           jobs.append(self._queue.popleft())
           rows += len(jobs[-1].rows)
+          deadline = time.monotonic() + self.window_s  # a burst is still arriving
         elif self._closing or not self._changed.wait(max(0.0, deadline - time.monotonic())):
           break
       self._stats["running"] = rows

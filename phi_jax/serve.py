@@ -364,7 +364,8 @@ class Server:
     if len(ids) > room:
       raise ApiError(
         400,
-        f"the {param} is {len(ids)} tokens; this model's context of {self.decoder.config.max_len} "
+        f"the {'chat prompt' if param == 'messages' else 'prompt'} is {len(ids)} tokens; this "
+        f"model's context of {self.decoder.config.max_len} "
         f"tokens leaves room for {room} prompt tokens beside up to {sampling.max_new_tokens} "
         f"new ones (prompts are padded to multiples of {sampling.prompt_bucket}): shorten it",
         param=param,
@@ -605,7 +606,10 @@ if __name__ == "__main__":
     "max_queue", 256, "Most requests waiting; more are answered 503.", lower_bound=1
   )
   flags.DEFINE_float(
-    "batch_window_ms", 10.0, "How long a batch waits for more requests to join.", lower_bound=0
+    "batch_window_ms",
+    10.0,
+    "A batch waits this long after each request for another.",
+    lower_bound=0,
   )
   flags.DEFINE_string(
     "ready_file", "", 'Written once serving: {"url": ".../v1", "model": NAME} (atomically).'
