@@ -27,6 +27,7 @@ DATA = [
 # gs:// build test (tests/test_build.py), no network. pytest-xdist: the suite runs a file per
 # worker on 2 workers (pytest.ini), since most tests keep only one core busy.
 # ruff and import-linter: tests/test_architecture.py checks the style and the import layers.
+# openai: the client tests/test_serve.py talks to phi_jax.serve with.
 TEST = [
   "pytest>=8",
   "pytest-xdist>=3.5",
@@ -39,6 +40,7 @@ TEST = [
   "gcp-storage-emulator",
   "ruff==0.17.6",
   "import-linter==2.17",
+  "openai",
 ]
 # HumanEval / MBPP scoring (phi_jax.evaluate). Programs run under bubblewrap, a system package:
 # `apt-get install -y bubblewrap` (install.sh installs it).
@@ -65,6 +67,8 @@ setup(
     "tqdm",
     "tensorboardX",
     "matplotlib",  # the main job's loss-curve PNGs (phi_jax.report)
+    "starlette",  # phi_jax.serve's HTTP API, run by uvicorn
+    "uvicorn",
   ],
   extras_require={
     "data": DATA,

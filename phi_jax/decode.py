@@ -1,7 +1,9 @@
 """Autoregressive sampling with a KV cache: greedy, temperature, top-k, top-p.
 
     decoder = decode.Decoder(model_config, params, decode.SamplingConfig(max_new_tokens=256))
-    new_tokens = decoder.generate([[5, 6, 7], [8, 9]], stop=lambda row: ...)
+    new_tokens = decoder.generate([[5, 6, 7], [8, 9]], stop=lambda row, new: ...)
+    # each row its own sampling and random stream (a server's batch of unrelated requests)
+    new_tokens = decoder.generate(prompts, rows=[decode.RowSampling(temperature=0.8, seed=7), ...])
 
 Prompts of different lengths are left-padded to a shape bucket (a multiple of
 `SamplingConfig.prompt_bucket`), rows to a multiple of the data-parallel devices, so one
@@ -45,14 +47,35 @@ class SamplingConfig:
   seed: int = 0
 
   def __post_init__(self):
-    if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-      raise ValueError(f"sampling needs temperature >= 0, top_k >= 0, 0 < top_p <= 1: {self}")
+    _check_filters(self)
     if self.max_new_tokens < 1 or self.prompt_bucket < 1 or self.chunk_tokens < 1:
       raise ValueError(f"max_new_tokens, prompt_bucket and chunk_tokens must be >= 1: {self}")
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> SamplingConfig:
     return model_lib.dataclass_from_dict(cls, values, "sampling")
+
+
+def _check_filters(sampling: SamplingConfig | RowSampling) -> None:
+  if sampling.temperature < 0 or sampling.top_k < 0 or not 0 < sampling.top_p <= 1:
+    raise ValueError(f"sampling needs temperature >= 0, top_k >= 0, 0 < top_p <= 1: {sampling}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSampling:
+  """One row's own sampling in a batch whose rows differ (`Decoder.generate(rows=...)`):
+  temperature, top_k and top_p as in SamplingConfig, and a random stream keyed by (`seed`,
+  `stream`) alone, so that a row's tokens do not depend on the rows it shares a batch with.
+  `stream` tells apart several samples drawn with one seed."""
+
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  seed: int = 0  # 0 <= seed < 2**32
+  stream: int = 0
+
+  def __post_init__(self):
+    _check_filters(self)
 
 
 def sampling_knobs(sampling: SamplingConfig) -> dict:
@@ -66,27 +89,60 @@ def sampling_knobs(sampling: SamplingConfig) -> dict:
   }
 
 
+def row_knobs(sampling: SamplingConfig, rows: Sequence[RowSampling]) -> tuple[dict, jax.Array]:
+  """(knobs, keys) for rows that each sample their own way: temperature, top_k and top_p as
+  [rows] arrays, and one random key per row."""
+  knobs = {
+    **sampling_knobs(sampling),
+    "temperature": np.array([r.temperature for r in rows], np.float32),
+    "top_k": np.array([r.top_k for r in rows], np.int32),
+    "top_p": np.array([r.top_p for r in rows], np.float32),
+  }
+  seeds = np.array([r.seed for r in rows], np.uint32)
+  streams = np.array([r.stream for r in rows], np.uint32)
+  keys = jax.vmap(lambda seed, stream: jax.random.fold_in(jax.random.key(seed), stream))
+  return knobs, keys(seeds, streams)
+
+
+def _fold_in(rng: jax.Array, data: Any) -> jax.Array:
+  """`jax.random.fold_in` of one key, or of each key of a [rows] array of them."""
+  return (
+    jax.random.fold_in(rng, data)
+    if rng.ndim == 0
+    else jax.vmap(jax.random.fold_in, (0, None))(rng, data)
+  )
+
+
 def sample_logits(logits: jax.Array, rng: jax.Array, knobs: Mapping[str, Any]) -> jax.Array:
-  """One token per row from fp32 logits [batch, vocab]; `knobs` as made by `_knobs` (greedy
-  when temperature is 0; top-k and top-p both filter when set)."""
+  """One token per row from fp32 logits [batch, vocab]; `knobs` as made by `sampling_knobs` (one
+  setting for all rows) or `row_knobs` (each row its own): greedy where temperature is 0, top-k
+  and top-p both filter when set. `rng`: one key, or [batch] keys, a row's draw then depending
+  on its own key alone."""
+  rows = logits.shape[:1]
+  temperature = jnp.broadcast_to(knobs["temperature"], rows)
 
   def greedy():
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
   def sample():
-    scaled = logits / knobs["temperature"]
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
     ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
     vocab = logits.shape[-1]
-    top_k = jnp.where(knobs["top_k"] > 0, jnp.minimum(knobs["top_k"], vocab), vocab)
+    top_k = jnp.broadcast_to(knobs["top_k"], rows)[:, None]
+    top_k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
     ordered = jnp.where(jnp.arange(vocab) < top_k, ordered, -jnp.inf)
     probs = jax.nn.softmax(ordered, axis=-1)
     # Keep a token while the mass before it is < top_p (the most likely one always stays).
-    kept = (jnp.cumsum(probs, axis=-1) - probs) < knobs["top_p"]
+    kept = (jnp.cumsum(probs, axis=-1) - probs) < jnp.broadcast_to(knobs["top_p"], rows)[:, None]
     threshold = jnp.min(jnp.where(kept, ordered, jnp.inf), axis=-1, keepdims=True)
     filtered = jnp.where(scaled < threshold, -jnp.inf, scaled)
-    return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+    if rng.ndim == 0:
+      drawn = jax.random.categorical(rng, filtered, axis=-1)
+    else:
+      drawn = jax.vmap(jax.random.categorical)(rng, filtered)
+    return jnp.where(temperature > 0, drawn.astype(jnp.int32), greedy())
 
-  return jax.lax.cond(knobs["temperature"] > 0, sample, greedy)
+  return jax.lax.cond(jnp.any(temperature > 0), sample, greedy)
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -98,7 +154,7 @@ def _prefill(config, mesh, params, prompts, start, rng, knobs, cache_len):
   with sharding.activation_rules(mesh):
     cache = model_lib.init_cache(config, prompts.shape[0], cache_len, start)
     logits, cache = model_lib.forward_with_cache(config, params, prompts, cache)
-    return cache, sample_logits(logits[:, -1], jax.random.fold_in(rng, 0), knobs)
+    return cache, sample_logits(logits[:, -1], _fold_in(rng, 0), knobs)
 
 
 def _chunk(config, mesh, params, cache, last, done, rng, knobs, limit, steps):
@@ -115,7 +171,7 @@ def _chunk(config, mesh, params, cache, last, done, rng, knobs, limit, steps):
     logits, cache = model_lib.forward_with_cache(
       config, params, jnp.where(done, knobs["pad_id"], last)[:, None], cache
     )
-    token = sample_logits(logits[:, -1], jax.random.fold_in(rng, i), knobs)
+    token = sample_logits(logits[:, -1], _fold_in(rng, i), knobs)
     return cache, token, done, out, i + 1
 
   with sharding.activation_rules(mesh):
@@ -182,14 +238,18 @@ class Decoder:
     *,
     rng: jax.Array | None = None,
     stop: Callable[[int, list[int]], bool] | None = None,
+    rows: Sequence[RowSampling] | None = None,
   ) -> list[list[int]]:
     """New tokens for each prompt: at most `max_new_tokens`, ending before end-of-text, or
     soon after `stop(row, its new tokens so far)` (checked between chunks) says so: the caller
     trims at its stop string. Rows are independent: a row's tokens do not depend on the other
-    prompts."""
+    prompts. `rows`: each prompt's own sampling and random stream (instead of the decoder's
+    sampling settings and `rng`); padding rows decode greedily."""
     sampling = self.sampling
     if not prompts or any(len(p) == 0 for p in prompts):
       raise ValueError("generate needs at least one prompt, each of at least one token")
+    if rows is not None and (len(rows) != len(prompts) or rng is not None):
+      raise ValueError("generate(rows=...) needs one RowSampling per prompt, and no rng")
     n_rows = _round_up(len(prompts), self.rows_multiple)
     prompt_len = _round_up(max(len(p) for p in prompts), sampling.prompt_bucket)
     cache_len = _round_up(prompt_len + sampling.max_new_tokens, sampling.prompt_bucket)
@@ -203,15 +263,17 @@ class Decoder:
     for row, prompt in enumerate(prompts):
       batch[row, prompt_len - len(prompt) :] = prompt
       start[row] = prompt_len - len(prompt)
-    rng = jax.random.key(sampling.seed) if rng is None else rng
+    if rows is None:
+      knobs, rng = sampling_knobs(sampling), jax.random.key(sampling.seed) if rng is None else rng
+    else:
+      knobs, rng = row_knobs(sampling, [*rows, *[RowSampling()] * (n_rows - len(rows))])
 
-    knobs = sampling_knobs(sampling)
     cache, last = self._prefill(self.params, batch, start, rng, knobs, cache_len)
     done = np.arange(n_rows) >= len(prompts)
     produced = [[] for _ in prompts]
     total = 0
     while total < sampling.max_new_tokens and not done.all():
-      chunk_rng = jax.random.fold_in(rng, total + 1)
+      chunk_rng = _fold_in(rng, total + 1)
       cache, out, done_dev, last, taken = self._chunk(
         self.params,
         cache,
@@ -237,6 +299,14 @@ def truncate(text: str, stop: Sequence[str]) -> str:
   return text[: min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))]
 
 
+def continuation(vocab: Any, prompt: Sequence[int], new: Sequence[int]) -> str:
+  """The text `new` continues `prompt` with, decoded together with the prompt and the prompt's
+  text removed, so that tokenizers which decode a leading piece differently on its own cannot
+  change it."""
+  head, whole = vocab.decode(list(prompt)), vocab.decode([*prompt, *new])
+  return whole[len(head) :] if whole.startswith(head) else vocab.decode(list(new))
+
+
 def generate_text(
   decoder: Decoder,
   vocab: Any,
@@ -247,9 +317,8 @@ def generate_text(
 ) -> list[str]:
   """The text each prompt is continued with, cut before the first stop string.
 
-  vocab: anything with `encode(str) -> ids` and `decode(ids) -> str` (a seqio vocabulary). The
-  continuation is decoded together with its prompt and the prompt's text removed, so that
-  tokenizers which decode a leading piece differently on its own cannot change it. A prompt
+  vocab: anything with `encode(str) -> ids` and `decode(ids) -> str` (a seqio vocabulary); the
+  text is decoded by `continuation`. A prompt
   longer than the context leaves room for loses its beginning (its end, where the code goes on,
   is kept), as evaluation harnesses do.
   """
@@ -260,19 +329,14 @@ def generate_text(
       f"for a prompt within the model's max_len {decoder.config.max_len}"
     )
   encoded = [list(vocab.encode(p))[-keep:] for p in prompts]
-
-  def continuation(prompt: list[int], new: list[int]) -> str:
-    head, whole = vocab.decode(prompt), vocab.decode(prompt + new)
-    return whole[len(head) :] if whole.startswith(head) else vocab.decode(new)
-
   outputs = decoder.generate(
     encoded,
     rng=rng,
-    stop=(lambda row, new: any(s in continuation(encoded[row], new) for s in stop))
+    stop=(lambda row, new: any(s in continuation(vocab, encoded[row], new) for s in stop))
     if stop
     else None,
   )
-  return [truncate(continuation(p, new), stop) for p, new in zip(encoded, outputs)]
+  return [truncate(continuation(vocab, p, new), stop) for p, new in zip(encoded, outputs)]
 
 
 def sampling_config(cfg: Any, eos_id: int) -> SamplingConfig:

@@ -104,6 +104,26 @@ def test_sampling_filters(tiny):
   assert draws()[3] > 50  # no filter: the 5% token appears
 
 
+def test_rows_sample_their_own_way_whatever_shares_their_batch(tiny):
+  config, params = tiny
+  decoder = decode.Decoder(config, params, _sampling())
+  greedy = decoder.generate(PROMPTS)
+  rows = [
+    decode.RowSampling(temperature=1.5, seed=3),
+    decode.RowSampling(),
+    decode.RowSampling(temperature=1.0, top_k=1, seed=9),
+  ]
+  batch = decoder.generate(PROMPTS, rows=rows)
+  assert batch[0] != greedy[0] and batch[1:] == greedy[1:]
+  # Alone (another prompt bucket, other rows) or at another index: the same tokens.
+  assert decoder.generate(PROMPTS[:1], rows=rows[:1]) == batch[:1]
+  assert decoder.generate(PROMPTS[::-1], rows=rows[::-1])[2] == batch[0]
+  other_stream = dataclasses.replace(rows[0], stream=1)
+  assert decoder.generate(PROMPTS[:1], rows=[other_stream]) != batch[:1]
+  with pytest.raises(ValueError, match="one RowSampling per prompt"):
+    decoder.generate(PROMPTS, rows=rows[:2])
+
+
 def test_generate_text_cuts_at_stop_strings(tiny):
   config, params = tiny
 
