@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -37,7 +38,7 @@ from typing import Any, Protocol
 import openai
 from etils import epath
 
-from phi_jax import checkpoint, decode, files, vocabularies
+from phi_jax import batching, checkpoint, decode, files, serve, vocabularies
 
 CHAT = "chat"
 COMPLETIONS = "completions"
@@ -271,26 +272,16 @@ class OpenAIBackend:
       return list(pool.map(one, range(len(requests))))
 
 
-def _plain_chat(system: str, user: str) -> str:
-  return (f"System: {system}\n" if system else "") + f"User: {user}\nAssistant:"
-
-
 class DecoderBackend:
   """A phi_jax checkpoint workdir (trained, or converted from Hugging Face) decoding in this
-  process: requests with the same sampling settings are decoded together, `max_batch` rows at a
-  time, on the mesh. Chat requests are rendered with `chat_template(system, user)`."""
+  process, batched on the mesh by `phi_jax.batching` (each row with its own sampling and seed),
+  as `phi_jax.serve` does: chat requests use the server's chat template."""
 
   def __init__(
-    self,
-    checkpoint_dir: str,
-    *,
-    tokenizer: str,
-    step: int | None = None,
-    max_batch: int = 32,
-    chat_template: Callable[[str, str], str] = _plain_chat,
+    self, checkpoint_dir: str, *, tokenizer: str, step: int | None = None, max_batch: int = 32
   ):
     self.checkpoint_dir, self.tokenizer, self.step = checkpoint_dir, tokenizer, step
-    self.max_batch, self.chat_template = max_batch, chat_template
+    self.max_batch = max_batch
     self.identity = f"phi_jax:{files.absolute(checkpoint_dir)}:{step}"
     self._loaded = None
 
@@ -306,51 +297,53 @@ class DecoderBackend:
       self._loaded = vocab, config, params
     return self._loaded
 
-  def _batch(self, requests: Sequence[Request]) -> list[Outcome]:
-    vocab, config, params = self._load()
-    first = requests[0]
-    sampling = decode.SamplingConfig(
-      max_new_tokens=first.max_tokens,
-      temperature=first.temperature,
-      top_p=first.top_p,
-      seed=first.seed,
-      eos_id=vocabularies.eot_id(vocab),
+  def _row(self, request: Request, decoder: decode.Decoder, vocab) -> batching.Row:
+    chat = request.mode == CHAT
+    if chat:
+      messages = [{"role": "system", "content": request.system}] if request.system else []
+      text = serve.chat_prompt([*messages, {"role": "user", "content": request.prompt}])
+    else:
+      text = request.prompt
+    return batching.Row(
+      list(vocab.encode(text))[-decoder.max_prompt_len :],  # as generate_text: the end is kept
+      decode.RowSampling(request.temperature, top_p=request.top_p, seed=request.seed % 2**32),
+      request.max_tokens,
+      request.stop + (serve.CHAT_STOP if chat else ()),
     )
-    decoder = decode.Decoder(config, params, sampling)
-    prompts = [
-      r.prompt if r.mode == COMPLETIONS else self.chat_template(r.system, r.prompt)
-      for r in requests
-    ]
-    try:
-      texts = decode.generate_text(decoder, vocab, prompts, stop=first.stop)
-    except ValueError:  # max_tokens leaves no room for a prompt in the model's context
-      return [Outcome(r, None, failure="prompt_too_long", attempts=1) for r in requests]
-    outcomes = []
-    for request, prompt, text in zip(requests, prompts, texts):
-      completion_tokens = len(vocab.encode(text))
-      response = Response(
-        text=text,
-        finish_reason="length" if completion_tokens >= request.max_tokens else "stop",
-        prompt_tokens=min(len(vocab.encode(prompt)), decoder.max_prompt_len),
-        completion_tokens=completion_tokens,
-      )
-      outcomes.append(Outcome(request, response, attempts=1))
-    return outcomes
 
   def complete(
     self, requests: Sequence[Request], budget: Budget, on_outcome: Callable[[int, Outcome], None]
   ) -> list[Outcome]:
     del budget  # nothing to pay for
-    groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(requests):
-      groups.setdefault((r.max_tokens, r.temperature, r.top_p, r.seed, r.stop), []).append(i)
+    if not requests:
+      return []
+    vocab, config, params = self._load()
+    longest = max(r.max_tokens for r in requests)
+    sampling = decode.SamplingConfig(max_new_tokens=longest, eos_id=vocabularies.eot_id(vocab))
+    decoder = decode.Decoder(config, params, sampling)
+    if decoder.max_prompt_len <= 0:
+      detail = f"max_tokens={longest} leaves no room for a prompt in max_len {config.max_len}"
+      return [Outcome(r, None, failure="prompt_too_long", detail=detail) for r in requests]
+    engine = batching.Engine(decoder, vocab, max_batch=self.max_batch, max_queue=len(requests))
     outcomes: list[Any] = [None] * len(requests)
-    for indices in groups.values():
-      for start in range(0, len(indices), self.max_batch):
-        batch = indices[start : start + self.max_batch]
-        for i, outcome in zip(batch, self._batch([requests[i] for i in batch])):
-          on_outcome(i, outcome)
-          outcomes[i] = outcome
+
+    def notify(i: int, row: batching.Row, event) -> None:
+      if isinstance(event, batching.Done):
+        (completion,) = event.completions
+        text = completion.text.lstrip() if requests[i].mode == CHAT else completion.text
+        response = Response(text, completion.finish_reason, len(row.prompt), completion.tokens)
+        outcomes[i] = Outcome(requests[i], response, attempts=1)
+      elif isinstance(event, batching.Failed):
+        outcomes[i] = Outcome(requests[i], None, failure="decoder", detail=event.message)
+      else:
+        return
+      on_outcome(i, outcomes[i])
+
+    engine.start()
+    for i, request in enumerate(requests):
+      row = self._row(request, decoder, vocab)
+      engine.submit(batching.Job([row], functools.partial(notify, i, row)))
+    engine.close()  # decodes everything queued, then returns
     return outcomes
 
 

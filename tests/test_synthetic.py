@@ -386,7 +386,7 @@ def test_mixture_rates_weight_the_synthetic_part_of_a_task(tmp_path, tiny_corpus
 
 
 def test_a_phi_jax_checkpoint_generates_in_process_batched_and_cached(tmp_path, tiny_corpus):
-  from phi_jax import checkpoint, decode, vocabularies
+  from phi_jax import checkpoint, decode, serve, vocabularies
 
   run, spm = tiny_corpus / "quality_model" / "run", tiny_corpus / "tokenizer" / "spm.model"
   backend = generation.DecoderBackend(str(run), tokenizer=str(spm), max_batch=2)
@@ -403,7 +403,15 @@ def test_a_phi_jax_checkpoint_generates_in_process_batched_and_cached(tmp_path, 
     params,
     decode.SamplingConfig(max_new_tokens=8, eos_id=vocabularies.eot_id(vocab)),
   )
-  prompts = [r.prompt for r in requests[:3]] + ["User: Explain loops.\nAssistant:"]
-  assert [o.response.text for o in outcomes] == decode.generate_text(decoder, vocab, prompts)
+  want = decode.generate_text(decoder, vocab, [r.prompt for r in requests[:3]])
+  want += [
+    t.lstrip()
+    for t in decode.generate_text(
+      decoder, vocab, ["User: Explain loops.\nAssistant:"], stop=serve.CHAT_STOP
+    )
+  ]
+  assert [o.response.text for o in outcomes] == want  # batched as phi_jax.serve batches
   assert all(o.response.completion_tokens <= 8 and o.response.prompt_tokens for o in outcomes)
+  for o in outcomes[:3]:  # no stop strings: only max_tokens or end-of-text end a row
+    assert (o.response.finish_reason == "length") == (o.response.completion_tokens == 8)
   assert [o.cached for o in generation.generate(backend, cache, requests)] == [True] * 4
