@@ -19,6 +19,9 @@ DATA = [
   # The trainer's random-access documents (phi_jax.records) and their parallel reading.
   "array-record>=0.8",
   "grain>=0.2.18",
+  # Synthetic data from any OpenAI-compatible server (data_pipeline.generation); the tests talk
+  # to phi_jax.serve with it too.
+  "openai>=1.40",
 ]
 # transformers is the reference implementation the tests compare against; torch is pinned to the
 # CPU build so that pip does not pull CUDA packages. libtpu, at the version jax pins, compiles for
@@ -27,7 +30,6 @@ DATA = [
 # gs:// build test (tests/test_build.py), no network. pytest-xdist: the suite runs a file per
 # worker on 2 workers (pytest.ini), since most tests keep only one core busy.
 # ruff and import-linter: tests/test_architecture.py checks the style and the import layers.
-# openai: the client tests/test_serve.py talks to phi_jax.serve with.
 TEST = [
   "pytest>=8",
   "pytest-xdist>=3.5",
@@ -40,7 +42,6 @@ TEST = [
   "gcp-storage-emulator",
   "ruff==0.17.6",
   "import-linter==2.17",
-  "openai",
 ]
 # HumanEval / MBPP scoring (phi_jax.evaluate). Programs run under bubblewrap, a system package:
 # `apt-get install -y bubblewrap` (install.sh installs it).

@@ -4,6 +4,9 @@
 
 corpus -> tokenizer   DIR/data      python -m data_pipeline.build (CodeTextbook, CodeExercises)
 pretrain              DIR/pretrain  phi-1-base analogue on the phi1_pretrain mixture
+synthetic             DIR/synthetic only with synthetic.backend="pretrained": the pretrained model,
+                                    served by phi_jax.serve, writes textbooks and exercises
+                                    that join DIR/data (configs/tiny_synthetic.py)
 finetune              DIR/finetune  phi-1 analogue: params from DIR/pretrain, phi1_finetune mixture
 evaluate              DIR/evaluate  HumanEval and MBPP pass@1 of the finetuned model, in the sandbox
 report                DIR/report    report.json, <run>_loss.png, and the table printed
@@ -16,6 +19,7 @@ From Python: `phi_jax.pipeline.run(phi_jax.configs.get("tiny"), "runs/tiny")`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -26,9 +30,11 @@ import jax
 from absl import flags, logging
 
 from data_pipeline import build
-from phi_jax import cli, configs, evaluate, files, report, train
+from phi_jax import cli, configs, evaluate, files, report, serve, train
 
 RUNS = ("pretrain", "finetune")
+# synthetic.backend naming this job's own pretrained model (served by phi_jax.serve)
+SERVED_PRETRAIN = "pretrained"
 BENCHMARKS = ("humaneval", "mbpp")
 
 
@@ -63,12 +69,52 @@ def run_config(cfg: Any, workdir: str | Path, run: str) -> Any:
   return run_cfg
 
 
-def _build_data(cfg: Any, workdir: Path) -> dict:
-  data_dir = workdir / "data"
-  manifest = build.run(cfg, data_dir)
+def _data_row(manifest: dict) -> dict:
   row = {task: manifest[task]["train_documents"] for task in build.TASK_KINDS}
   row["tokens"] = sum(manifest["records"][task]["train_tokens"] for task in build.TASK_KINDS)
   return row
+
+
+def _build_data(cfg: Any, workdir: Path) -> dict:
+  if cfg.synthetic.backend == SERVED_PRETRAIN:  # generated later, by the pretrained model
+    cfg = configs.resolve_paths(cfg)
+    with cfg.unlocked():
+      cfg.synthetic.update(textbooks=0, exercises=0)
+  return _data_row(build.run(cfg, workdir / "data"))
+
+
+def _synthesize(cfg: Any, workdir: Path) -> dict:
+  """The pretrained model writes the synthetic data, through its own OpenAI-compatible server
+  (the path a real endpoint takes); the corpus build then joins it to the tasks."""
+  server_cfg = run_config(cfg, workdir, "pretrain")
+  with server_cfg.unlocked():  # room for the longest request the grids make
+    server_cfg.sampling.max_new_tokens = max(
+      int(cfg.synthetic.textbook_max_tokens), int(cfg.synthetic.exercise_max_tokens)
+    )
+  build_cfg = configs.resolve_paths(cfg)
+  with serve.running(
+    str(workdir / "pretrain"),
+    cfg=server_cfg,
+    tokenizer=str(workdir / "data" / "tokenizer" / "spm.model"),
+    model_name=f"phi1-pretrain-{_pretrain_id(workdir)}",
+  ) as server:
+    with build_cfg.unlocked():
+      build_cfg.synthetic.update(backend="openai", base_url=server.url, model=server.model)
+    manifest = build.run(build_cfg, workdir / "data")
+  row = _data_row(manifest)
+  for name in ("synthetic_textbook", "synthetic_exercises"):
+    if name in manifest:
+      counts = manifest[name]
+      row[f"{name}_kept"] = counts["kept"]
+      row[f"{name}_requested"] = counts.get("requested", 0)
+      row[f"{name}_cached"] = counts.get("cached", 0)
+  return row
+
+
+def _pretrain_id(workdir: Path) -> str:
+  """Names the pretrained weights in the response cache: another pretraining, another name."""
+  summary = files.done(workdir, "pretrain") or {}
+  return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _train(cfg: Any, workdir: Path, run: str) -> dict:
@@ -121,8 +167,10 @@ def run(cfg: Any, workdir: str | Path) -> dict:
     configs.check(run_config(cfg, workdir, name), jax.device_count())
   _same_config(cfg, workdir)
   rows = [_stage(workdir, "data", lambda: _build_data(cfg, workdir))]
-  for name in RUNS:
-    rows.append(_stage(workdir, name, lambda name=name: _train(cfg, workdir, name)))
+  rows.append(_stage(workdir, "pretrain", lambda: _train(cfg, workdir, "pretrain")))
+  if cfg.synthetic.backend == SERVED_PRETRAIN:
+    rows.append(_stage(workdir, "synthetic", lambda: _synthesize(cfg, workdir)))
+  rows.append(_stage(workdir, "finetune", lambda: _train(cfg, workdir, "finetune")))
   # The phi-1 analogue is scored; the base model's pass@1 is one command away:
   # python -m phi_jax.evaluate --benchmark=humaneval --checkpoint=DIR/pretrain
   rows.append(_stage(workdir, "evaluate", lambda: _evaluate(cfg, workdir, "finetune")))

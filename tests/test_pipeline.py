@@ -1,6 +1,7 @@
 """The main job end to end (configs/smoke.py), through the Colab notebook as CI runs it, then
 through the CLI: finished stages are reused, and a changed config is refused."""
 
+import contextlib
 import json
 import math
 import os
@@ -85,3 +86,37 @@ def test_main_job_through_the_notebook_then_the_cli(tmp_path):
   )
   assert changed.returncode != 0
   assert "holds a run of another config (changed: train.steps)" in changed.stderr
+
+
+def test_the_synthetic_stage_asks_the_pretrained_model_through_phi_jax_serve(
+  tmp_path, tiny_corpus, monkeypatch
+):
+  """configs/tiny_synthetic.py's stage: the pretrained model (here the tiny corpus's 5-step
+  quality model, whose answers are all rejected) is served by phi_jax.serve and asked through
+  the OpenAI API; the stage's error names its counts, and a rerun sends nothing already answered."""
+  import shutil
+
+  from data_pipeline import stages
+  from phi_jax import configs, pipeline, serve
+
+  shutil.copytree(tiny_corpus, tmp_path / "data")
+  shutil.copytree(tiny_corpus / "quality_model" / "run", tmp_path / "pretrain")
+  cfg = configs.get("tiny_synthetic")
+  cfg.synthetic.update(textbooks=4, exercises=4)
+  servers = []
+  running = serve.running
+
+  @contextlib.contextmanager
+  def spied(*args, **kwargs):
+    with running(*args, **kwargs) as server:
+      servers.append(server)
+      yield server
+
+  monkeypatch.setattr(serve, "running", spied)
+  for attempt in range(2):
+    with pytest.raises(stages.EmptyStageError, match=r"'synthetic_textbook' kept none of 4 .*"):
+      pipeline._synthesize(cfg, tmp_path)
+    stats = servers[attempt].engine.stats()
+    assert stats["requests"] == (4 if attempt == 0 else 0), stats  # the rerun: all cached
+  assert servers[0].model == servers[1].model and servers[0].url != servers[1].url
+  assert len(list((tmp_path / "data" / "generation_cache").glob("*/*.json"))) == 4
