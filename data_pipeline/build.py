@@ -635,6 +635,10 @@ def synthesize(cfg: Any, kind: str, out: epath.PathLike, beam_options: list[str]
     shards = list(synthetic.shards(count, int(syn.items_per_shard)))
     budget = math.ceil(syn.max_requests / len(shards)) if syn.max_requests else 0
     references = decontam_lib.load_references(cfg.eval.mbpp_path or None)
+    rules = tuple(syn.rules)
+    unknown = sorted(set(rules) - set(synthetic.RULES))
+    if unknown:
+      raise ValueError(f"synthetic.rules has unknown rules {unknown}; known: {synthetic.RULES}")
     limits = sandbox.Limits(memory_bytes=cfg.eval.memory_mb << 20, processes=cfg.eval.processes)
 
     def build(p):
@@ -646,7 +650,7 @@ def synthesize(cfg: Any, kind: str, out: epath.PathLike, beam_options: list[str]
         | "Validate"
         >> beam.ParDo(
           synthetic.ValidateItems(
-            syn.min_tokens, syn.run_tests, syn.test_timeout_s, cfg.eval.isolation, limits
+            syn.min_tokens, rules, syn.run_tests, syn.test_timeout_s, cfg.eval.isolation, limits
           )
         )
         | "Dedup"

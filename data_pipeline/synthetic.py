@@ -181,6 +181,21 @@ def _parses(code: str) -> bool:
   return True
 
 
+# Every rule an answer can break; `synthetic.rules` names those applied (all, by default).
+RULES = (
+  "empty",
+  "refusal",
+  "truncated",
+  "too_short",
+  "code_syntax",
+  "no_code",
+  "no_function",
+  "no_docstring",
+  "no_body",
+  "tests_failed",
+)
+
+
 def _common_rejection(response: generation.Response, min_tokens: int) -> str:
   text = response.text.strip()
   if not text:
@@ -194,18 +209,22 @@ def _common_rejection(response: generation.Response, min_tokens: int) -> str:
   return ""
 
 
-def textbook_document(start: str, response: generation.Response, min_tokens: int):
-  """(document text, "") when the textbook is kept, else (None, the rule it broke)."""
-  reason = _common_rejection(response, min_tokens)
-  if reason:
-    return None, reason
-  text = (start + response.text).strip() + "\n"
+def _textbook_rejection(text: str) -> str:
   blocks = code_blocks(text)
   if blocks:
-    return (text, "") if all(_parses(b) for b in blocks) else (None, "code_syntax")
+    return "" if all(_parses(b) for b in blocks) else "code_syntax"
   # Without fences, a textbook is Python whose prose lives in docstrings and comments.
-  if not _parses(text):
-    return None, "no_code"
+  return "" if _parses(text) else "no_code"
+
+
+def textbook_document(
+  start: str, response: generation.Response, min_tokens: int, rules=RULES
+) -> tuple[str | None, str]:
+  """(document text, "") when the textbook is kept, else (None, the rule in `rules` it broke)."""
+  text = (start + response.text).strip() + "\n"
+  for reason in (_common_rejection(response, min_tokens), _textbook_rejection(text)):
+    if reason in rules:
+      return None, reason
   return text, ""
 
 
@@ -216,21 +235,15 @@ class Exercise:
   tests: str  # the asserts written after the function ("" when none)
 
 
-def parse_exercise(start: str, response: generation.Response, min_tokens: int):
-  """(Exercise, "") when the exercise is kept, else (None, the rule it broke)."""
-  reason = _common_rejection(response, min_tokens)
-  if reason:
-    return None, reason
-  text = start + response.text
-  blocks = code_blocks(text)
-  code = textwrap.dedent(blocks[0] if blocks else text)
+def _split_exercise(code: str) -> Exercise | str:
+  """The exercise in `code`, or the rule it breaks."""
   try:
     module = ast.parse(code)
   except (SyntaxError, ValueError):
-    return None, "code_syntax"
+    return "code_syntax"
   functions = [n for n in module.body if isinstance(n, ast.FunctionDef)]
   if not functions:
-    return None, "no_function"
+    return "no_function"
   function = functions[0]
   docstring = (
     function.body[0]
@@ -241,20 +254,39 @@ def parse_exercise(start: str, response: generation.Response, min_tokens: int):
     else None
   )
   if docstring is None:
-    return None, "no_docstring"
+    return "no_docstring"
   body = function.body[1:]
   if not body or all(
     isinstance(n, ast.Pass) or (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
     for n in body
   ):
-    return None, "no_body"
+    return "no_body"
   lines = code.splitlines(keepends=True)
   head = "".join(lines[: function.lineno - 1])  # imports and helpers the exercise relies on
   prompt = head + "".join(lines[function.lineno - 1 : docstring.end_lineno])
   solution = "".join(lines[docstring.end_lineno : function.end_lineno])
   asserts = [n for n in module.body[module.body.index(function) + 1 :] if isinstance(n, ast.Assert)]
   tests = "\n".join(ast.get_source_segment(code, n) for n in asserts)
-  return Exercise(prompt, solution.rstrip() + "\n", tests), ""
+  return Exercise(prompt, solution.rstrip() + "\n", tests)
+
+
+def parse_exercise(
+  start: str, response: generation.Response, min_tokens: int, rules=RULES
+) -> tuple[Exercise | None, str]:
+  """(Exercise, "") when the exercise is kept, else (None, the rule in `rules` it broke). An
+  answer that breaks only rules not applied is kept as it came: `start` (the signature and
+  docstring of a completion prompt) is its prompt, the answer its solution, without tests."""
+  reason = _common_rejection(response, min_tokens)
+  if reason in rules:
+    return None, reason
+  text = start + response.text
+  blocks = code_blocks(text)
+  exercise = _split_exercise(textwrap.dedent(blocks[0] if blocks else text))
+  if isinstance(exercise, Exercise):
+    return exercise, ""
+  if exercise in rules:
+    return None, exercise
+  return Exercise(start, response.text.rstrip() + "\n", ""), ""
 
 
 def document(item: dict, text: str, **fields) -> dict:
@@ -301,12 +333,14 @@ class ValidateItems(beam.DoFn):
   """(item, response) -> a corpus document, or a rejection counted by the rule it broke.
   Exercises' own tests run in the sandbox (`phi_jax.evaluation.sandbox`)."""
 
-  def __init__(self, min_tokens: int, run_tests: bool, timeout_s: float, isolation: str, limits):
-    self.min_tokens, self.run_tests = min_tokens, run_tests
+  def __init__(
+    self, min_tokens: int, rules, run_tests: bool, timeout_s: float, isolation: str, limits
+  ):
+    self.min_tokens, self.rules, self.run_tests = min_tokens, frozenset(rules), run_tests
     self.timeout_s, self.isolation, self.limits = timeout_s, isolation, limits
 
   def _exercise(self, item: dict, response: generation.Response):
-    exercise, reason = parse_exercise(item["start"], response, self.min_tokens)
+    exercise, reason = parse_exercise(item["start"], response, self.min_tokens, self.rules)
     if exercise is None:
       return None, reason
     if exercise.tests and self.run_tests:
@@ -317,7 +351,7 @@ class ValidateItems(beam.DoFn):
         limits=self.limits,
         isolation=self.isolation,
       )
-      if not result.passed:
+      if not result.passed and "tests_failed" in self.rules:
         return None, "tests_failed"
       stages.counter("tests_passed").inc()
     fields = dict(prompt=exercise.prompt, solution=exercise.solution)
@@ -326,7 +360,7 @@ class ValidateItems(beam.DoFn):
   def process(self, element):
     item, response = element
     if item["kind"] == TEXTBOOK:
-      text, reason = textbook_document(item["start"], response, self.min_tokens)
+      text, reason = textbook_document(item["start"], response, self.min_tokens, self.rules)
       doc = document(item, text) if text is not None else None
     else:
       doc, reason = self._exercise(item, response)

@@ -194,6 +194,15 @@ def test_exercises_split_into_prompt_and_solution_and_need_docstring_and_body():
     "def add(a, b):\n", _response('    """Add."""\n    return a + b\n'), 1
   )
   assert exercise.prompt == 'def add(a, b):\n    """Add."""\n' and exercise.tests == ""
+  # Rules not applied keep an answer as it came: the start is the prompt, the answer the solution.
+  garbage = _response("  def __init_name,", "length")
+  assert synthetic.parse_exercise("def f(x):\n", garbage, 1) == (None, "truncated")
+  exercise, reason = synthetic.parse_exercise("def f(x):\n", garbage, 1, rules=("empty",))
+  assert reason == "" and exercise == synthetic.Exercise("def f(x):\n", "  def __init_name,\n", "")
+  assert synthetic.textbook_document("", garbage, 1, rules=("empty",)) == (
+    "def __init_name,\n",
+    "",
+  )
 
 
 def test_subtopics_are_read_from_a_listed_reply():
