@@ -36,25 +36,10 @@ import sys
 import time
 from pathlib import Path
 
+from bench_models import BENCH_58M as MODEL  # the benchmarked architecture
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # CPU benchmark: never probe for accelerators
-
-# The benchmarked architecture (phi_jax ModelConfig field names).
-MODEL = dict(
-  vocab_size=32000,
-  d_model=512,
-  n_layers=8,
-  n_heads=8,
-  head_dim=64,
-  mlp_dim=2048,
-  rotary_dim=32,
-  max_len=2048,
-  dtype="float32",
-  param_dtype="float32",
-  embed_dropout=0.0,
-  resid_dropout=0.0,
-  attn_dropout=0.0,
-)
 
 
 # --------------------------------------------------------------------------- shared setup

@@ -26,19 +26,33 @@ def attention_mask(segment_ids: jax.Array | None, length: int) -> jax.Array:
 
 def masked_attention(query, key, value, mask, *, dropout_rate=0.0, dropout_rng=None):
   """Einsum attention under an explicit boolean `mask` broadcastable to [batch, 1, q_len, k_len]
-  (query and key lengths may differ, as when decoding against a KV cache); scores and softmax
-  in fp32 whatever the compute dtype."""
+  (query and key lengths may differ); scores and softmax in fp32 whatever the compute dtype."""
+  return heads_first_attention(
+    query,
+    key.swapaxes(1, 2),
+    value.swapaxes(1, 2),
+    mask,
+    dropout_rate=dropout_rate,
+    dropout_rng=dropout_rng,
+  )
+
+
+def heads_first_attention(query, key, value, mask, *, dropout_rate=0.0, dropout_rng=None):
+  """`masked_attention` with key and value laid out heads first, [batch, kv_heads, k_len,
+  head_dim], as a KV cache stores them: each (row, head) is then one contiguous [k_len, head_dim]
+  matrix that the score and output matmuls read in place, where the [batch, k_len, kv_heads,
+  head_dim] layout needs a transposed copy of the keys and values first."""
   batch, q_len, heads, head_dim = query.shape
-  groups = heads // key.shape[2]
-  query = query.reshape(batch, q_len, key.shape[2], groups, head_dim)
-  scores = jnp.einsum("bqhgd,bkhd->bhgqk", query, key, preferred_element_type=jnp.float32)
+  groups = heads // key.shape[1]
+  query = query.reshape(batch, q_len, key.shape[1], groups, head_dim)
+  scores = jnp.einsum("bqhgd,bhkd->bhgqk", query, key, preferred_element_type=jnp.float32)
   scores = scores * (head_dim**-0.5)
   scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)  # over the group axis
   probs = jax.nn.softmax(scores, axis=-1)
   if dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
     probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs.astype(value.dtype), value)
+  out = jnp.einsum("bhgqk,bhkd->bqhgd", probs.astype(value.dtype), value)
   return out.reshape(batch, q_len, heads, head_dim)
 
 

@@ -153,7 +153,7 @@ def _prefill(config, mesh, params, prompts, start, rng, knobs, cache_len):
   """Fills a fresh cache with the left-padded prompts; samples each row's first new token."""
   with sharding.activation_rules(mesh):
     cache = model_lib.init_cache(config, prompts.shape[0], cache_len, start)
-    logits, cache = model_lib.forward_with_cache(config, params, prompts, cache)
+    logits, cache = model_lib.forward_with_cache(config, params, prompts, cache, last_only=True)
     return cache, sample_logits(logits[:, -1], _fold_in(rng, 0), knobs)
 
 
@@ -188,8 +188,8 @@ def _chunk(config, mesh, params, cache, last, done, rng, knobs, limit, steps):
 def _compiled(config: model_lib.ModelConfig, mesh: jax.sharding.Mesh):
   """The jitted prefill and chunk for a model and mesh, shared by every Decoder of them (XLA
   compiles each once per shape: rows, prompt bucket, cache length, chunk size)."""
-  params = sharding.logical_sharding(model_lib.logical_axes(config), mesh)
-  cache = sharding.logical_sharding(model_lib.cache_logical_axes(), mesh)
+  params = sharding.logical_sharding(model_lib.decode_logical_axes(config), mesh)
+  cache = sharding.logical_sharding(model_lib.cache_logical_axes(config), mesh)
   rows = NamedSharding(mesh, P(("data", "fsdp")))
   tokens = sharding.batch_sharding(mesh)
   replicated = NamedSharding(mesh, P())
@@ -210,7 +210,8 @@ def _compiled(config: model_lib.ModelConfig, mesh: jax.sharding.Mesh):
 
 
 class Decoder:
-  """Generation for one (model, params, sampling settings, mesh)."""
+  """Generation for one (model, params, sampling settings, mesh). It holds its own copy of the
+  params, split per layer (`model.decode_params`)."""
 
   def __init__(
     self,
@@ -224,7 +225,7 @@ class Decoder:
     self.mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     self.rows_multiple = sharding.data_parallel_size(self.mesh)
     param_sharding, self._prefill, self._chunk = _compiled(self.config, self.mesh)
-    self.params = jax.device_put(params, param_sharding)
+    self.params = jax.device_put(model_lib.decode_params(self.config, params), param_sharding)
 
   @property
   def max_prompt_len(self) -> int:

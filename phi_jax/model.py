@@ -183,8 +183,9 @@ class Linear(nn.Module):
 
 
 class Attention(nn.Module):
-  """Self-attention; with `kv` (this layer's cache slice) and `slots` (see `KVCache`) it writes
-  this chunk's keys and values into the cache and attends over the whole cache instead."""
+  """Self-attention; with `kv` (this layer's {"k", "v"} cache arrays) and `slots` (see
+  `KVCache`) it writes this chunk's keys and values into the cache and attends over the whole
+  cache instead."""
 
   config: ModelConfig
   deterministic: bool
@@ -213,16 +214,18 @@ class Attention(nn.Module):
       index, start = slots
       kv = {
         name: _constrain(
-          jax.lax.dynamic_update_slice(kv[name], new.astype(kv[name].dtype), (0, index, 0, 0)),
-          CACHE_AXES[1:],
+          jax.lax.dynamic_update_slice(
+            kv[name], new.swapaxes(1, 2).astype(kv[name].dtype), (0, 0, index, 0)
+          ),
+          CACHE_AXES,
         )
         for name, new in (("k", k), ("v", v))
       }
-      out = attention_lib.masked_attention(
+      out = attention_lib.heads_first_attention(
         q,
         kv["k"].astype(q.dtype),
         kv["v"].astype(q.dtype),
-        cache_mask(start, index, q.shape[1], kv["k"].shape[1]),
+        cache_mask(start, index, q.shape[1], kv["k"].shape[2]),
       )
       return dense(_constrain(out, ("batch", "length", "heads", "kv"))), kv
 
@@ -281,7 +284,9 @@ class Block(nn.Module):
 
 
 class Phi(nn.Module):
-  """The whole decoder; layers are one scanned stack (params carry a leading `layers` axis)."""
+  """The whole decoder; layers are one scanned stack (params carry a leading `layers` axis), or
+  with a KV cache (`kv`: per-layer {"k", "v"} arrays) a loop over `layers_<i>` blocks: params
+  split by `decode_params`."""
 
   config: ModelConfig
 
@@ -295,6 +300,7 @@ class Phi(nn.Module):
     return_hidden: bool = False,
     kv=None,
     slots=None,
+    last_only: bool = False,
   ):
     cfg = self.config
     dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
@@ -312,17 +318,31 @@ class Phi(nn.Module):
     block = Block
     if REMAT_POLICIES[cfg.remat] is not None:
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-    stack = nn.scan(  # the cache's layer axis is scanned along with the params'
-      block,
-      variable_axes={"params": 0},
-      split_rngs={"params": True, "dropout": True},
-      in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
-      length=cfg.n_layers,
-      unroll=cfg.scan_unroll,
-      metadata_params={nn.PARTITION_NAME: "layers"},
-    )
-    x, kv = stack(cfg, deterministic, name="layers")(x, segment_ids, positions, kv, slots)
+    if kv is None:
+      stack = nn.scan(
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast),
+        length=cfg.n_layers,
+        unroll=cfg.scan_unroll,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+      )
+      x, _ = stack(cfg, deterministic, name="layers")(x, segment_ids, positions)
+    else:
+      # Unrolled, so that every layer's weights and cache are buffers of their own that a step
+      # reads, and writes one slot of, in place: a scan would slice each layer's weights and
+      # cache out of the stacks (copies) and stack the updated caches again, every step.
+      updated = []
+      for i, layer_kv in enumerate(kv):
+        x, layer_kv = block(cfg, deterministic, name=f"layers_{i}")(
+          x, segment_ids, positions, layer_kv, slots
+        )
+        updated.append(layer_kv)
+      kv = updated
 
+    if last_only:
+      x = x[:, -1:]
     x = _layer_norm(cfg, "final_layernorm")(x)
     if return_hidden:
       return x
@@ -402,8 +422,8 @@ def forward(
   )
 
 
-# Logical axes of the cached keys/values: [layers, batch, cache length, kv heads, head dim].
-CACHE_AXES = ("layers", "batch", "length", "heads", "kv")
+# Logical axes of one layer's cached keys or values: [batch, kv heads, cache length, head dim].
+CACHE_AXES = ("batch", "heads", "length", "kv")
 
 
 @flax.struct.dataclass
@@ -412,10 +432,12 @@ class KVCache:
 
   Rows are left-padded: row b's tokens occupy slots start[b] .. index-1, so all rows write
   their next token at the same slot `index`. Slots before `start[b]` are never attended to.
+  Each layer's keys and values are arrays of their own (see `Phi`), heads first (see
+  `attention.heads_first_attention`).
   """
 
-  k: jax.Array  # [layers, batch, length, kv_heads, head_dim], compute dtype
-  v: jax.Array
+  k: tuple[jax.Array, ...]  # per layer: [batch, kv_heads, length, head_dim], compute dtype
+  v: tuple[jax.Array, ...]
   index: jax.Array  # int32 scalar: the next slot to write
   start: jax.Array  # int32 [batch]: each row's first real slot
 
@@ -423,18 +445,49 @@ class KVCache:
 def init_cache(config: Any, batch: int, length: int, start: jax.Array) -> KVCache:
   """An empty cache of `length` slots for `batch` rows whose prompts start at slot `start`."""
   config = as_model_config(config)
-  shape = (config.n_layers, batch, length, config.num_kv_heads, config.head_dim)
-  zeros = jnp.zeros(shape, DTYPES[config.dtype])
+  shape = (batch, config.num_kv_heads, length, config.head_dim)
+
+  def empty():  # every layer's keys and values a buffer of their own, to be updated in place
+    return tuple(jnp.zeros(shape, DTYPES[config.dtype]) for _ in range(config.n_layers))
+
   return KVCache(
-    k=zeros, v=zeros, index=jnp.zeros((), jnp.int32), start=jnp.asarray(start, jnp.int32)
+    k=empty(), v=empty(), index=jnp.zeros((), jnp.int32), start=jnp.asarray(start, jnp.int32)
   )
 
 
-def cache_logical_axes() -> KVCache:
+def cache_logical_axes(config: Any) -> KVCache:
   """The cache's logical axis names (shards like activations: batch over data, heads over
   tensor)."""
   P = jax.sharding.PartitionSpec
-  return KVCache(k=P(*CACHE_AXES), v=P(*CACHE_AXES), index=P(), start=P("batch"))
+  layers = (P(*CACHE_AXES),) * as_model_config(config).n_layers
+  return KVCache(k=layers, v=layers, index=P(), start=P("batch"))
+
+
+def _split_layers(tree: Mapping[str, Any], n_layers: int, take) -> dict:
+  """`tree` with its `layers` subtree (leading layer axis) replaced by `layers_0` .. `layers_<n-1>`,
+  layer i's leaves being `take(i, leaf)`."""
+  tree = dict(tree)
+  stack = tree.pop("layers")
+  for i in range(n_layers):
+    tree[f"layers_{i}"] = jax.tree.map(functools.partial(take, i), stack)
+  return tree
+
+
+def decode_params(config: Any, params: Params) -> Params:
+  """The params as `forward_with_cache` reads them fastest: the layer stack split into one
+  subtree per layer (`layers_0`, ...), each weight a buffer of its own (new arrays: the stacked
+  params stay as they are)."""
+  return _split_layers(params, as_model_config(config).n_layers, lambda i, leaf: leaf[i])
+
+
+def decode_logical_axes(config: Any) -> Params:
+  """The logical axis names of `decode_params`' params."""
+  config = as_model_config(config)
+  return _split_layers(
+    logical_axes(config),
+    config.n_layers,
+    lambda i, spec: jax.sharding.PartitionSpec(*spec[1:]),
+  )
 
 
 def cache_mask(start: jax.Array, index: jax.Array, q_len: int, cache_len: int) -> jax.Array:
@@ -445,11 +498,18 @@ def cache_mask(start: jax.Array, index: jax.Array, q_len: int, cache_len: int) -
 
 
 def forward_with_cache(
-  config: Any, params: Params, tokens: jax.Array, cache: KVCache
+  config: Any, params: Params, tokens: jax.Array, cache: KVCache, *, last_only: bool = False
 ) -> tuple[jax.Array, KVCache]:
   """(logits [batch, length, vocab] fp32, updated cache) for `tokens` [batch, length] written at
-  slots cache.index .., each at rotary position slot - start (so every prompt starts at 0)."""
+  slots cache.index .., each at rotary position slot - start (so every prompt starts at 0).
+
+  params: as `decode_params` makes them, or stacked as `init` makes them (then split here, which
+    copies the layer weights at every call: decoders split them once).
+  last_only: logits for the last position only ([batch, 1, vocab]), all a prefill samples from.
+  """
   config = as_model_config(config)
+  if "layers" in params:
+    params = decode_params(config, params)
   length = tokens.shape[1]
   positions = cache.index + jnp.arange(length)[None, :] - cache.start[:, None]
   logits, kv = Phi(config).apply(
@@ -457,7 +517,12 @@ def forward_with_cache(
     tokens,
     jnp.ones(tokens.shape, jnp.int32),
     positions,
-    kv={"k": cache.k, "v": cache.v},
+    kv=[{"k": k, "v": v} for k, v in zip(cache.k, cache.v)],
     slots=(cache.index, cache.start),
+    last_only=last_only,
   )
-  return logits, cache.replace(k=kv["k"], v=kv["v"], index=cache.index + length)
+  return logits, cache.replace(
+    k=tuple(layer["k"] for layer in kv),
+    v=tuple(layer["v"] for layer in kv),
+    index=cache.index + length,
+  )

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phi_jax import configs, decode
+from phi_jax import configs, decode, sharding
 from phi_jax import model as model_lib
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], list(range(20, 57))]  # 37 tokens: spans two buckets of 16
@@ -64,6 +66,59 @@ def test_cached_logits_match_the_full_forward(tiny):
     logits, cache = cached(params, tokens[:, i : i + 1], cache)
     steps.append(logits)
   np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4)
+
+
+def _materialized(hlo: str):
+  """(shape, opcode, fused root opcode or None) of every array the compiled module `hlo` writes
+  to a buffer: instructions outside fused computations (and reducers), a fusion's output being
+  what its computation's ROOT makes."""
+  computations = {}
+  for block in re.split(r"\n(?=\S)", hlo):
+    header = re.match(r"(?:ENTRY )?(%[\w.-]+)", block)
+    if header:
+      computations[header[1]] = block
+  inner = set(re.findall(r"(?:calls|to_apply)=(%[\w.-]+)", hlo))
+  instruction = re.compile(r"\s*(ROOT )?%\S+ = \w+\[([\d,]*)\]\S* ([\w-]+)\((.*)")
+  for name, block in computations.items():
+    if name in inner:
+      continue
+    for line in block.splitlines()[1:]:
+      match = instruction.match(line)
+      if match:
+        shape = tuple(int(d) for d in match[2].split(",") if d)
+        fused = re.search(r"calls=(%[\w.-]+)", match[4]) if match[3] == "fusion" else None
+        root = fused and re.search(r"ROOT %\S+ = \S+ ([\w-]+)\(", computations[fused[1]])
+        yield shape, match[3], root and root[1]
+
+
+def test_a_decode_step_copies_neither_the_cache_nor_the_weights(tiny):
+  """The compiled decode chunk makes no array as large as one layer's cache or MLP weights
+  except the cache itself, updated in place: a step reads the weights and the cache once (a
+  layer scan slices every layer's weights and cache out of their stacks and stacks the cache
+  again, and a [batch, length, heads, dim] cache needs transposed copies for the attention
+  matmuls: each a copy of the whole cache per step). Two rows: with one, XLA drops the size-1
+  batch dimension of the attention matmuls and does copy the cache (see docs/measurements.md)."""
+  config, params = tiny
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+  sampling = _sampling(max_new_tokens=256, prompt_bucket=64, chunk_tokens=8)
+  decoder = decode.Decoder(config, params, sampling, mesh)
+  rows = 2
+  prompts, start = np.zeros((rows, 64), np.int32), np.zeros((rows,), np.int32)
+  knobs, rng = decode.sampling_knobs(sampling), jax.random.key(0)
+  cache, last = jax.eval_shape(decoder._prefill, decoder.params, prompts, start, rng, knobs, 320)
+  done, limit = np.zeros((rows,), bool), np.int32(8)
+  chunk = decoder._chunk.lower(decoder.params, cache, last, done, rng, knobs, limit, 8)
+  hlo = chunk.compile().as_text()
+
+  layer_cache = rows * config.num_kv_heads * 320 * config.head_dim
+  large = min(layer_cache, config.d_model * config.mlp_dim)
+  assert rows * config.vocab_size < large  # the logits and the sampling's arrays stay below it
+  made = [(shape, op, root) for shape, op, root in _materialized(hlo) if math.prod(shape) >= large]
+  in_place = [m for m in made if m[1] == "fusion" and m[2] == "dynamic-update-slice"]
+  views = ("parameter", "get-tuple-element", "tuple", "bitcast", "while", "conditional")
+  assert [m for m in made if m not in in_place and m[1] not in views] == []
+  # every layer's keys and values, each written where it is
+  assert [math.prod(shape) for shape, _, _ in in_place] == [layer_cache] * 2 * config.n_layers
 
 
 def test_end_of_text_and_stop_callbacks_end_rows(tiny):
