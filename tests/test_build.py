@@ -96,7 +96,7 @@ def test_task_sources_are_tfrecords_seqio_reads(tmp_path):
   corpus = _corpus(tmp_path / "src", validation_fraction=0.0)
   out = tmp_path / "out"
   build.extract(corpus, out, [])
-  counters = build.write_task(corpus, "phi1_code_exercises", out / "extract", out, [])
+  counters = build.write_task(corpus, "phi1_code_exercises", [out / "extract"], out, [])
   assert counters["train_documents"] == 2
   records = tf.data.TFRecordDataset(
     sorted(str(p) for p in (out / "phi1_code_exercises").glob("train.tfrecord-*"))
@@ -202,7 +202,7 @@ def test_a_task_directory_without_its_marker_is_not_read(tmp_path):
   corpus = _corpus(tmp_path / "src", validation_fraction=0.0)
   out = tmp_path / "out"
   build.extract(corpus, out, [])
-  build.write_task(corpus, "phi1_code_exercises", out / "extract", out, [])
+  build.write_task(corpus, "phi1_code_exercises", [out / "extract"], out, [])
   (out / "phi1_code_exercises" / "stage.json").unlink()  # as if the build died before the marker
   with pytest.raises(files.IncompleteStageError, match="phi1_code_exercises has no stage.json"):
     tasks.register(str(out))

@@ -92,11 +92,10 @@ def test_the_synthetic_stage_asks_the_pretrained_model_through_phi_jax_serve(
   tmp_path, tiny_corpus, monkeypatch
 ):
   """configs/tiny_synthetic.py's stage: the pretrained model (here the tiny corpus's 5-step
-  quality model, whose answers are all rejected) is served by phi_jax.serve and asked through
-  the OpenAI API; the stage's error names its counts, and a rerun sends nothing already answered."""
+  quality model) is served by phi_jax.serve and asked through the OpenAI API; what is kept joins
+  the tasks' synthetic parts, and a rerun takes every answer from the cache."""
   import shutil
 
-  from data_pipeline import stages
   from phi_jax import configs, pipeline, serve
 
   shutil.copytree(tiny_corpus, tmp_path / "data")
@@ -113,10 +112,20 @@ def test_the_synthetic_stage_asks_the_pretrained_model_through_phi_jax_serve(
       yield server
 
   monkeypatch.setattr(serve, "running", spied)
+  rows = []
   for attempt in range(2):
-    with pytest.raises(stages.EmptyStageError, match=r"'synthetic_textbook' kept none of 4 .*"):
-      pipeline._synthesize(cfg, tmp_path)
+    rows.append(pipeline._synthesize(cfg, tmp_path))
     stats = servers[attempt].engine.stats()
-    assert stats["requests"] == (4 if attempt == 0 else 0), stats  # the rerun: all cached
+    assert stats["requests"] == (8 if attempt == 0 else 0), stats  # the rerun: all cached
+    for stage in ("synthetic_textbook", "synthetic_exercises"):
+      shutil.rmtree(tmp_path / "data" / stage)  # made again, from the cache
+  kept = [{k: v for k, v in row.items() if k.endswith("_kept")} for row in rows]
+  assert kept[0] == kept[1] and rows[0]["synthetic_exercises_kept"] > 0
+  assert rows[1]["synthetic_textbook_cached"] == rows[1]["synthetic_exercises_cached"] == 4
   assert servers[0].model == servers[1].model and servers[0].url != servers[1].url
-  assert len(list((tmp_path / "data" / "generation_cache").glob("*/*.json"))) == 4
+  assert len(list((tmp_path / "data" / "generation_cache").glob("*/*.json"))) == 8
+  records = json.loads((tmp_path / "data" / "records" / "stage.json").read_text())
+  parts = records["phi1_code_exercises"]["parts"]["phi1_code_exercises:synthetic"]
+  assert (
+    parts["train_documents"] + parts["validation_documents"] == rows[0]["synthetic_exercises_kept"]
+  )
