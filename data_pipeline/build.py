@@ -635,10 +635,12 @@ def synthesize(cfg: Any, kind: str, out: epath.PathLike, beam_options: list[str]
     shards = list(synthetic.shards(count, int(syn.items_per_shard)))
     budget = math.ceil(syn.max_requests / len(shards)) if syn.max_requests else 0
     references = decontam_lib.load_references(cfg.eval.mbpp_path or None)
-    rules = tuple(syn.rules)
-    unknown = sorted(set(rules) - set(synthetic.RULES))
+    unknown = sorted(set(syn.skip_rules) - set(synthetic.RULES))
     if unknown:
-      raise ValueError(f"synthetic.rules has unknown rules {unknown}; known: {synthetic.RULES}")
+      raise ValueError(
+        f"synthetic.skip_rules has unknown rules {unknown}; known: {synthetic.RULES}"
+      )
+    rules = tuple(r for r in synthetic.RULES if r not in syn.skip_rules)
     limits = sandbox.Limits(memory_bytes=cfg.eval.memory_mb << 20, processes=cfg.eval.processes)
 
     def build(p):

@@ -181,7 +181,7 @@ def _parses(code: str) -> bool:
   return True
 
 
-# Every rule an answer can break; `synthetic.rules` names those applied (all, by default).
+# Every rule an answer can break; all apply unless `synthetic.skip_rules` names them.
 RULES = (
   "empty",
   "refusal",

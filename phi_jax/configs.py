@@ -164,21 +164,10 @@ def base() -> ml_collections.ConfigDict:
       top_p=0.95,
       seed=0,
       min_tokens=150,  # shorter generations are dropped (Cosmopedia's rule)
-      # The validation rules applied (data_pipeline.synthetic.RULES); an answer breaking only
-      # others is kept as it came. Drop rules only to let a model too small to write Python
-      # through (configs/tiny_synthetic.py).
-      rules=(
-        "empty",
-        "refusal",
-        "truncated",
-        "too_short",
-        "code_syntax",
-        "no_code",
-        "no_function",
-        "no_docstring",
-        "no_body",
-        "tests_failed",
-      ),
+      # Validation rules not applied (names of data_pipeline.synthetic.RULES; all apply by
+      # default): an answer breaking only these is kept as it came. Skip rules only to let a
+      # model too small to write Python through (configs/tiny_synthetic.py).
+      skip_rules=(),
       run_tests=True,  # exercises' own asserts must pass in the sandbox (eval.isolation)
       test_timeout_s=10.0,
       # Textbooks: topic x audience x style (the paper constrained topic and audience).
