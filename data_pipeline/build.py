@@ -344,9 +344,10 @@ def write_task(
   docs_dirs: list[epath.Path],
   out: epath.PathLike,
   beam_options: list[str],
+  inputs: tuple[str, ...] = (),
 ) -> dict:
   """One seqio task's source files, from the documents of the stages `docs_dirs`:
-  OUT/<task>/<split>.tfrecord-SSSSS-of-NNNNN."""
+  OUT/<task>/<split>.tfrecord-SSSSS-of-NNNNN (redone when the stages `inputs` change)."""
   kinds = TASK_KINDS[task]
 
   def body(stage: epath.Path) -> dict:
@@ -377,7 +378,7 @@ def write_task(
     )
     return counters
 
-  return files.run_stage(out, task, body)
+  return files.run_stage(out, task, body, inputs=inputs)
 
 
 def _keyed_document(example: dict, num_shards: int) -> tuple[int, tuple[bytes, np.ndarray, int]]:
@@ -434,7 +435,11 @@ class PreprocessExamples(beam.DoFn):
 
 
 def write_records(
-  cfg: Any, out: epath.PathLike, beam_options: list[str], task_names=tuple(TASK_KINDS)
+  cfg: Any,
+  out: epath.PathLike,
+  beam_options: list[str],
+  task_names=tuple(TASK_KINDS),
+  inputs: tuple[str, ...] = (),
 ) -> dict:
   """The tasks' final examples (their seqio preprocessing) as the trainer's random-access
   documents, a directory per task part: OUT/records/<task>:<part>/ (phi_jax.records). Sources are read with Beam's filesystems, so
@@ -481,13 +486,15 @@ def write_records(
         raise stages.EmptyStageError(f"stage 'records' wrote no {name} training documents")
     return summary
 
-  return files.run_stage(out, records.STAGE, body)
+  return files.run_stage(out, records.STAGE, body, inputs=inputs)
 
 
 _CACHE_FORMAT = 2  # 2: the tasks' final documents (end-of-text included) are what is cached
 
 
-def cache(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
+def cache(
+  cfg: Any, out: epath.PathLike, beam_options: list[str], inputs: tuple[str, ...] = ()
+) -> dict:
   """Tokenized tasks in seqio's own cache layout (OUT/cache/<task>/{<split>.tfrecord-*,
   info.<split>.json, stats.<split>.json, COMPLETED}), written with seqio.beam_utils, so seqio's
   readers (`get_dataset(use_cached=True)`) and cache tooling work on it."""
@@ -551,7 +558,7 @@ def cache(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
       out,
     )
     (epath.Path(out) / "cache").rmtree()
-  return files.run_stage(out, "cache", body)
+  return files.run_stage(out, "cache", body, inputs=inputs)
 
 
 def synthetic_backend(cfg: Any, out: epath.PathLike) -> generation.Backend:
@@ -680,37 +687,6 @@ def synthesize(cfg: Any, kind: str, out: epath.PathLike, beam_options: list[str]
   return files.run_stage(out, name, body)
 
 
-def _inputs_digest(out: epath.PathLike, names: list[str]) -> str:
-  summaries = {name: files.done(out, name) for name in names}
-  return hashlib.sha256(json.dumps(summaries, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _fresh(out: epath.PathLike, name: str, inputs: str) -> None:
-  """Removes finished stage `name` when it was made from other inputs than `inputs` (a digest of
-  the stages it reads), so that it is made again from them."""
-  previous = files.done(out, name)
-  if previous is not None and previous.get("inputs") != inputs:
-    logging.warning(
-      "%s/%s was made from other inputs (e.g. no synthetic data): redoing it", out, name
-    )
-    (epath.Path(out) / name).rmtree()
-
-
-def _with_inputs(out: epath.PathLike, name: str, inputs: list[str], make) -> dict:
-  """Stage `name` by `make()`, redone when the stages `inputs` it reads have changed."""
-  digest = _inputs_digest(out, inputs)
-  _fresh(out, name, digest)
-  if files.done(out, name) is not None:
-    return files.done(out, name)
-  summary = make()
-  # The digest joins the marker only after the stage is whole: rewrite the marker with it.
-  files.write_atomic(
-    epath.Path(out) / name / files.MARKER,
-    json.dumps({**summary, "inputs": digest}, indent=2, sort_keys=True),
-  )
-  return {**summary, "inputs": digest}
-
-
 def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) -> dict:
   """All stages; returns (and writes as OUT/manifest.json, last) every stage's counts."""
   cfg, out = configs.resolve_paths(cfg), epath.Path(files.absolute(out))
@@ -733,19 +709,12 @@ def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) ->
       docs_stages.append(name)
   docs_dirs = [files.completed(out, name) for name in docs_stages]
   for task in TASK_KINDS:
-    manifest[task] = _with_inputs(
-      out,
-      task,
-      docs_stages,
-      lambda task=task: write_task(cfg.corpus, task, docs_dirs, out, beam_options),
+    manifest[task] = write_task(
+      cfg.corpus, task, docs_dirs, out, beam_options, inputs=tuple(docs_stages)
     )
-  manifest[records.STAGE] = _with_inputs(
-    out, records.STAGE, list(TASK_KINDS), lambda: write_records(cfg, out, beam_options)
-  )
+  manifest[records.STAGE] = write_records(cfg, out, beam_options, inputs=tuple(TASK_KINDS))
   if cfg.corpus.cache:
-    manifest["cache"] = _with_inputs(
-      out, "cache", list(TASK_KINDS), lambda: cache(cfg, out, beam_options)
-    )
+    manifest["cache"] = cache(cfg, out, beam_options, inputs=tuple(TASK_KINDS))
   files.write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
   return manifest
 

@@ -11,13 +11,15 @@ job's stages both run through `run_stage`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from absl import logging
 from etils import epath
 
 
@@ -113,15 +115,23 @@ def run_stage(
   body: Callable[[epath.Path], dict[str, Any]],
   *,
   resumes: bool = False,
+  inputs: Sequence[str] = (),
 ) -> dict:
   """Runs `body(stage_dir) -> summary` unless the stage is complete; the marker goes last.
 
   Leftovers of an unfinished run are wiped first, so no stale shard joins the new output, and a
   body that raises takes its partial output with it (a killed one leaves it to the next run).
   With `resumes`, the body continues its own unfinished work instead (a trainer from its
-  checkpoints, a build from its own stages), so nothing is wiped.
+  checkpoints, a build from its own stages), so nothing is wiped. `inputs` names the stages of
+  `out` the body reads: the marker records a digest of theirs, and a complete stage made from
+  other inputs (e.g. before synthetic data joined) is made again.
   """
+  digest = _inputs_digest(out, inputs) if inputs else None
   previous = done(out, name)
+  if previous is not None and digest is not None and previous.get("inputs") != digest:
+    logging.warning("%s/%s was made from other inputs than %s now: redoing it", out, name, inputs)
+    (epath.Path(out) / name).rmtree()
+    previous = None
   if previous is not None:
     return previous
   stage = epath.Path(out) / name
@@ -134,8 +144,15 @@ def run_stage(
     if stage.exists() and not resumes:
       stage.rmtree()
     raise
+  if digest is not None:
+    summary = {**summary, "inputs": digest}
   write_atomic(stage / MARKER, json.dumps(summary, indent=2, sort_keys=True).encode())
   return summary
+
+
+def _inputs_digest(out: epath.PathLike, names: Sequence[str]) -> str:
+  summaries = {name: done(out, name) for name in names}
+  return hashlib.sha256(json.dumps(summaries, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def copy_file(src: epath.PathLike, dst: epath.PathLike) -> None:

@@ -81,6 +81,21 @@ def test_finished_stages_are_reused_and_unfinished_ones_redone(tmp_path):
   assert len(docs) == 9 and "stale" not in {d["id"] for d in docs}
 
 
+def test_a_stage_is_made_again_when_the_stages_it_reads_change(tmp_path):
+  made = []
+
+  def body(name):
+    return lambda stage: (made.append(name), {"n": len(made)})[1]
+
+  files.run_stage(tmp_path, "a", body("a"))
+  first = files.run_stage(tmp_path, "b", body("b"), inputs=("a",))
+  assert files.run_stage(tmp_path, "b", body("b"), inputs=("a",)) == first  # reused
+  (tmp_path / "a" / "stage.json").write_text(json.dumps({"n": 99}))  # "a" made anew
+  second = files.run_stage(tmp_path, "b", body("b"), inputs=("a",))
+  assert made == ["a", "b", "b"] and second["inputs"] != first["inputs"]
+  assert files.done(tmp_path, "b") == second
+
+
 def test_an_empty_corpus_is_an_error_not_an_empty_dataset(tmp_path):
   (tmp_path / "src").mkdir()
   (tmp_path / "src" / "broken.py").write_text("def f(:\n")
