@@ -36,6 +36,7 @@ class FakeOpenAI:
     self.requests: collections.Counter[str] = collections.Counter()  # prompt -> requests
     self.answered: collections.Counter[str] = collections.Counter()  # prompt -> 200 with text
     self.received: list[dict] = []  # every request: path, headers, JSON body
+    self.in_flight = 0  # requests received and not yet answered
     self._lock = threading.Lock()
     fake = self
 
@@ -44,6 +45,15 @@ class FakeOpenAI:
         del args
 
       def do_POST(self):
+        with fake._lock:
+          fake.in_flight += 1
+        try:
+          self._answer()
+        finally:
+          with fake._lock:
+            fake.in_flight -= 1
+
+      def _answer(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         chat = self.path.endswith("/chat/completions")
         prompt = body["messages"][-1]["content"] if chat else body["prompt"]
@@ -105,6 +115,13 @@ class FakeOpenAI:
     self._server.daemon_threads = True
     self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
     self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+  def wait_idle(self, timeout_s: float = 30.0) -> None:
+    """Waits until every request received has been answered (e.g. after its client was killed)."""
+    deadline = time.monotonic() + timeout_s
+    while self.in_flight and time.monotonic() < deadline:
+      time.sleep(0.01)
+    assert not self.in_flight, f"{self.in_flight} requests still unanswered after {timeout_s} s"
 
   def __enter__(self) -> FakeOpenAI:
     self._thread.start()
