@@ -155,6 +155,31 @@ def _inputs_digest(out: epath.PathLike, names: Sequence[str]) -> str:
   return hashlib.sha256(json.dumps(summaries, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def download_checked(url: str, sha256: str, target: str | os.PathLike) -> str:
+  """`url` saved as `target` (atomically) once its content has the given sha256; a `target`
+  already there with that digest is reused. A mismatch is refused and nothing is written."""
+  # A function-level import: only the dataset loaders download.
+  import urllib.request
+
+  target = os.fspath(target)
+  if os.path.isfile(target) and _file_sha256(target) == sha256:
+    return target
+  with urllib.request.urlopen(url, timeout=60) as response:
+    data = response.read()
+  digest = hashlib.sha256(data).hexdigest()
+  if digest != sha256:
+    raise ValueError(
+      f"{url} has sha256 {digest}, expected {sha256}: refusing it; pass a local copy instead"
+    )
+  write_atomic(target, data)
+  return target
+
+
+def _file_sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def copy_file(src: epath.PathLike, dst: epath.PathLike) -> None:
   """Copies one file between any two filesystems epath reaches (local <-> gs://, ...)."""
   dst = epath.Path(dst)

@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,7 @@ def test_mbpp_download_is_checked_and_cached(shared_data, tmp_path, monkeypatch)
     served.append(url)
     return io.BytesIO(payload)
 
-  monkeypatch.setattr(benchmarks.urllib.request, "urlopen", urlopen)
+  monkeypatch.setattr(urllib.request, "urlopen", urlopen)
   payload = good[:-10]  # corrupted: refused, nothing cached
   with pytest.raises(ValueError, match="sha256"):
     benchmarks.download_mbpp("mbpp.jsonl", tmp_path)

@@ -21,14 +21,12 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
-import tempfile
-import urllib.request
 from pathlib import Path
 
+from phi_jax import files
 from phi_jax.evaluation import sandbox
 
 # The files as of google-research commit 30adf0ec (the 2022 revision), with their sha256.
@@ -106,33 +104,14 @@ def default_cache_dir() -> Path:
   return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "phi_jax" / "mbpp"
 
 
-def _sha256(path: Path) -> str:
-  return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def download_mbpp(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
   """`name` (a key of MBPP_FILES) from the pinned upstream commit into the cache, checked against
-  its sha256; a cached file that matches is reused. Writes are atomic."""
+  its sha256; a cached file that matches is reused."""
   if name not in MBPP_FILES:
     raise ValueError(f"unknown MBPP file {name!r}; known: {sorted(MBPP_FILES)}")
   cache = Path(cache_dir) if cache_dir else default_cache_dir()
-  target = cache / name
-  if target.exists() and _sha256(target) == MBPP_FILES[name]:
-    return target
-  cache.mkdir(parents=True, exist_ok=True)
   url = MBPP_URL.format(commit=_MBPP_COMMIT, name=name)
-  with urllib.request.urlopen(url, timeout=60) as response:
-    data = response.read()
-  digest = hashlib.sha256(data).hexdigest()
-  if digest != MBPP_FILES[name]:
-    raise ValueError(
-      f"{url} has sha256 {digest}, expected {MBPP_FILES[name]}: refusing it; "
-      "pass a local copy with path="
-    )
-  with tempfile.NamedTemporaryFile(dir=cache, delete=False) as tmp:
-    tmp.write(data)
-  os.replace(tmp.name, target)
-  return target
+  return Path(files.download_checked(url, MBPP_FILES[name], cache / name))
 
 
 def mbpp_file(
