@@ -9,6 +9,8 @@ Dataflow/Flink/Spark), each resumable and idempotent (`data_pipeline.stages`):
   decontam     HumanEval / MBPP 13-gram overlap and AST-similarity pruning
   tokenizer    SentencePiece trained on the clean corpus (not Beam: one trainer)
   quality      annotate -> embed with a phi_jax model -> random forest -> keep code above threshold
+  math_instruct  math instructions: CoT, and PoT programs verified in the sandbox
+               (data_pipeline.math_instruct; only with math.sources)
   tasks        TFRecord sources of the seqio tasks (train / validation by id hash)
   records      the tasks tokenized, in the random-access form the trainer reads (phi_jax.records)
   cache        the same in seqio's cache layout, for seqio's own readers (corpus.cache)
@@ -39,7 +41,15 @@ from absl import flags, logging
 from etils import epath
 from seqio import beam_utils
 
-from data_pipeline import annotators, generation, llm_judge, sources, stages, synthetic
+from data_pipeline import (
+  annotators,
+  generation,
+  llm_judge,
+  math_instruct,
+  sources,
+  stages,
+  synthetic,
+)
 from data_pipeline import classifier as classifier_lib
 from data_pipeline import decontaminate as decontam_lib
 from data_pipeline import dedup as dedup_lib
@@ -47,9 +57,16 @@ from data_pipeline import embeddings as embeddings_lib
 from data_pipeline import quality as quality_lib
 from data_pipeline import tokenizer as tokenizer_lib
 from phi_jax import cli, configs, files, records, tasks, train, vocabularies
-from phi_jax.evaluation import sandbox
+from phi_jax.evaluation import math_problems, sandbox
 
-TASK_KINDS = {"phi1_code_textbook": ("code", "textbook"), "phi1_code_exercises": ("exercise",)}
+# The document kinds each task holds; the code tasks are always built, math_instruct with
+# math.sources.
+TASK_KINDS = {
+  tasks.CODE_TEXTBOOK: ("code", "textbook"),
+  tasks.CODE_EXERCISES: ("exercise",),
+  tasks.MATH_INSTRUCT: ("math_cot", "math_pot"),
+}
+CODE_TASKS = (tasks.CODE_TEXTBOOK, tasks.CODE_EXERCISES)
 
 
 class ExtractDocuments(beam.DoFn):
@@ -329,11 +346,10 @@ def _split(doc_id: str, validation_fraction: float) -> str:
   return "validation" if bucket < validation_fraction else "train"
 
 
-def _example(doc: dict) -> bytes:
-  keys = ("prompt", "solution") if doc["kind"] == "exercise" else ("text",)
+def _example(doc: dict, task: str) -> bytes:
+  keys = set(tasks.SOURCE_FEATURES[task]) | {"id", "kind"}
   feature = {
-    k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[doc[k].encode()]))
-    for k in keys + ("id", "kind", "source")
+    k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[doc[k].encode()])) for k in keys
   }
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -365,7 +381,7 @@ def write_task(
           )
           | f"Count {split}"
           >> beam.Map(lambda d, split=split: (stages.counter(f"{split}_documents").inc(), d)[1])
-          | f"Example {split}" >> beam.Map(_example)
+          | f"Example {split}" >> beam.Map(_example, task)
           | f"Write {split}"
           >> beam.io.WriteToTFRecord(
             os.fspath(stage / f"{split}.tfrecord"), num_shards=corpus.num_shards
@@ -438,7 +454,7 @@ def write_records(
   cfg: Any,
   out: epath.PathLike,
   beam_options: list[str],
-  task_names=tuple(TASK_KINDS),
+  task_names=CODE_TASKS,
   inputs: tuple[str, ...] = (),
 ) -> dict:
   """The tasks' final examples (their seqio preprocessing) as the trainer's random-access
@@ -454,7 +470,7 @@ def write_records(
       for name in task_names
       for split in ("train", "validation")
       if list((epath.Path(out) / name).glob(f"{split}.tfrecord-*"))
-      for part in tasks.PARTS
+      for part in tasks.PARTS[name]
     ]
 
     def build(p):
@@ -493,7 +509,11 @@ _CACHE_FORMAT = 2  # 2: the tasks' final documents (end-of-text included) are wh
 
 
 def cache(
-  cfg: Any, out: epath.PathLike, beam_options: list[str], inputs: tuple[str, ...] = ()
+  cfg: Any,
+  out: epath.PathLike,
+  beam_options: list[str],
+  task_names=CODE_TASKS,
+  inputs: tuple[str, ...] = (),
 ) -> dict:
   """Tokenized tasks in seqio's own cache layout (OUT/cache/<task>/{<split>.tfrecord-*,
   info.<split>.json, stats.<split>.json, COMPLETED}), written with seqio.beam_utils, so seqio's
@@ -504,7 +524,7 @@ def cache(
     setup()
 
     def build(p):
-      for name in TASK_KINDS:
+      for name in task_names:
         task = seqio.get_mixture_or_task(name)
         task_dir = os.fspath(stage / seqio.get_task_dir_from_name(name))
         done_markers = []
@@ -687,6 +707,57 @@ def synthesize(cfg: Any, kind: str, out: epath.PathLike, beam_options: list[str]
   return files.run_stage(out, name, body)
 
 
+def _math_documents(cfg: Any) -> list[dict]:
+  """Every document of `math.sources` (GSM8K's PoT candidates still carry their gold answer)."""
+  docs = []
+  for source in cfg.math.sources:
+    if source == math_instruct.GSM8K:
+      problems = math_problems.gsm8k(cfg.eval.gsm8k_path or None, split="train")
+      chosen = problems[: int(cfg.math.max_problems)] if int(cfg.math.max_problems) else problems
+      docs += list(math_instruct.gsm8k_documents(chosen))
+    else:
+      docs += math_instruct.read_file(files.existing(source, "math.sources file"))
+  return docs
+
+
+def build_math(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
+  """Stage math_instruct: the documents of `math.sources`, GSM8K's derived programs verified in
+  the sandbox, deduplicated exactly, and decontaminated (13-gram overlap) against GSM8K's test
+  questions and answers."""
+
+  def body(stage: epath.Path) -> dict:
+    sandbox.check_available(cfg.eval.isolation)  # before reading anything
+    docs = _math_documents(cfg)
+    references = [
+      {"benchmark": "gsm8k", "task_id": p.task_id, "split": "test", "text": p.question, "code": ""}
+      for p in math_problems.gsm8k(cfg.eval.gsm8k_path or None, split="test")
+    ]
+    limits = sandbox.Limits(memory_bytes=cfg.eval.memory_mb << 20, processes=cfg.eval.processes)
+    verify = math_instruct.VerifyPrograms(
+      float(cfg.eval.program_timeout_s), cfg.eval.isolation, limits
+    )
+
+    def build(p):
+      kept = (
+        p
+        | "Documents" >> beam.Create(docs, reshuffle=False)
+        | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=256)
+        | "Verify" >> beam.ParDo(verify)
+        | "Exact duplicates" >> dedup_lib.Deduplicate(dedup_lib.make_config(near=False))
+        | "Decontaminate" >> decontam_lib.Decontaminate(references, ngram=cfg.corpus.decontam_ngram)
+        | "Count" >> beam.Map(lambda d: (stages.counter("kept").inc(), d)[1])
+      )
+      stages.write_docs(kept, stage, "kept")
+
+    counters = {"sources": list(cfg.math.sources), **stages.run_pipeline(build, beam_options)}
+    stages.require_documents(
+      counters, "kept", math_instruct.STAGE, "check math.sources and the counts above"
+    )
+    return counters
+
+  return files.run_stage(out, math_instruct.STAGE, body)
+
+
 def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) -> dict:
   """All stages; returns (and writes as OUT/manifest.json, last) every stage's counts."""
   cfg, out = configs.resolve_paths(cfg), epath.Path(files.absolute(out))
@@ -708,13 +779,25 @@ def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) ->
       manifest[name] = synthesize(cfg, kind, out, beam_options)
       docs_stages.append(name)
   docs_dirs = [files.completed(out, name) for name in docs_stages]
-  for task in TASK_KINDS:
+  built = CODE_TASKS
+  for task in CODE_TASKS:
     manifest[task] = write_task(
       cfg.corpus, task, docs_dirs, out, beam_options, inputs=tuple(docs_stages)
     )
-  manifest[records.STAGE] = write_records(cfg, out, beam_options, inputs=tuple(TASK_KINDS))
+  if cfg.math.sources:
+    manifest[math_instruct.STAGE] = build_math(cfg, out, beam_options)
+    manifest[tasks.MATH_INSTRUCT] = write_task(
+      cfg.corpus,
+      tasks.MATH_INSTRUCT,
+      [files.completed(out, math_instruct.STAGE)],
+      out,
+      beam_options,
+      inputs=(math_instruct.STAGE,),
+    )
+    built += (tasks.MATH_INSTRUCT,)
+  manifest[records.STAGE] = write_records(cfg, out, beam_options, built, inputs=built)
   if cfg.corpus.cache:
-    manifest["cache"] = cache(cfg, out, beam_options, inputs=tuple(TASK_KINDS))
+    manifest["cache"] = cache(cfg, out, beam_options, built, inputs=built)
   files.write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
   return manifest
 

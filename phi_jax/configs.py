@@ -66,7 +66,14 @@ def base() -> ml_collections.ConfigDict:
   # The finetuning stage of the recipe (`finetune_recipe`; the main job's phi-1 analogue):
   # the paper's CodeExercises values.
   cfg.finetune = ml_collections.ConfigDict(
-    dict(steps=6_000, global_batch=256, learning_rate=1e-4, warmup_steps=50, weight_decay=0.01)
+    dict(
+      steps=6_000,
+      global_batch=256,
+      learning_rate=1e-4,
+      warmup_steps=50,
+      weight_decay=0.01,
+      schedule="linear",  # after warmup: "linear" decay (the paper) or "cosine" (MAmmoTH)
+    )
   )
   # Pretraining recipe of the paper. b1, b2, eps, clipping and the final LR are not in the
   # paper: GPT-3/CodeGen-style defaults.
@@ -76,6 +83,7 @@ def base() -> ml_collections.ConfigDict:
       warmup_steps=750,
       decay_steps=36_000,
       final_lr_ratio=0.0,
+      schedule="linear",  # after warmup, to final_lr_ratio: "linear" or "cosine"
       weight_decay=0.1,
       b1=0.9,
       b2=0.95,
@@ -89,7 +97,7 @@ def base() -> ml_collections.ConfigDict:
       dir="",  # data_pipeline.build's output (local or gs://); "" = $PHI1_DATA_DIR
       mixture="phi1_pretrain",
       split="train",
-      mask_prompt=True,  # no loss on exercise prompts (signature + docstring)
+      mask_prompt=True,  # no loss on prompts: exercises' signature + docstring, instructions
       pretrain_rates={},  # task -> rate for phi1_pretrain ({} = CodeTextbook only)
       finetune_rates={},  # task -> rate for phi1_finetune ({} = CodeExercises only)
       # Grain reads rows ahead with this many threads, in this many processes (0: in the
@@ -278,6 +286,18 @@ def base() -> ml_collections.ConfigDict:
       exercise_max_tokens=512,
     )
   )
+  # Math instruction data (data_pipeline.math_instruct, MAmmoTH's recipe): the corpus build's
+  # math_instruct stage and task, parts math_instruct:cot and math_instruct:pot, which
+  # data.finetune_rates can weight (configs/tiny_math.py). Off while `sources` is empty.
+  cfg.math = ml_collections.ConfigDict(
+    dict(
+      # "gsm8k" (its train split, from eval.gsm8k_path: CoT rationales, and PoT programs made
+      # from the calculator annotations, kept when they print the gold answer in the sandbox),
+      # MathInstruct's JSON file, or JSONL files of {"instruction", "output", "kind": cot|pot}
+      sources=(),
+      max_problems=0,  # GSM8K train problems used (0 = all 7,473)
+    )
+  )
   # Multi-host: jax.distributed.initialize() when enabled; empty fields are auto-detected
   # (TPU VMs, SLURM, ...) or read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
   cfg.distributed = ml_collections.ConfigDict(
@@ -313,6 +333,9 @@ def base() -> ml_collections.ConfigDict:
       memory_mb=1024,  # address space of each sandboxed process
       processes=4,  # processes + threads per sandbox (RLIMIT_NPROC of its own uid)
       mbpp_path="",  # mbpp.jsonl or its dir; "" = shared/data/mbpp, else a checked download
+      # What the main job scores its finetuned model on: humaneval, mbpp (pass@1), gsm8k,
+      # deepmind_math (accuracy; phi_jax.evaluation.math_eval)
+      benchmarks=("humaneval", "mbpp"),
       mbpp_split="test",  # prompt | test | validation | train
       mbpp_prompt_format="docstring",  # docstring | three_shot (evaluation.benchmarks)
       max_problems=0,  # evaluate only the first N problems of a benchmark (0 = all of them)
@@ -330,7 +353,7 @@ def base() -> ml_collections.ConfigDict:
 
 # Fields naming files or directories (local or gs://). Entry points make them absolute once
 # (`resolve_paths`), so that a run records where its inputs really are and a later change of the
-# current directory changes nothing. corpus.roots also takes the names 'stdlib' and 'site-packages'.
+# current directory changes nothing. Some also take names (_SOURCE_NAMES).
 PATH_FIELDS = (
   "data.dir",
   "train.init_from",
@@ -343,8 +366,11 @@ PATH_FIELDS = (
   "synthetic.checkpoint",
   "synthetic.tokenizer",
   "synthetic.cache_dir",
+  "eval.gsm8k_path",
+  "math.sources",
 )
-_ROOT_NAMES = ("stdlib", "site-packages")
+# Names a path field may hold instead of a path (corpus.roots, math.sources).
+_SOURCE_NAMES = ("stdlib", "site-packages", "gsm8k")
 
 
 def resolve_paths(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -357,7 +383,7 @@ def resolve_paths(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       continue
     value = cfg[section][key]
     if isinstance(value, (tuple, list)):
-      cfg[section][key] = tuple(v if v in _ROOT_NAMES else files.absolute(v) for v in value)
+      cfg[section][key] = tuple(v if v in _SOURCE_NAMES else files.absolute(v) for v in value)
     else:
       cfg[section][key] = files.absolute(value)
   return cfg
@@ -392,6 +418,7 @@ def finetune_recipe(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     warmup_steps=finetune.warmup_steps,
     decay_steps=finetune.steps,
     weight_decay=finetune.weight_decay,
+    schedule=finetune.schedule,
   )
   return cfg
 
@@ -427,7 +454,7 @@ class ConfigError(ValueError):
 def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
   """Rejects a config whose parts disagree (with each other or with `num_devices`), naming the
   fields and what to change. The trainer calls it before building anything."""
-  from phi_jax import sharding  # the mesh arithmetic lives with the mesh
+  from phi_jax import optimizer, sharding  # the mesh arithmetic lives with the mesh
 
   model = ModelConfig.from_dict(dict(cfg.model.items()))  # names an unknown model key
   try:
@@ -479,6 +506,8 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     problems.append(f"optim.learning_rate={cfg.optim.learning_rate} must be a positive number")
   if min(int(cfg.train.steps), int(cfg.train.log_every), global_batch) <= 0:
     problems.append("train.steps, train.log_every and train.global_batch must be positive")
+  if cfg.optim.schedule not in optimizer.SCHEDULES:
+    problems.append(f"optim.schedule={cfg.optim.schedule!r} is not one of {optimizer.SCHEDULES}")
   if cfg.data.source not in ("synthetic", "seqio"):
     problems.append(f"data.source={cfg.data.source!r} is not one of ['seqio', 'synthetic']")
   if int(cfg.data.read_threads) < 1 or int(cfg.data.read_processes) < 0:

@@ -1,4 +1,5 @@
-"""The paper's optimizer: AdamW, linear warmup then linear decay, global-norm clipping.
+"""The paper's optimizer: AdamW, linear warmup then linear decay (or cosine, MAmmoTH's),
+global-norm clipping.
 
 The paper gives max LR, warmup, weight decay and steps; betas, eps, clipping and the final LR
 are ours (config fields `optim.*`, defaults documented in configs/).
@@ -12,19 +13,21 @@ from typing import Any
 import jax
 import optax
 
+SCHEDULES = ("linear", "cosine")
 # Decay matrices (kernels, embeddings); not biases or LayerNorm scales.
 _DECAYED_LEAVES = ("kernel", "embedding")
 
 
 def learning_rate_schedule(optim: Mapping[str, Any]) -> optax.Schedule:
-  """0 -> learning_rate over warmup_steps, then linearly to final_lr_ratio * lr at decay_steps."""
+  """0 -> learning_rate over warmup_steps, then to final_lr_ratio * lr at decay_steps, linearly
+  or along a half cosine (`schedule`)."""
   peak = optim["learning_rate"]
   warmup = optax.linear_schedule(0.0, peak, max(int(optim["warmup_steps"]), 1))
-  decay = optax.linear_schedule(
-    peak,
-    peak * optim["final_lr_ratio"],
-    max(int(optim["decay_steps"]) - int(optim["warmup_steps"]), 1),
-  )
+  length = max(int(optim["decay_steps"]) - int(optim["warmup_steps"]), 1)
+  if optim.get("schedule", "linear") == "cosine":
+    decay = optax.cosine_decay_schedule(peak, length, alpha=optim["final_lr_ratio"])
+  else:
+    decay = optax.linear_schedule(peak, peak * optim["final_lr_ratio"], length)
   return optax.join_schedules([warmup, decay], [int(optim["warmup_steps"])])
 
 

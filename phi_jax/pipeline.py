@@ -8,7 +8,9 @@ synthetic             DIR/synthetic only with synthetic.backend="pretrained": th
                                     served by phi_jax.serve, writes textbooks and exercises
                                     that join DIR/data (configs/tiny_synthetic.py)
 finetune              DIR/finetune  phi-1 analogue: params from DIR/pretrain, phi1_finetune mixture
-evaluate              DIR/evaluate  HumanEval and MBPP pass@1 of the finetuned model, in the sandbox
+evaluate              DIR/evaluate  eval.benchmarks of the finetuned model, programs in the sandbox:
+                                    HumanEval and MBPP pass@1, or GSM8K / DeepMind Mathematics
+                                    accuracy (configs/tiny_math.py: math instructions finetuned)
 report                DIR/report    report.json, <run>_loss.png, and the table printed
 
 Every stage leaves DIR/<stage>/stage.json last (`files.run_stage`); a rerun skips finished stages, and the
@@ -31,11 +33,11 @@ from absl import flags, logging
 
 from data_pipeline import build
 from phi_jax import cli, configs, evaluate, files, report, serve, train
+from phi_jax.evaluation import math_eval
 
 RUNS = ("pretrain", "finetune")
 # synthetic.backend naming this job's own pretrained model (served by phi_jax.serve)
 SERVED_PRETRAIN = "pretrained"
-BENCHMARKS = ("humaneval", "mbpp")
 
 
 def _stage(workdir: Path, name: str, body: Callable[[], dict]) -> dict:
@@ -70,8 +72,9 @@ def run_config(cfg: Any, workdir: str | Path, run: str) -> Any:
 
 
 def _data_row(manifest: dict) -> dict:
-  row = {task: manifest[task]["train_documents"] for task in build.TASK_KINDS}
-  row["tokens"] = sum(manifest["records"][task]["train_tokens"] for task in build.TASK_KINDS)
+  built = [task for task in build.TASK_KINDS if task in manifest]
+  row = {task: manifest[task]["train_documents"] for task in built}
+  row["tokens"] = sum(manifest["records"][task]["train_tokens"] for task in built)
   return row
 
 
@@ -134,12 +137,17 @@ def _train(cfg: Any, workdir: Path, run: str) -> dict:
 
 def _evaluate(cfg: Any, workdir: Path, run: str) -> dict:
   row = {}
-  for benchmark in BENCHMARKS:
-    summary = evaluate.evaluate_checkpoint(
-      run_config(cfg, workdir, run), benchmark, str(workdir / run), workdir / "evaluate" / benchmark
-    )
-    row[f"{benchmark}_pass@1"] = summary["pass@1"]
-    row[f"{benchmark}_tasks"] = summary["tasks"]
+  for benchmark in cfg.eval.benchmarks:
+    args = (run_config(cfg, workdir, run), benchmark, str(workdir / run))
+    out = workdir / "evaluate" / benchmark
+    if benchmark in evaluate.MATH_BENCHMARKS:
+      summary = math_eval.evaluate_checkpoint(*args, out, mode=cfg.eval.math_mode)
+      row[f"{benchmark}_accuracy"] = summary["accuracy"]
+      row[f"{benchmark}_problems"] = summary["problems"]
+    else:
+      summary = evaluate.evaluate_checkpoint(*args, out)
+      row[f"{benchmark}_pass@1"] = summary["pass@1"]
+      row[f"{benchmark}_tasks"] = summary["tasks"]
   return row
 
 
@@ -171,7 +179,7 @@ def run(cfg: Any, workdir: str | Path) -> dict:
   if cfg.synthetic.backend == SERVED_PRETRAIN:
     rows.append(_stage(workdir, "synthetic", lambda: _synthesize(cfg, workdir)))
   rows.append(_stage(workdir, "finetune", lambda: _train(cfg, workdir, "finetune")))
-  # The phi-1 analogue is scored; the base model's pass@1 is one command away:
+  # The finetuned model is scored; the base model's is one command away:
   # python -m phi_jax.evaluate --benchmark=humaneval --checkpoint=DIR/pretrain
   rows.append(_stage(workdir, "evaluate", lambda: _evaluate(cfg, workdir, "finetune")))
   runs = {name: report.read_metrics(workdir / name / "metrics.jsonl") for name in RUNS}

@@ -19,7 +19,11 @@ COLUMNS = (
   ("eval_loss", "held-out loss", "{:.3f}"),
   ("humaneval_pass@1", "HumanEval pass@1", "{:.3f}"),
   ("mbpp_pass@1", "MBPP pass@1", "{:.3f}"),
+  ("gsm8k_accuracy", "GSM8K accuracy", "{:.3f}"),
+  ("deepmind_math_accuracy", "DeepMind Math accuracy", "{:.3f}"),
 )
+# Columns shown whatever the rows hold; the benchmarks' only when some row has a value.
+_ALWAYS = ("stage", "time_s", "tokens", "loss", "eval_loss")
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -39,9 +43,10 @@ def _cell(row: dict, key: str, fmt: str) -> str:
 
 def table(rows: Sequence[dict]) -> str:
   """A fixed-width text table of the stage rows; absent values print as '-'."""
-  cells = [[heading for _, heading, _ in COLUMNS]]
-  cells += [[_cell(row, key, fmt) for key, _, fmt in COLUMNS] for row in rows]
-  widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+  columns = [c for c in COLUMNS if c[0] in _ALWAYS or any(c[0] in row for row in rows)]
+  cells = [[heading for _, heading, _ in columns]]
+  cells += [[_cell(row, key, fmt) for key, _, fmt in columns] for row in rows]
+  widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
   lines = [
     "  ".join(
       cell.ljust(width) if i == 0 else cell.rjust(width)

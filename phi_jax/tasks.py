@@ -2,13 +2,18 @@
 
   phi1_code_textbook   -- filtered code + textbook text (CodeTextbook), one document per example
   phi1_code_exercises  -- CodeExercises: `prompt` (signature + docstring) then `solution`
+  math_instruct        -- math instructions (data_pipeline.math_instruct): the Alpaca prompt of
+                          `instruction` (phi_jax.instructions), then `output`
   phi1_pretrain        -- mixture for pretraining (phi-1-base)
-  phi1_finetune        -- mixture for finetuning (phi-1)
+  phi1_finetune        -- mixture for finetuning (phi-1; or any task, by `data.finetune_rates`)
 
-Each task also has its parts as tasks of their own, by the examples' `source` feature:
-`<task>:filtered` (what the quality filter kept) and `<task>:synthetic` (generated text,
-data_pipeline.synthetic), so that mixture rates can weight them, e.g.
-`data.pretrain_rates={"phi1_code_textbook:filtered": 0.8, "phi1_code_textbook:synthetic": 0.2}`.
+Each task also has its parts as tasks of their own (PARTS), so that mixture rates can weight
+them: the code tasks by the examples' `source`, `<task>:filtered` (what the quality filter
+kept) and `<task>:synthetic` (generated text, data_pipeline.synthetic), e.g.
+`data.pretrain_rates={"phi1_code_textbook:filtered": 0.8, "phi1_code_textbook:synthetic": 0.2}`;
+math_instruct by its `kind`, `math_instruct:cot` (chains of thought) and `math_instruct:pot`
+(programs that print the answer), e.g.
+`data.finetune_rates={"math_instruct:cot": 0.5, "math_instruct:pot": 0.5}`.
 
 Sources are sharded TFRecord files of tf.train.Examples written by `data_pipeline.build`
 (`DATA_DIR/<task>/<split>.tfrecord-*`), local or `gs://`, with the vocabulary at
@@ -16,8 +21,8 @@ Sources are sharded TFRecord files of tf.train.Examples written by `data_pipelin
 (default `~/.cache/phi_jax/data`); `register(data_dir, ...)` re-registers for another one, and
 refuses a task directory the build has not finished (no `stage.json`).
 
-Examples come out per document ('targets' = tokens + end-of-text; exercises also carry
-'loss_weights', 0 on prompt tokens when `mask_prompt`). data_pipeline.build writes them in the
+Examples come out per document ('targets' = tokens + end-of-text; exercises and instructions
+also carry 'loss_weights', 0 on prompt tokens when `mask_prompt`). data_pipeline.build writes them in the
 random-access form the trainer reads (phi_jax.records), and phi_jax.packing cuts them into
 training rows.
 """
@@ -32,10 +37,12 @@ import seqio
 import tensorflow as tf
 from etils import epath
 
-from phi_jax import files
+from phi_jax import files, instructions
 
 CODE_TEXTBOOK = "phi1_code_textbook"
 CODE_EXERCISES = "phi1_code_exercises"
+MATH_INSTRUCT = "math_instruct"
+TASKS = (CODE_TEXTBOOK, CODE_EXERCISES, MATH_INSTRUCT)
 PRETRAIN = "phi1_pretrain"
 FINETUNE = "phi1_finetune"
 DEFAULT_DATA_DIR = os.path.expanduser("~/.cache/phi_jax/data")
@@ -52,10 +59,21 @@ SOURCE_FEATURES = {
     "solution": tf.io.FixedLenFeature([], tf.string),
     "source": tf.io.FixedLenFeature([], tf.string),
   },
+  MATH_INSTRUCT: {
+    "instruction": tf.io.FixedLenFeature([], tf.string),
+    "output": tf.io.FixedLenFeature([], tf.string),
+    "kind": tf.io.FixedLenFeature([], tf.string),
+    "source": tf.io.FixedLenFeature([], tf.string),
+  },
 }
-# A task's parts, by the `source` of its examples: generated sources are named synthetic_*.
+# A task's parts. Code: by the `source` of its examples (generated sources are named
+# synthetic_*); math: by `kind` (math_cot, math_pot).
 SYNTHETIC_SOURCE_PREFIX = "synthetic"
-PARTS = ("filtered", "synthetic")
+PARTS = {
+  CODE_TEXTBOOK: ("filtered", "synthetic"),
+  CODE_EXERCISES: ("filtered", "synthetic"),
+  MATH_INSTRUCT: ("cot", "pot"),
+}
 
 
 def part(task: str, name: str) -> str:
@@ -63,16 +81,17 @@ def part(task: str, name: str) -> str:
   return f"{task}:{name}"
 
 
-def _only_part(name: str):
-  synthetic = name == "synthetic"
+def _in_part(example, name: str):
+  if name in ("cot", "pot"):
+    return tf.equal(example["kind"], f"math_{name}")
+  synthetic = tf.strings.regex_full_match(example["source"], f"{SYNTHETIC_SOURCE_PREFIX}.*")
+  return synthetic if name == "synthetic" else tf.logical_not(synthetic)
 
+
+def _only_part(name: str):
   def keep(dataset, output_features=None):
     del output_features
-    return dataset.filter(
-      lambda ex: (
-        tf.strings.regex_full_match(ex["source"], f"{SYNTHETIC_SOURCE_PREFIX}.*") == synthetic
-      )
-    )
+    return dataset.filter(lambda ex: _in_part(ex, name))
 
   return keep
 
@@ -95,8 +114,15 @@ def _exercise_parts(example):
   return {"prompt": example["prompt"], "solution": example["solution"]}
 
 
+@seqio.map_over_dataset
+def _instruction_parts(example):
+  prompt = tf.strings.join([instructions.PREFIX, example["instruction"], instructions.SUFFIX])
+  return {"prompt": prompt, "solution": example["output"]}
+
+
 def _tokenize_exercise(dataset, output_features, mask_prompt: bool):
-  """prompt and solution tokenized apart, so that the prompt's loss can be masked."""
+  """prompt and solution tokenized apart, so that the prompt's loss can be masked (exercises,
+  and instructions in their template)."""
   vocab = output_features["targets"].vocabulary
 
   def tokenize(example):
@@ -128,7 +154,7 @@ def _features(vocab: seqio.Vocabulary) -> dict:
 
 def _require_built(data_dir: str) -> None:
   """A task directory that exists must be complete: never read what a dying build left."""
-  for task in (CODE_TEXTBOOK, CODE_EXERCISES):
+  for task in TASKS:
     task_dir = epath.Path(data_dir) / task
     if task_dir.exists():
       files.require_complete(task_dir)
@@ -147,8 +173,7 @@ def register(
   vocab = vocab or seqio.SentencePieceVocabulary(vocabulary_path(data_dir))
   splits = ("train", "validation")
 
-  tasks = (CODE_TEXTBOOK, CODE_EXERCISES)
-  for name in tasks + tuple(part(t, p) for t in tasks for p in PARTS) + (PRETRAIN, FINETUNE):
+  for name in TASKS + tuple(part(t, p) for t in TASKS for p in PARTS[t]) + (PRETRAIN, FINETUNE):
     seqio.MixtureRegistry.remove(name)
     seqio.TaskRegistry.remove(name)
 
@@ -166,15 +191,20 @@ def register(
       functools.partial(_tokenize_exercise, mask_prompt=mask_prompt),
       seqio.CacheDatasetPlaceholder(),
     ],
+    MATH_INSTRUCT: [
+      _instruction_parts,
+      functools.partial(_tokenize_exercise, mask_prompt=mask_prompt),
+      seqio.CacheDatasetPlaceholder(),
+    ],
   }
-  for task in tasks:
+  for task in TASKS:
     source = seqio.TFExampleDataSource(
       {s: split_pattern(data_dir, task, s) for s in splits}, SOURCE_FEATURES[task]
     )
     seqio.TaskRegistry.add(
       task, source=source, preprocessors=preprocessors[task], output_features=_features(vocab)
     )
-    for name in PARTS:
+    for name in PARTS[task]:
       seqio.TaskRegistry.add(
         part(task, name),
         source=source,

@@ -55,6 +55,9 @@ def gsm8k_file(
   if path:
     path = Path(path)
     path = path / name if path.is_dir() else path
+    other = {f"{s}.jsonl" for s in GSM8K_SHA256} - {name}
+    if path.name in other:  # training on the test split, or the reverse, is never intended
+      raise ValueError(f"{path} is not GSM8K's {split} split; pass the directory holding both")
     if not path.is_file():
       raise FileNotFoundError(f"GSM8K file {path} does not exist; pass {name} or its directory")
     return path
