@@ -129,13 +129,13 @@ def plain_rationale(rationale: str) -> str:
 @functools.cache
 def _deepmind_generators() -> dict[str, Callable]:
   """`<area>__<module>` -> a function drawing one problem, at the dataset's training difficulty."""
-  # Imported here: only this benchmark needs the package (and sympy's import time).
   # mathematics_dataset 1.0.1 imports `base_solution_linear` from `sympy.solvers.diophantine`,
   # which newer sympy moved into `sympy.solvers.diophantine.diophantine`: put it back first.
   package = importlib.import_module("sympy.solvers.diophantine")
-  from sympy.solvers.diophantine.diophantine import base_solution_linear
+  from sympy.solvers.diophantine.diophantine import base_solution_linear  # for the shim only
 
   package.base_solution_linear = base_solution_linear
+  # Imported here: only this benchmark needs the package (and sympy, slow to import).
   from mathematics_dataset.modules import modules
   from mathematics_dataset.util import composition
 
