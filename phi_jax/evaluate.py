@@ -96,25 +96,27 @@ def main(argv):
   args, cfg = flags.FLAGS, flags.FLAGS.config
   if bool(args.samples) == bool(args.checkpoint):
     cli.fail("give exactly one of --samples=FILE.jsonl and --checkpoint=DIR", status=2)
-  out = args.out or Path(args.checkpoint or ".") / "eval" / args.benchmark
-  if args.benchmark in math_eval.BENCHMARKS:
-    if args.samples:
-      cli.fail(f"--samples scores code benchmarks; {args.benchmark} needs --checkpoint", status=2)
-    summary = math_eval.evaluate_checkpoint(
-      configs.resolve_paths(cfg),
-      args.benchmark,
-      args.checkpoint,
-      out,
-      tokenizer=args.tokenizer,
-      mode=args.math_mode,
-      step=args.step,
-    )
-  elif args.samples:
+  math = args.benchmark in math_eval.BENCHMARKS
+  if args.samples and math:
+    cli.fail(f"--samples scores code benchmarks; {args.benchmark} needs --checkpoint", status=2)
+  if args.samples:
     summary = score_file(cfg, args.benchmark, args.samples)
   else:
-    summary = evaluate_checkpoint(
-      cfg, args.benchmark, args.checkpoint, out, tokenizer=args.tokenizer, step=args.step
-    )
+    out = args.out or Path(args.checkpoint) / "eval" / args.benchmark
+    if math:
+      summary = math_eval.evaluate_checkpoint(
+        configs.resolve_paths(cfg),
+        args.benchmark,
+        args.checkpoint,
+        out,
+        tokenizer=args.tokenizer,
+        mode=args.math_mode,
+        step=args.step,
+      )
+    else:
+      summary = evaluate_checkpoint(
+        cfg, args.benchmark, args.checkpoint, out, tokenizer=args.tokenizer, step=args.step
+      )
   print(json.dumps(summary, indent=2))
 
 
