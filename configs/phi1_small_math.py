@@ -9,10 +9,11 @@ by its source paths). Build it with
 --config.data.dir=DIR; score with
 `python -m phi_jax.evaluate --benchmark=gsm8k --checkpoint=RUN --config=configs/phi1_small_math.py`.
 
-Steps are three epochs of the default data: GSM8K's 7,473 CoT and ~7,000 PoT examples hold
-about 3.4M tokens, packed into 64 rows of 2,048 tokens per step, 26 steps an epoch. For
-MathInstruct (262k examples) scale steps with its token count (`records` in the build's
-manifest.json): 3 x train_tokens / (global_batch x seq_len).
+Steps are three epochs of the default data, 3 x train_tokens / (global_batch x seq_len): GSM8K's
+train split made 7,322 CoT and 6,852 verified PoT training examples, 2.98M tokens under
+configs/tiny.py's 8,192-piece tokenizer (measured 2026-12-03; a larger vocabulary makes fewer),
+in rows of 64 x 2,048 tokens a step: 68 steps. For MathInstruct (262k examples) take
+train_tokens from `records` in the build's manifest.json.
 """
 
 from phi_jax import configs
@@ -23,7 +24,7 @@ def get_config():
   cfg.math.sources = ("gsm8k",)
   cfg.data.finetune_rates = {"math_instruct:cot": 0.5, "math_instruct:pot": 0.5}
   cfg.finetune.update(
-    steps=78, global_batch=64, learning_rate=2e-5, warmup_steps=3, schedule="cosine"
+    steps=68, global_batch=64, learning_rate=2e-5, warmup_steps=2, schedule="cosine"
   )
   cfg.eval.benchmarks = ("gsm8k",)
   return configs.finetune_recipe(cfg)

@@ -707,17 +707,21 @@ def synthesize(cfg: Any, kind: str, out: epath.PathLike, beam_options: list[str]
   return files.run_stage(out, name, body)
 
 
-def _math_documents(cfg: Any) -> list[dict]:
-  """Every document of `math.sources` (GSM8K's PoT candidates still carry their gold answer)."""
-  docs = []
+def _math_documents(cfg: Any) -> tuple[list[dict], dict]:
+  """Every document of `math.sources` (GSM8K's PoT candidates still carry their gold answer),
+  and counts of what was read."""
+  docs, counts = [], {}
   for source in cfg.math.sources:
     if source == math_instruct.GSM8K:
       problems = math_problems.gsm8k(cfg.eval.gsm8k_path or None, split="train")
       chosen = problems[: int(cfg.math.max_problems)] if int(cfg.math.max_problems) else problems
-      docs += list(math_instruct.gsm8k_documents(chosen))
+      found = list(math_instruct.gsm8k_documents(chosen))
+      counts.update(gsm8k_problems=len(chosen), gsm8k_programs=len(found) - len(chosen))
     else:
-      docs += math_instruct.read_file(files.existing(source, "math.sources file"))
-  return docs
+      found = math_instruct.read_file(files.existing(source, "math.sources file"))
+      counts[f"read_{os.path.basename(source)}"] = len(found)
+    docs += found
+  return docs, counts
 
 
 def build_math(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
@@ -727,7 +731,7 @@ def build_math(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
 
   def body(stage: epath.Path) -> dict:
     sandbox.check_available(cfg.eval.isolation)  # before reading anything
-    docs = _math_documents(cfg)
+    docs, read = _math_documents(cfg)
     references = [
       {"benchmark": "gsm8k", "task_id": p.task_id, "split": "test", "text": p.question, "code": ""}
       for p in math_problems.gsm8k(cfg.eval.gsm8k_path or None, split="test")
@@ -749,7 +753,11 @@ def build_math(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
       )
       stages.write_docs(kept, stage, "kept")
 
-    counters = {"sources": list(cfg.math.sources), **stages.run_pipeline(build, beam_options)}
+    counters = {
+      "sources": list(cfg.math.sources),
+      **read,
+      **stages.run_pipeline(build, beam_options),
+    }
     stages.require_documents(
       counters, "kept", math_instruct.STAGE, "check math.sources and the counts above"
     )

@@ -78,14 +78,13 @@ def gsm8k_program(rationale: str) -> str | None:
 
 
 def gsm8k_documents(problems: Iterable[math_problems.MathProblem]) -> Iterator[dict]:
-  """Each problem's CoT document, and its PoT candidate (`gold` kept for verification)."""
+  """Each problem's CoT document, and its PoT candidate (`gold` kept for verification) when its
+  rationale has calculator annotations."""
   for problem in problems:
     yield gsm8k_cot(problem)
     program = gsm8k_program(problem.rationale)
-    if program is None:
-      stages.counter("gsm8k_programs_unannotated").inc()
-      continue
-    yield document(problem.question, program, "pot", GSM8K, gold=problem.answer)
+    if program is not None:
+      yield document(problem.question, program, "pot", GSM8K, gold=problem.answer)
 
 
 def mathinstruct_kind(source: str) -> str:

@@ -118,10 +118,13 @@ def test_the_build_makes_the_math_task_whose_parts_a_mixture_weights(tmp_path, t
   manifest = build.run(cfg, data)
 
   counts = manifest[math_instruct.STAGE]
+  assert counts["gsm8k_problems"] == 24 and counts["read_extra.jsonl"] == 1
   problems = math_problems.gsm8k(split="train")[:24]
   programs = [math_instruct.gsm8k_program(p.rationale) for p in problems]
-  assert counts["programs_verified"] + counts.get("programs_wrong_answer", 0) == sum(
-    p is not None for p in programs
+  assert (
+    counts["programs_verified"] + counts.get("programs_wrong_answer", 0)
+    == sum(p is not None for p in programs)
+    == counts["gsm8k_programs"]
   )
   assert counts["programs_verified"] >= 20
   assert counts["math_cot_documents"] == 24
