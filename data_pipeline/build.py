@@ -43,6 +43,7 @@ from seqio import beam_utils
 
 from data_pipeline import (
   annotators,
+  backtranslation,
   generation,
   llm_judge,
   math_instruct,
@@ -65,6 +66,7 @@ TASK_KINDS = {
   tasks.CODE_TEXTBOOK: ("code", "textbook"),
   tasks.CODE_EXERCISES: ("exercise",),
   tasks.MATH_INSTRUCT: ("math_cot", "math_pot"),
+  tasks.BACKTRANSLATION: (backtranslation.SEED, backtranslation.AUGMENTED),
 }
 CODE_TASKS = (tasks.CODE_TEXTBOOK, tasks.CODE_EXERCISES)
 
@@ -766,6 +768,213 @@ def build_math(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
   return files.run_stage(out, math_instruct.STAGE, body)
 
 
+def _bt_seed_pairs(cfg: Any, out: epath.PathLike) -> list[tuple[str, str]]:
+  bt = cfg.backtranslation
+  if bt.seed == "exercises":
+    docs = stages.iter_docs(files.completed(out, "quality"))
+    found = (
+      backtranslation.exercise_pair(d["prompt"], d["solution"])
+      for d in docs
+      if d["kind"] == "exercise"
+    )
+    pairs = sorted(p for p in found if p is not None)
+  else:
+    pairs = backtranslation.read_pairs(files.existing(bt.seed, "backtranslation.seed"))
+  return pairs[: int(bt.max_seed)] if int(bt.max_seed) else pairs
+
+
+def _bt_unlabelled_texts(cfg: Any, out: epath.PathLike) -> list[str]:
+  bt = cfg.backtranslation
+  texts = []
+  if bt.unlabelled == "corpus":
+    for doc in stages.iter_docs(files.completed(out, "quality")):
+      if doc["kind"] == "code":
+        texts += backtranslation.code_functions(doc["text"], bt.min_lines, bt.max_lines)
+      elif doc["kind"] == "textbook":
+        texts += backtranslation.passages(doc["text"], bt.min_chars, bt.max_chars)
+  else:
+    texts = backtranslation.read_texts(files.existing(bt.unlabelled, "backtranslation.unlabelled"))
+  # A content-seeded order, so that max_unlabelled picks the same documents on every run.
+  texts = sorted(set(texts), key=lambda t: hashlib.sha256(t.encode()).hexdigest())
+  return texts[: int(bt.max_unlabelled)] if int(bt.max_unlabelled) else texts
+
+
+def backtranslation_sources(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
+  """Stages bt_seed (the seed pairs, tagged) and bt_unlabelled (texts with no instruction), both
+  deduplicated exactly and decontaminated against HumanEval and MBPP."""
+  bt, corpus = cfg.backtranslation, cfg.corpus
+  references = decontam_lib.load_references(cfg.eval.mbpp_path or None)
+
+  def clean(p, docs, label):
+    return (
+      p
+      | f"{label} create" >> beam.Create(docs, reshuffle=False)
+      | f"{label} dedup" >> dedup_lib.Deduplicate(dedup_lib.make_config(near=False))
+      | f"{label} decontaminate"
+      >> decontam_lib.Decontaminate(
+        references, ngram=corpus.decontam_ngram, tau=corpus.decontam_tau
+      )
+      | f"{label} count" >> beam.Map(lambda d: (stages.counter("kept").inc(), d)[1])
+    )
+
+  def seed_body(stage: epath.Path) -> dict:
+    pairs = _bt_seed_pairs(cfg, out)
+    docs = [
+      backtranslation.pair(i, o, backtranslation.SEED, bt.seed_system, "seed") for i, o in pairs
+    ]
+
+    def build(p):
+      stages.write_docs(clean(p, docs, "seed"), stage, "seed")
+
+    counters = {"read": len(docs), **stages.run_pipeline(build, beam_options)}
+    stages.require_documents(counters, "kept", "bt_seed", "check backtranslation.seed")
+    return counters
+
+  def unlabelled_body(stage: epath.Path) -> dict:
+    texts = _bt_unlabelled_texts(cfg, out)
+    docs = [
+      {"id": hashlib.sha256(t.encode()).hexdigest()[:16], "kind": "unlabelled", "text": t}
+      for t in texts
+    ]
+
+    def build(p):
+      stages.write_docs(clean(p, docs, "unlabelled"), stage, "unlabelled")
+
+    counters = {"read": len(docs), **stages.run_pipeline(build, beam_options)}
+    stages.require_documents(counters, "kept", "bt_unlabelled", "check backtranslation.unlabelled")
+    return counters
+
+  return {
+    "bt_seed": files.run_stage(out, "bt_seed", seed_body),
+    "bt_unlabelled": files.run_stage(out, "bt_unlabelled", unlabelled_body),
+  }
+
+
+def instruction_data(
+  cfg: Any, corpus_dir: epath.PathLike, out: epath.PathLike, docs: list[dict], name: str
+) -> dict:
+  """A data directory for one model of the backtranslation recipe: the corpus's tokenizer and
+  task `backtranslation` (records included) of `docs`, written as stage `name` first."""
+  out = epath.Path(files.absolute(out))
+  files.copy_tree(files.completed(corpus_dir, "tokenizer"), out / "tokenizer")
+
+  def body(stage: epath.Path) -> dict:
+    with (stage / "docs-00000-of-00001.jsonl").open("w") as f:
+      for doc in docs:
+        f.write(json.dumps(doc, sort_keys=True) + "\n")
+    return {"documents": len(docs)}
+
+  manifest = {name: files.run_stage(out, name, body)}
+  task = tasks.BACKTRANSLATION
+  manifest[task] = write_task(cfg.corpus, task, [files.completed(out, name)], out, [], (name,))
+  manifest[records.STAGE] = write_records(cfg, out, [], (task,), inputs=(task,))
+  files.write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+  return manifest
+
+
+def backward_pairs(cfg: Any, out: epath.PathLike) -> list[dict]:
+  """The backward model's training pairs: the seed turned round (output -> instruction),
+  untagged."""
+  bt = cfg.backtranslation
+  return [
+    backtranslation.pair(
+      backtranslation.backward_instruction(d["output"], bt.backward_lead),
+      d["instruction"],
+      backtranslation.SEED,
+      "",
+      "backward",
+    )
+    for d in stages.iter_docs(files.completed(out, "bt_seed"))
+  ]
+
+
+def round_pairs(out: epath.PathLike, round_: int) -> list[dict]:
+  """Round r's training pairs: the seed, and (r >= 1) what round r's curation kept."""
+  pairs = list(stages.iter_docs(files.completed(out, "bt_seed")))
+  if round_:
+    pairs += stages.iter_docs(files.completed(out, f"bt_curate_{round_}"))
+  return pairs
+
+
+def augment(
+  cfg: Any, out: epath.PathLike, backward_dir: str, tokenizer: str, beam_options: list[str]
+) -> dict:
+  """Stage bt_augment: the backward model (a checkpoint workdir, decoded in this process) writes
+  the instruction each unlabelled text answers, through the response cache
+  (OUT/generation_cache)."""
+  bt = cfg.backtranslation
+  backend = generation.DecoderBackend(backward_dir, tokenizer=tokenizer)
+
+  def body(stage: epath.Path) -> dict:
+    texts = list(stages.iter_docs(files.completed(out, "bt_unlabelled")))
+    requests = [
+      backtranslation.augment_request(d["text"], bt.backward_lead, bt.instruction_max_tokens)
+      for d in texts
+    ]
+    cache = os.fspath(epath.Path(out) / "generation_cache")
+
+    def build(p):
+      candidates = (
+        p
+        | "Shards" >> beam.Create(list(synthetic.shards(len(texts), int(bt.items_per_shard))))
+        | "Generate"
+        >> beam.ParDo(backtranslation.GenerateInstructions(texts, requests, backend, cache, bt))
+      )
+      stages.write_docs(candidates, stage, "candidates")
+
+    counters = {"unlabelled": len(texts), **stages.run_pipeline(build, beam_options)}
+    stages.require_documents(counters, "candidates", "bt_augment", _failure_summary(counters))
+    return counters
+
+  return files.run_stage(out, "bt_augment", body)
+
+
+def curate(
+  cfg: Any,
+  out: epath.PathLike,
+  round_: int,
+  model_dir: str,
+  tokenizer: str,
+  beam_options: list[str],
+) -> dict:
+  """Stage bt_curate_<round>: the round's model (`model_dir`) rates every candidate pair, by the
+  rubric or by likelihood (`backtranslation.scorer`); the pairs at or above the threshold are
+  kept, tagged as augmented. The manifest holds the score histogram and what was unparseable."""
+  bt = cfg.backtranslation
+  name = f"bt_curate_{round_}"
+
+  def body(stage: epath.Path) -> dict:
+    candidates = list(stages.iter_docs(files.completed(out, "bt_augment")))
+    if bt.scorer == "rubric":
+      rubric = (
+        epath.Path(files.existing(bt.rubric_file, "backtranslation.rubric_file")).read_text()
+        if bt.rubric_file
+        else backtranslation.RUBRIC
+      )
+      backend = generation.DecoderBackend(model_dir, tokenizer=tokenizer)
+      scored, counters = backtranslation.rubric_scores(
+        candidates, backend, os.fspath(epath.Path(out) / "generation_cache"), rubric, bt
+      )
+    elif bt.scorer == "likelihood":
+      scored, counters = backtranslation.likelihood_scores(candidates, model_dir, tokenizer, bt)
+    else:
+      raise ValueError(f"backtranslation.scorer={bt.scorer!r}: use 'rubric' or 'likelihood'")
+    kept = backtranslation.keep(scored, bt)
+    counters.update(candidates=len(candidates), kept=len(kept), scorer=bt.scorer)
+    with (stage / "docs-00000-of-00001.jsonl").open("w") as f:
+      for doc in kept:
+        f.write(json.dumps(doc, sort_keys=True) + "\n")
+    if not kept:
+      raise stages.EmptyStageError(
+        f"stage '{name}' kept none of {len(candidates)} candidate pairs ({counters}): lower "
+        "backtranslation.threshold, or use scorer='likelihood' for a model too small for a rubric"
+      )
+    return counters
+
+  del beam_options  # scoring batches on the model's devices, in this process
+  return files.run_stage(out, name, body)
+
+
 def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) -> dict:
   """All stages; returns (and writes as OUT/manifest.json, last) every stage's counts."""
   cfg, out = configs.resolve_paths(cfg), epath.Path(files.absolute(out))
@@ -786,6 +995,8 @@ def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) ->
       name = synthetic.SOURCES[kind]
       manifest[name] = synthesize(cfg, kind, out, beam_options)
       docs_stages.append(name)
+  if int(cfg.backtranslation.rounds):
+    manifest.update(backtranslation_sources(cfg, out, beam_options))
   docs_dirs = [files.completed(out, name) for name in docs_stages]
   built = CODE_TASKS
   for task in CODE_TASKS:

@@ -299,6 +299,40 @@ def base() -> ml_collections.ConfigDict:
       max_problems=0,  # GSM8K train problems used (0 = all 7,473)
     )
   )
+  # Instruction backtranslation (Humpback; data_pipeline.backtranslation), run by the main job
+  # when `rounds` > 0 (configs/tiny_backtranslation.py): a backward model (output -> instruction)
+  # finetuned on the seed writes instructions for unlabelled texts; M0 (the seed) rates them; M1
+  # trains on seed + the pairs kept; M1 rates again; ... M<rounds> is evaluated. Every model
+  # starts from the pretrained one with the `finetune` section's recipe.
+  cfg.backtranslation = ml_collections.ConfigDict(
+    dict(
+      rounds=0,  # self-curation rounds (the paper: 2); 0 = off
+      # "exercises" (the corpus's CodeExercises: docstring -> function), or a JSONL file of
+      # {"instruction", "output"} or OpenAssistant message trees (*.trees.jsonl)
+      seed="exercises",
+      max_seed=0,  # 0 = all
+      # "corpus" (its functions without their docstrings, and textbook passages), or a JSONL or
+      # Parquet file with a `text` column
+      unlabelled="corpus",
+      max_unlabelled=0,  # 0 = all, else this many in a content-seeded order
+      min_lines=4,  # corpus functions of min_lines..max_lines lines
+      max_lines=40,
+      min_chars=200,  # textbook passages of min_chars..max_chars characters
+      max_chars=2000,
+      # The tags telling seed from augmented pairs in training (the paper's system prompts).
+      seed_system="Answer in the style of an AI assistant.",
+      augmented_system="Answer with knowledge from web search.",
+      backward_lead="Write the instruction that the following response answers.",
+      instruction_max_tokens=64,  # a generated instruction's length
+      items_per_shard=64,  # unlabelled texts per Beam work item
+      scorer="rubric",  # "rubric" (the model rates 1-5) or "likelihood" (too small to rate)
+      rubric_file="",  # a prompt with {instruction} and {output}; "" = ours (backtranslation.RUBRIC)
+      rubric_max_tokens=128,
+      threshold=4,  # rubric: keep scores >= 4 (the paper's A4; 5 = A5)
+      likelihood_keep_fraction=0.5,  # likelihood: keep this best-scored fraction
+      score_batch_size=8,
+    )
+  )
   # Multi-host: jax.distributed.initialize() when enabled; empty fields are auto-detected
   # (TPU VMs, SLURM, ...) or read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
   cfg.distributed = ml_collections.ConfigDict(
@@ -379,9 +413,12 @@ PATH_FIELDS = (
   "synthetic.tokenizer",
   "synthetic.cache_dir",
   "math.sources",
+  "backtranslation.seed",
+  "backtranslation.unlabelled",
+  "backtranslation.rubric_file",
 )
-# Names a path field may hold instead of a path (corpus.roots, math.sources).
-_SOURCE_NAMES = ("stdlib", "site-packages", "gsm8k")
+# Names a path field may hold instead of a path (corpus.roots, math.sources, backtranslation.*).
+_SOURCE_NAMES = ("stdlib", "site-packages", "gsm8k", "exercises", "corpus")
 
 
 def resolve_paths(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -395,7 +432,7 @@ def resolve_paths(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     value = cfg[section][key]
     if isinstance(value, (tuple, list)):
       cfg[section][key] = tuple(v if v in _SOURCE_NAMES else files.absolute(v) for v in value)
-    else:
+    elif value not in _SOURCE_NAMES:
       cfg[section][key] = files.absolute(value)
   return cfg
 

@@ -8,6 +8,12 @@ synthetic             DIR/synthetic only with synthetic.backend="pretrained": th
                                     served by phi_jax.serve, writes textbooks and exercises
                                     that join DIR/data (configs/tiny_synthetic.py)
 finetune              DIR/finetune  phi-1 analogue: params from DIR/pretrain, phi1_finetune mixture
+backward, augment,    DIR/...       only with backtranslation.rounds > 0 (Humpback, in place of
+round_0, curate_1,                  finetune; configs/tiny_backtranslation.py): the backward
+round_1, ...                        model (output -> instruction) finetuned on the seed writes
+                                    instructions for unlabelled texts; round_r's model, trained
+                                    on the seed + what round r's curation kept (curate_r, rated
+                                    by round r-1's model), is the one evaluated after the last
 evaluate              DIR/evaluate  eval.benchmarks of the finetuned model, programs in the sandbox:
                                     HumanEval and MBPP pass@1, or GSM8K / DeepMind Mathematics
                                     accuracy (configs/tiny_math.py: math instructions finetuned)
@@ -21,6 +27,7 @@ From Python: `phi_jax.pipeline.run(phi_jax.configs.get("tiny"), "runs/tiny")`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -32,10 +39,9 @@ import jax
 from absl import flags, logging
 
 from data_pipeline import build
-from phi_jax import cli, configs, evaluate, files, report, serve, train
+from phi_jax import cli, configs, evaluate, files, report, serve, tasks, train
 from phi_jax.evaluation import math_eval
 
-RUNS = ("pretrain", "finetune")
 # synthetic.backend naming this job's own pretrained model (served by phi_jax.serve)
 SERVED_PRETRAIN = "pretrained"
 
@@ -57,17 +63,31 @@ def _stage(workdir: Path, name: str, body: Callable[[], dict]) -> dict:
   return files.run_stage(workdir, name, timed, resumes=True)
 
 
+def training_runs(cfg: Any) -> tuple[str, ...]:
+  """The runs the main job trains, in order: pretrain, then finetune or the backtranslation
+  recipe's models."""
+  rounds = int(cfg.backtranslation.rounds)
+  if not rounds:
+    return ("pretrain", "finetune")
+  return ("pretrain", "backward", *(f"round_{r}" for r in range(rounds + 1)))
+
+
 def run_config(cfg: Any, workdir: str | Path, run: str) -> Any:
-  """The trainer config of `run` ('pretrain' or 'finetune') on the corpus built in DIR/data."""
+  """The trainer config of `run` (one of `training_runs`): pretraining on the corpus built in
+  DIR/data; finetuning from DIR/pretrain on DIR/data's phi1_finetune mixture, or, for the
+  backtranslation models, on the `backtranslation` task of their own data (DIR/<run>_data)."""
   workdir = Path(files.absolute(workdir))
   run_cfg = configs.resolve_paths(cfg)
   with run_cfg.unlocked():
     run_cfg.data.update(source="seqio", dir=str(workdir / "data"))
-    if run == "finetune":
-      run_cfg = configs.finetune_recipe(run_cfg)
-      run_cfg.train.init_from = str(workdir / "pretrain")
-    else:
+    if run == "pretrain":
       run_cfg.data.mixture = "phi1_pretrain"
+      return run_cfg
+    run_cfg = configs.finetune_recipe(run_cfg)
+    run_cfg.train.init_from = str(workdir / "pretrain")
+    if run != "finetune":
+      run_cfg.data.dir = str(workdir / f"{run}_data")
+      run_cfg.data.finetune_rates = {tasks.BACKTRANSLATION: 1.0}
   return run_cfg
 
 
@@ -135,6 +155,51 @@ def _train(cfg: Any, workdir: Path, run: str) -> dict:
   }
 
 
+def _tokenizer(workdir: Path) -> str:
+  return str(workdir / "data" / "tokenizer" / "spm.model")
+
+
+def _instruction_run(cfg: Any, workdir: Path, run: str, docs: list[dict]) -> dict:
+  """Builds DIR/<run>_data from `docs`, then trains `run` on it."""
+  manifest = build.instruction_data(cfg, workdir / "data", workdir / f"{run}_data", docs, "pairs")
+  row = _train(cfg, workdir, run)
+  return {**row, "pairs": len(docs), "data_tokens": manifest["records"]["train_tokens"]}
+
+
+def _backward(cfg: Any, workdir: Path) -> dict:
+  docs = build.backward_pairs(cfg, workdir / "data")
+  return _instruction_run(cfg, workdir, "backward", docs)
+
+
+def _augment(cfg: Any, workdir: Path) -> dict:
+  backward = str(workdir / "backward")
+  counts = build.augment(cfg, workdir / "data", backward, _tokenizer(workdir), [])
+  return {k: v for k, v in counts.items() if isinstance(v, int)}
+
+
+def _curate(cfg: Any, workdir: Path, round_: int) -> dict:
+  model = str(workdir / f"round_{round_ - 1}")
+  return build.curate(cfg, workdir / "data", round_, model, _tokenizer(workdir), [])
+
+
+def _round(cfg: Any, workdir: Path, round_: int) -> dict:
+  """Round r's model: the seed, plus (r >= 1) the pairs round r's curation kept."""
+  docs = build.round_pairs(workdir / "data", round_)
+  return _instruction_run(cfg, workdir, f"round_{round_}", docs)
+
+
+def _backtranslate(cfg: Any, workdir: Path) -> list[dict]:
+  rows = [
+    _stage(workdir, "backward", lambda: _backward(cfg, workdir)),
+    _stage(workdir, "augment", lambda: _augment(cfg, workdir)),
+    _stage(workdir, "round_0", lambda: _round(cfg, workdir, 0)),
+  ]
+  for r in range(1, int(cfg.backtranslation.rounds) + 1):
+    rows.append(_stage(workdir, f"curate_{r}", functools.partial(_curate, cfg, workdir, r)))
+    rows.append(_stage(workdir, f"round_{r}", functools.partial(_round, cfg, workdir, r)))
+  return rows
+
+
 def _evaluate(cfg: Any, workdir: Path, run: str) -> dict:
   row = {}
   for benchmark in cfg.eval.benchmarks:
@@ -171,20 +236,24 @@ def _same_config(cfg: Any, workdir: Path) -> None:
 def run(cfg: Any, workdir: str | Path) -> dict:
   """The whole recipe; returns the report (also DIR/report/report.json)."""
   cfg, workdir = configs.resolve_paths(cfg), Path(files.absolute(workdir))
-  for name in RUNS:  # every training stage's config, before minutes of work
+  runs = training_runs(cfg)
+  for name in runs:  # every training stage's config, before minutes of work
     configs.check(run_config(cfg, workdir, name), jax.device_count())
   _same_config(cfg, workdir)
   rows = [_stage(workdir, "data", lambda: _build_data(cfg, workdir))]
   rows.append(_stage(workdir, "pretrain", lambda: _train(cfg, workdir, "pretrain")))
   if cfg.synthetic.backend == SERVED_PRETRAIN:
     rows.append(_stage(workdir, "synthetic", lambda: _synthesize(cfg, workdir)))
-  rows.append(_stage(workdir, "finetune", lambda: _train(cfg, workdir, "finetune")))
-  # The finetuned model is scored; the base model's is one command away:
+  if int(cfg.backtranslation.rounds):
+    rows += _backtranslate(cfg, workdir)
+  else:
+    rows.append(_stage(workdir, "finetune", lambda: _train(cfg, workdir, "finetune")))
+  # The last model trained is scored; the base model's is one command away:
   # python -m phi_jax.evaluate --benchmark=humaneval --checkpoint=DIR/pretrain
-  rows.append(_stage(workdir, "evaluate", lambda: _evaluate(cfg, workdir, "finetune")))
-  runs = {name: report.read_metrics(workdir / name / "metrics.jsonl") for name in RUNS}
+  rows.append(_stage(workdir, "evaluate", lambda: _evaluate(cfg, workdir, runs[-1])))
+  metrics = {name: report.read_metrics(workdir / name / "metrics.jsonl") for name in runs}
   result = report.write(
-    workdir / "report", rows, runs, extra={"config": json.loads(cfg.to_json_best_effort())}
+    workdir / "report", rows, metrics, extra={"config": json.loads(cfg.to_json_best_effort())}
   )
   print(report.table(rows))
   print(

@@ -4,6 +4,8 @@
   phi1_code_exercises  -- CodeExercises: `prompt` (signature + docstring) then `solution`
   math_instruct        -- math instructions (data_pipeline.math_instruct): the Alpaca prompt of
                           `instruction` (phi_jax.instructions), then `output`
+  backtranslation      -- instruction pairs (data_pipeline.backtranslation): `system` tag, the
+                          Alpaca prompt of `instruction`, then `output`
   phi1_pretrain        -- mixture for pretraining (phi-1-base)
   phi1_finetune        -- mixture for finetuning (phi-1; or any task, by `data.finetune_rates`)
 
@@ -13,7 +15,8 @@ kept) and `<task>:synthetic` (generated text, data_pipeline.synthetic), e.g.
 `data.pretrain_rates={"phi1_code_textbook:filtered": 0.8, "phi1_code_textbook:synthetic": 0.2}`;
 math_instruct by its `kind`, `math_instruct:cot` (chains of thought) and `math_instruct:pot`
 (programs that print the answer), e.g.
-`data.finetune_rates={"math_instruct:cot": 0.5, "math_instruct:pot": 0.5}`.
+`data.finetune_rates={"math_instruct:cot": 0.5, "math_instruct:pot": 0.5}`; backtranslation
+by its `kind` too, `backtranslation:seed` and `backtranslation:augmented`.
 
 Sources are sharded TFRecord files of tf.train.Examples written by `data_pipeline.build`
 (`DATA_DIR/<task>/<split>.tfrecord-*`), local or `gs://`, with the vocabulary at
@@ -42,7 +45,8 @@ from phi_jax import files, instructions
 CODE_TEXTBOOK = "phi1_code_textbook"
 CODE_EXERCISES = "phi1_code_exercises"
 MATH_INSTRUCT = "math_instruct"
-TASKS = (CODE_TEXTBOOK, CODE_EXERCISES, MATH_INSTRUCT)
+BACKTRANSLATION = "backtranslation"
+TASKS = (CODE_TEXTBOOK, CODE_EXERCISES, MATH_INSTRUCT, BACKTRANSLATION)
 PRETRAIN = "phi1_pretrain"
 FINETUNE = "phi1_finetune"
 DEFAULT_DATA_DIR = os.path.expanduser("~/.cache/phi_jax/data")
@@ -65,14 +69,26 @@ SOURCE_FEATURES = {
     "kind": tf.io.FixedLenFeature([], tf.string),
     "source": tf.io.FixedLenFeature([], tf.string),
   },
+  BACKTRANSLATION: {
+    "instruction": tf.io.FixedLenFeature([], tf.string),
+    "output": tf.io.FixedLenFeature([], tf.string),
+    "system": tf.io.FixedLenFeature([], tf.string),
+    "kind": tf.io.FixedLenFeature([], tf.string),
+    "source": tf.io.FixedLenFeature([], tf.string),
+  },
 }
 # A task's parts. Code: by the `source` of its examples (generated sources are named
-# synthetic_*); math: by `kind` (math_cot, math_pot).
+# synthetic_*); the instruction tasks by `kind` (math_cot, math_pot; instruction_seed,
+# instruction_augmented).
 SYNTHETIC_SOURCE_PREFIX = "synthetic"
 PARTS = {
   CODE_TEXTBOOK: ("filtered", "synthetic"),
   CODE_EXERCISES: ("filtered", "synthetic"),
   MATH_INSTRUCT: ("cot", "pot"),
+  BACKTRANSLATION: ("seed", "augmented"),
+}
+_KIND_PARTS = {"cot": "math_cot", "pot": "math_pot"} | {
+  p: f"instruction_{p}" for p in PARTS[BACKTRANSLATION]
 }
 
 
@@ -82,8 +98,8 @@ def part(task: str, name: str) -> str:
 
 
 def _in_part(example, name: str):
-  if name in ("cot", "pot"):
-    return tf.equal(example["kind"], f"math_{name}")
+  if name in _KIND_PARTS:
+    return tf.equal(example["kind"], _KIND_PARTS[name])
   synthetic = tf.strings.regex_full_match(example["source"], f"{SYNTHETIC_SOURCE_PREFIX}.*")
   return synthetic if name == "synthetic" else tf.logical_not(synthetic)
 
@@ -116,7 +132,11 @@ def _exercise_parts(example):
 
 @seqio.map_over_dataset
 def _instruction_parts(example):
-  prompt = tf.strings.join([instructions.PREFIX, example["instruction"], instructions.SUFFIX])
+  system = example.get("system", tf.constant(""))
+  tag = tf.where(
+    tf.equal(system, ""), tf.constant(""), tf.strings.join([system, instructions.SYSTEM_SEPARATOR])
+  )
+  prompt = tf.strings.join([tag, instructions.PREFIX, example["instruction"], instructions.SUFFIX])
   return {"prompt": prompt, "solution": example["output"]}
 
 
@@ -197,6 +217,7 @@ def register(
       seqio.CacheDatasetPlaceholder(),
     ],
   }
+  preprocessors[BACKTRANSLATION] = preprocessors[MATH_INSTRUCT]
   for task in TASKS:
     source = seqio.TFExampleDataSource(
       {s: split_pattern(data_dir, task, s) for s in splits}, SOURCE_FEATURES[task]

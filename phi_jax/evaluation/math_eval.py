@@ -18,7 +18,7 @@ Modes:
 * `hybrid` (MAmmoTH's default): PoT, then CoT for exactly the problems PoT gave no answer.
 
 Generation is greedy whatever the config's sampling says, and stops at end-of-text or where the
-model begins another Alpaca turn (STOP).
+model begins another Alpaca turn (instructions.STOP).
 
 Each row of results.jsonl: `task_id`, `question`, `gold`, `mode_used` ("pot" or "cot": the
 mode whose answer is the prediction), `output` (that mode's text), `program` (the PoT attempt,
@@ -44,8 +44,6 @@ from phi_jax.evaluation import math_answers, math_problems, sandbox, scoring
 BENCHMARKS = ("gsm8k", "deepmind_math")
 # Each mode and the modes its answers come from.
 MODES = {"cot": ("cot",), "pot": ("pot",), "hybrid": ("pot", "cot")}
-# A model that goes on after its response writes the next Alpaca turn: cut it there.
-STOP = ("\n### Instruction",)
 # "answered" is the only status that gives a prediction; "no program": the text has no `print(`.
 PROGRAM_STATUSES = (
   "answered",
@@ -209,7 +207,7 @@ def evaluate_checkpoint(
     texts = []
     for first in range(0, len(prompts), batch_size):
       batch = prompts[first : first + batch_size]
-      texts += decode.generate_text(decoder, vocab, batch, stop=STOP)
+      texts += decode.generate_text(decoder, vocab, batch, stop=instructions.STOP)
       logging.info("%s: decoded %d of %d prompts", benchmark, len(texts), len(prompts))
     return texts
 

@@ -1,0 +1,249 @@
+"""Instruction backtranslation (data_pipeline.backtranslation): seeds, unlabelled texts, score
+parsing, curation by rubric through a generation backend, and the task's tagged prompts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from data_pipeline import backtranslation, generation
+from phi_jax import configs, instructions
+
+EXERCISE_PROMPT = 'def add(a: int, b: int) -> int:\n    """Return the sum of a and b."""\n'
+EXERCISE_SOLUTION = "    return a + b\n"
+
+
+@pytest.mark.parametrize(
+  "text, score",
+  [
+    ("Clear and complete.\nScore: 4", 4),
+    ("Score: 2\nOn reflection, better.\nScore: 5", 5),  # the last one written
+    ("**Score:** 3", 3),
+    ("score = 4/5", 4),
+    ("The score is 1", 1),
+    ("Score: 4.0", 4),
+    ("Score: 4.5", None),  # not one of 1..5: never rounded into one
+    ("Score: 7", None),
+    ("Score: 0", None),
+    ("I would give it four out of five.", None),  # no `Score:`: unparseable, not guessed
+    ("", None),
+  ],
+)
+def test_scores_are_parsed_or_counted_unparseable_never_guessed(text, score):
+  assert backtranslation.parse_score(text) == score
+
+
+def test_oasst_trees_give_each_first_prompt_and_its_best_ranked_reply(tmp_path):
+  trees = [
+    {
+      "message_tree_id": "a",
+      "prompt": {
+        "role": "prompter",
+        "lang": "en",
+        "text": "What is a prime?",
+        "replies": [
+          {"role": "assistant", "rank": 1, "text": "second best", "replies": []},
+          {"role": "assistant", "rank": 0, "text": "A number with two divisors.", "replies": []},
+          {"role": "assistant", "text": "unranked", "replies": []},
+        ],
+      },
+    },
+    {"prompt": {"role": "prompter", "lang": "de", "text": "Was?", "replies": []}},
+    {"prompt": {"role": "prompter", "lang": "en", "text": "No replies", "replies": []}},
+  ]
+  path = tmp_path / "oasst.trees.jsonl"
+  path.write_text("".join(json.dumps(t) + "\n" for t in trees))
+  assert backtranslation.read_pairs(str(path)) == [
+    ("What is a prime?", "A number with two divisors.")
+  ]
+  path = tmp_path / "seed.jsonl"
+  path.write_text(json.dumps({"instruction": "Say hi", "output": "hi"}) + "\n{}\n")
+  with pytest.raises(ValueError, match=r"seed.jsonl:2: a seed row needs 'instruction'"):
+    backtranslation.read_pairs(str(path))
+
+
+def test_an_exercise_is_a_docstring_asking_and_a_function_answering():
+  instruction, output = backtranslation.exercise_pair(EXERCISE_PROMPT, EXERCISE_SOLUTION)
+  assert instruction.startswith("Return the sum of a and b.")
+  assert instruction.endswith("def add(a: int, b: int) -> int:")
+  assert output == EXERCISE_PROMPT + EXERCISE_SOLUTION
+  assert backtranslation.exercise_pair("def f(x):\n", "    return x\n") is None  # no docstring
+  assert backtranslation.exercise_pair("def f(:\n", "") is None
+
+
+def test_unlabelled_functions_lose_their_docstrings_and_passages_are_bounded():
+  module = (
+    "import os\n\n"
+    "def documented(path):\n"
+    '    """Join with the home directory.\n\n    Long story.\n    """\n'
+    "    home = os.path.expanduser('~')\n"
+    "    return os.path.join(home, path)\n\n"
+    "def tiny():\n"
+    '    """Only a docstring."""\n\n'
+    "class Skipped:\n"
+    "    def method(self):\n"
+    "        return 1\n"
+  )
+  (function,) = backtranslation.code_functions(module, min_lines=2, max_lines=10)
+  assert function == (
+    "def documented(path):\n"
+    "    home = os.path.expanduser('~')\n"
+    "    return os.path.join(home, path)\n"
+  )
+  assert list(backtranslation.code_functions(module, min_lines=4, max_lines=10)) == []
+  assert list(backtranslation.code_functions("def broken(:\n", 1, 10)) == []
+  text = "\n\n".join(["a" * 150, "b" * 150, "c" * 150, "short"])
+  found = list(backtranslation.passages(text, min_chars=200, max_chars=400))
+  assert found == ["a" * 150 + "\n\n" + "b" * 150]  # c + short stays under min_chars
+
+
+def test_unlabelled_files_need_text(tmp_path):
+  path = tmp_path / "web.jsonl"
+  path.write_text(json.dumps({"text": "one"}) + "\n" + json.dumps({"body": "two"}) + "\n")
+  with pytest.raises(ValueError, match=r"web.jsonl:2: an unlabelled row needs a string 'text'"):
+    backtranslation.read_texts(str(path))
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  pq.write_table(pa.table({"text": ["x", "y"], "url": ["u", "v"]}), tmp_path / "web.parquet")
+  assert backtranslation.read_texts(str(tmp_path / "web.parquet")) == ["x", "y"]
+
+
+class CannedBackend:
+  """A generation backend answering each prompt from a table (or failing it)."""
+
+  identity = "canned"
+
+  def __init__(self, answers):
+    self.answers, self.prompts = answers, []
+
+  def complete(self, requests, budget, on_outcome):
+    del budget
+    outcomes = []
+    for i, request in enumerate(requests):
+      self.prompts.append(request.prompt)
+      text = next((a for key, a in self.answers.items() if key in request.prompt), None)
+      if text is None:
+        outcome = generation.Outcome(request, None, failure="http_500")
+      else:
+        response = generation.Response(text, "stop", 10, len(text.split()))
+        outcome = generation.Outcome(request, response, attempts=1)
+      on_outcome(i, outcome)
+      outcomes.append(outcome)
+    return outcomes
+
+
+def test_rubric_curation_counts_the_histogram_unparseable_and_failures(tmp_path):
+  bt = configs.get("tiny").backtranslation
+  candidates = [
+    backtranslation.pair(f"task {k}", f"answer {k}", backtranslation.AUGMENTED, "tag", "augmented")
+    for k in range(6)
+  ]
+  backend = CannedBackend(
+    {
+      "Instruction: task 0\n": "Fine.\nScore: 5",
+      "Instruction: task 1\n": "Good.\nScore: 4",
+      "Instruction: task 2\n": "Vague.\nScore: 2",
+      "Instruction: task 3\n": "I like it a lot.",  # no score
+      "Instruction: task 4\n": "Score: 4",
+    }  # task 5: the request fails
+  )
+  scored, counters = backtranslation.rubric_scores(
+    candidates, backend, str(tmp_path), backtranslation.RUBRIC, bt
+  )
+  assert counters == {
+    "generated": 5,
+    "parsed": 4,
+    "unparseable": 1,
+    "failed_http_500": 1,
+    "score_1": 0,
+    "score_2": 1,
+    "score_3": 0,
+    "score_4": 2,
+    "score_5": 1,
+  }
+  kept = backtranslation.keep(scored, bt)  # threshold 4: the paper's A4
+  assert [d["instruction"] for d in kept] == ["task 0", "task 1", "task 4"]
+  assert all(d["kind"] == backtranslation.AUGMENTED and d["system"] == "tag" for d in kept)
+  bt.threshold = 5
+  assert [d["instruction"] for d in backtranslation.keep(scored, bt)] == ["task 0"]
+  # Every prompt is the rubric in the instruction template; answers are cached (a rerun asks
+  # only for the failed one).
+  assert backend.prompts[0].startswith(instructions.PREFIX)
+  assert "Instruction: task 0\n\nAnswer: answer 0" in backend.prompts[0]
+  rerun = CannedBackend(backend.answers)
+  backtranslation.rubric_scores(candidates, rerun, str(tmp_path), backtranslation.RUBRIC, bt)
+  assert len(rerun.prompts) == 1  # task 3's unparseable answer was an answer: cached
+
+
+def test_likelihood_keeps_the_best_fraction_reproducibly():
+  bt = configs.get("tiny").backtranslation
+  bt.scorer, bt.likelihood_keep_fraction = "likelihood", 0.5
+  scored = [({"id": f"p{k}"}, score) for k, score in enumerate([-2.0, -0.5, -1.0, -0.5, -3.0])]
+  kept = backtranslation.keep(scored, bt)
+  assert [d["id"] for d in kept] == ["p1", "p3"]  # a tie broken by id; round(2.5) = 2
+
+
+def test_augment_requests_are_greedy_backward_prompts():
+  request = backtranslation.augment_request("def f():\n    return 1\n", "Write the ask.", 32)
+  assert request.prompt == instructions.prompt("Write the ask.\n\ndef f():\n    return 1\n")
+  assert request.temperature == 0 and request.mode == generation.COMPLETIONS
+  assert request.stop == instructions.STOP and request.max_tokens == 32
+  assert backtranslation.clean_instruction("  Sum two numbers.\n\nMore text") == "Sum two numbers."
+  assert backtranslation.clean_instruction(" \n ") == ""
+
+
+@pytest.mark.slow
+def test_the_recipe_backtranslates_curates_and_trains_each_round(tmp_path, tiny_corpus):
+  """configs/tiny_backtranslation.py's stages on the tiny corpus, its 5-step quality model as
+  the pretrained one: the backward model writes instructions (cached: a rerun asks for none),
+  M0 scores them by likelihood, M1 trains on the seed and the better half, tagged apart."""
+  import shutil
+
+  import sentencepiece
+
+  from data_pipeline import build
+  from phi_jax import pipeline, records
+
+  shutil.copytree(tiny_corpus, tmp_path / "data")
+  shutil.copytree(tiny_corpus / "quality_model" / "run", tmp_path / "pretrain")
+  cfg = configs.get("tiny_backtranslation")
+  cfg.backtranslation.update(rounds=1, max_seed=48, max_unlabelled=24, instruction_max_tokens=16)
+  cfg.finetune.update(steps=3, global_batch=8, warmup_steps=1)
+  cfg.train.update(seq_len=128, log_every=1)
+  cfg.eval.every_steps = 0
+  cfg.checkpoint.every_steps = 3
+  cfg.logging.progress_bar = False
+  sources = build.backtranslation_sources(cfg, tmp_path / "data", [])
+  assert sources["bt_seed"]["kept"] == 48 and sources["bt_unlabelled"]["kept"] == 24
+
+  backward, augment, round_0, curate, round_1 = pipeline._backtranslate(cfg, tmp_path)
+  assert backward["pairs"] == 48 and backward["steps"] == 3
+  assert (
+    augment["requested"] == 24 and augment["candidates"] + augment.get("empty_instruction", 0) == 24
+  )
+  assert curate["scorer"] == "likelihood" and curate["candidates"] == augment["candidates"]
+  assert sum(curate["histogram"]["counts"]) == curate["candidates"]
+  assert curate["kept"] == round(curate["candidates"] * 0.5)
+  assert round_0["pairs"] == 48 and round_1["pairs"] == 48 + curate["kept"]
+
+  # M1's data: the seed and the kept pairs as the task's two parts, each behind its tag.
+  vocab = sentencepiece.SentencePieceProcessor(
+    model_file=str(tmp_path / "data" / "tokenizer" / "spm.model")
+  )
+  bt = cfg.backtranslation
+  for part, tag in (("seed", bt.seed_system), ("augmented", bt.augmented_system)):
+    documents = records.Documents(
+      str(tmp_path / "round_1_data"), f"backtranslation:{part}", "train"
+    )
+    prompt = vocab.decode(documents.tokens(0)[: int(documents.prompt_lengths[0])].tolist())
+    assert prompt.startswith(tag) and "### Response:" in prompt
+  # The backward model's data is the seed turned round, untagged.
+  documents = records.Documents(str(tmp_path / "backward_data"), "backtranslation", "train")
+  prompt = vocab.decode(documents.tokens(0)[: int(documents.prompt_lengths[0])].tolist())
+  assert prompt.startswith(instructions.PREFIX.split("\n")[0]) and bt.backward_lead in prompt
+
+  shutil.rmtree(tmp_path / "data" / "bt_augment")
+  again = pipeline._augment(cfg, tmp_path)
+  assert again["cached"] == 24 and again.get("requested", 0) == 0
