@@ -163,7 +163,8 @@ def _instruction_run(cfg: Any, workdir: Path, run: str, docs: list[dict]) -> dic
   """Builds DIR/<run>_data from `docs`, then trains `run` on it."""
   manifest = build.instruction_data(cfg, workdir / "data", workdir / f"{run}_data", docs, "pairs")
   row = _train(cfg, workdir, run)
-  return {**row, "pairs": len(docs), "data_tokens": manifest["records"]["train_tokens"]}
+  tokens = manifest["records"][tasks.BACKTRANSLATION]["train_tokens"]
+  return {**row, "pairs": len(docs), "data_tokens": tokens}
 
 
 def _backward(cfg: Any, workdir: Path) -> dict:
