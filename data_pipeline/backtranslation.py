@@ -192,11 +192,18 @@ def backward_instruction(output: str, lead: str) -> str:
   return f"{lead}\n\n{output}"
 
 
-def augment_request(text: str, lead: str, max_tokens: int) -> generation.Request:
+def _prompt(instruction: str, mode: str) -> str:
+  """A completion model gets the instruction template; a chat model the instruction itself."""
+  return instructions.prompt(instruction) if mode == generation.COMPLETIONS else instruction
+
+
+def augment_request(
+  text: str, lead: str, max_tokens: int, mode: str = generation.COMPLETIONS
+) -> generation.Request:
   """The backward model, asked (greedily) for the instruction `text` answers."""
   return generation.Request(
-    prompt=instructions.prompt(backward_instruction(text, lead)),
-    mode=generation.COMPLETIONS,
+    prompt=_prompt(backward_instruction(text, lead), mode),
+    mode=mode,
     max_tokens=max_tokens,
     temperature=0.0,
     stop=instructions.STOP,
@@ -208,10 +215,12 @@ def clean_instruction(text: str) -> str:
   return re.split(r"\n\s*\n", text.strip(), maxsplit=1)[0].strip() if text.strip() else ""
 
 
-def rubric_request(instruction: str, output: str, rubric: str, max_tokens: int):
+def rubric_request(
+  instruction: str, output: str, rubric: str, max_tokens: int, mode: str = generation.COMPLETIONS
+) -> generation.Request:
   return generation.Request(
-    prompt=instructions.prompt(rubric.format(instruction=instruction, output=output)),
-    mode=generation.COMPLETIONS,
+    prompt=_prompt(rubric.format(instruction=instruction, output=output), mode),
+    mode=mode,
     max_tokens=max_tokens,
     temperature=0.0,
     stop=instructions.STOP,
@@ -260,8 +269,9 @@ def rubric_scores(
 ) -> tuple[list[tuple[dict, float]], dict]:
   """(pair, score) of every candidate the model rated in a parseable way, and the counts:
   generated, parsed, unparseable, failed_<reason>, score_<n>."""
+  mode = bt.mode if bt.base_url else generation.COMPLETIONS
   requests = [
-    rubric_request(d["instruction"], d["output"], rubric, int(bt.rubric_max_tokens))
+    rubric_request(d["instruction"], d["output"], rubric, int(bt.rubric_max_tokens), mode)
     for d in candidates
   ]
   outcomes = generation.generate(backend, generation.ResponseCache(cache_dir), requests)

@@ -872,6 +872,23 @@ def instruction_data(
   return manifest
 
 
+def _bt_backend(cfg: Any, model_dir: str, tokenizer: str) -> generation.Backend:
+  """backtranslation.base_url's server when set (the synthetic section's client settings), else
+  the recipe's own model `model_dir` decoding in this process."""
+  bt, syn = cfg.backtranslation, cfg.synthetic
+  if bt.base_url:
+    return generation.OpenAIBackend(
+      bt.base_url,
+      bt.model,
+      api_key_env=syn.api_key_env,
+      timeout_s=syn.timeout_s,
+      max_retries=syn.max_retries,
+      backoff_s=syn.backoff_s,
+      concurrency=syn.concurrency,
+    )
+  return generation.DecoderBackend(model_dir, tokenizer=tokenizer)
+
+
 def backward_pairs(cfg: Any, out: epath.PathLike) -> list[dict]:
   """The backward model's training pairs: the seed turned round (output -> instruction),
   untagged."""
@@ -903,12 +920,13 @@ def augment(
   the instruction each unlabelled text answers, through the response cache
   (OUT/generation_cache)."""
   bt = cfg.backtranslation
-  backend = generation.DecoderBackend(backward_dir, tokenizer=tokenizer)
+  backend = _bt_backend(cfg, backward_dir, tokenizer)
 
   def body(stage: epath.Path) -> dict:
     texts = list(stages.iter_docs(files.completed(out, "bt_unlabelled")))
+    mode = bt.mode if bt.base_url else generation.COMPLETIONS
     requests = [
-      backtranslation.augment_request(d["text"], bt.backward_lead, bt.instruction_max_tokens)
+      backtranslation.augment_request(d["text"], bt.backward_lead, bt.instruction_max_tokens, mode)
       for d in texts
     ]
     cache = os.fspath(epath.Path(out) / "generation_cache")
@@ -951,7 +969,7 @@ def curate(
         if bt.rubric_file
         else backtranslation.RUBRIC
       )
-      backend = generation.DecoderBackend(model_dir, tokenizer=tokenizer)
+      backend = _bt_backend(cfg, model_dir, tokenizer)
       scored, counters = backtranslation.rubric_scores(
         candidates, backend, os.fspath(epath.Path(out) / "generation_cache"), rubric, bt
       )

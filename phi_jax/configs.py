@@ -324,6 +324,12 @@ def base() -> ml_collections.ConfigDict:
       augmented_system="Answer with knowledge from web search.",
       backward_lead="Write the instruction that the following response answers.",
       instruction_max_tokens=64,  # a generated instruction's length
+      # An OpenAI-compatible server to write instructions and rate pairs instead of the recipe's
+      # own models (e.g. a large model as the judge); "" = the backward model and M(r-1). The
+      # client's key, timeout, retries and concurrency are the synthetic section's.
+      base_url="",
+      model="",
+      mode="completions",  # with base_url: "completions" (the instruction template) or "chat"
       items_per_shard=64,  # unlabelled texts per Beam work item
       scorer="rubric",  # "rubric" (the model rates 1-5) or "likelihood" (too small to rate)
       rubric_file="",  # a prompt with {instruction} and {output}; "" = ours (backtranslation.RUBRIC)

@@ -323,15 +323,17 @@ def test_a_killed_textbook_build_rerun_pays_for_nothing_twice(tmp_path):
       cwd=root,
       env={**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"},
     )
+    cache = tmp_path / "generation_cache"
+    # Wait on the cache, not on the server: an answer sent is not yet an answer kept.
     deadline = time.monotonic() + 240
-    while sum(server.answered.values()) < 8 and time.monotonic() < deadline:
+    while len(list(cache.glob("*/*.json"))) < 8 and time.monotonic() < deadline:
       assert process.poll() is None, "the build ended before it was killed"
       time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     server.wait_idle()  # a request in flight at the kill is still answered (and counted) after it
     assert not (tmp_path / "synthetic_textbook" / "stage.json").exists()
-    kept_before = len(list((tmp_path / "generation_cache").glob("*/*.json")))
+    kept_before = len(list(cache.glob("*/*.json")))
     assert 8 <= kept_before < items
     answered_before = sum(server.answered.values())
 
@@ -345,7 +347,7 @@ def test_a_killed_textbook_build_rerun_pays_for_nothing_twice(tmp_path):
     prompts = grid_prompts(cfg, synthetic.TEXTBOOK, items)
     assert {k: summary.get(k, 0) for k in expected_counts(prompts)} == expected_counts(prompts)
     answered = sum(1 for p in prompts if case(p) != "garbage")
-    assert len(list((tmp_path / "generation_cache").glob("*/*.json"))) == answered
+    assert len(list(cache.glob("*/*.json"))) == answered
 
 
 def test_mixture_rates_weight_the_synthetic_part_of_a_task(tmp_path, tiny_corpus):
