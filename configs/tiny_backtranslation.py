@@ -3,8 +3,9 @@ CodeExercises finetune: the seed is the corpus's own CodeExercises (a docstring 
 function answers), the unlabelled texts are its functions with their docstrings removed and its
 textbook passages. After pretraining: the backward model, finetuned on the seed turned round,
 writes an instruction for each unlabelled text; M0 trains on the seed; two rounds of curation
-and training follow (M0 rates, M1 trains on seed + kept; M1 rates, M2 trains); M2 is scored on
-HumanEval and MBPP.
+and training follow (M0 rates, M1 trains on seed + kept; M1 rates, M2 trains), each with its
+control (seed + as many augmented pairs, unscored). All five are scored on HumanEval and MBPP:
+pass@1 and the loss of the reference solutions.
 
 A 2-layer model cannot follow a rubric (it writes no `Score: n`), so curation here is by
 likelihood: the model's mean per-token log-probability of each output given its instruction,

@@ -913,6 +913,18 @@ def round_pairs(out: epath.PathLike, round_: int) -> list[dict]:
   return pairs
 
 
+def control_pairs(out: epath.PathLike, round_: int) -> list[dict]:
+  """Round r's control data: the seed, and as many augmented candidates as round r's curation
+  kept, drawn without their scores (in an order seeded by the round and each pair's id). M_r
+  beating the model trained on it credits curation, not the quantity of data."""
+  kept = sum(1 for _ in stages.iter_docs(files.completed(out, f"bt_curate_{round_}")))
+  candidates = sorted(
+    stages.iter_docs(files.completed(out, "bt_augment")),
+    key=lambda d: hashlib.sha256(f"{round_}\0{d['id']}".encode()).hexdigest(),
+  )
+  return list(stages.iter_docs(files.completed(out, "bt_seed"))) + candidates[:kept]
+
+
 def augment(
   cfg: Any, out: epath.PathLike, backward_dir: str, tokenizer: str, beam_options: list[str]
 ) -> dict:

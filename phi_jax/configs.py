@@ -302,8 +302,8 @@ def base() -> ml_collections.ConfigDict:
   # Instruction backtranslation (Humpback; data_pipeline.backtranslation), run by the main job
   # when `rounds` > 0 (configs/tiny_backtranslation.py): a backward model (output -> instruction)
   # finetuned on the seed writes instructions for unlabelled texts; M0 (the seed) rates them; M1
-  # trains on seed + the pairs kept; M1 rates again; ... M<rounds> is evaluated. Every model
-  # starts from the pretrained one with the `finetune` section's recipe.
+  # trains on seed + the pairs kept; M1 rates again; ... Every model (and each round's control)
+  # is evaluated; each starts from the pretrained one with the `finetune` section's recipe.
   cfg.backtranslation = ml_collections.ConfigDict(
     dict(
       rounds=0,  # self-curation rounds (the paper: 2); 0 = off
@@ -336,6 +336,8 @@ def base() -> ml_collections.ConfigDict:
       rubric_max_tokens=128,
       threshold=4,  # rubric: keep scores >= 4 (the paper's A4; 5 = A5)
       likelihood_keep_fraction=0.5,  # likelihood: keep this best-scored fraction
+      # Per round, also train the control: the seed and as many augmented pairs, unscored.
+      control=True,
       score_batch_size=8,
     )
   )

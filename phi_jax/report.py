@@ -19,6 +19,8 @@ COLUMNS = (
   ("eval_loss", "held-out loss", "{:.3f}"),
   ("humaneval_pass@1", "HumanEval pass@1", "{:.3f}"),
   ("mbpp_pass@1", "MBPP pass@1", "{:.3f}"),
+  ("humaneval_solution_loss", "HumanEval solution loss", "{:.3f}"),
+  ("mbpp_solution_loss", "MBPP solution loss", "{:.3f}"),
   ("gsm8k_accuracy", "GSM8K accuracy", "{:.3f}"),
   ("deepmind_math_accuracy", "DeepMind Math accuracy", "{:.3f}"),
 )

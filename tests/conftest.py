@@ -2,7 +2,9 @@
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+import xla_env
+
+os.environ.setdefault("XLA_FLAGS", xla_env.flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from pathlib import Path  # noqa: E402
@@ -60,6 +62,31 @@ def beam_run(tmp_path):
     return (collected[0] if single else collected), counters
 
   return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory, worker_id) -> Path:
+  """XLA's persistent compilation cache, shared by this session's workers and the processes its
+  tests start (through the environment): a program compiled once is loaded after, and loading
+  gives the executable the compiler gave. Bounded in size, so that jax locks the directory
+  between processes."""
+  import jax  # after the environment above is set
+  from jax.experimental.compilation_cache import compilation_cache as cache
+
+  root = tmp_path_factory.getbasetemp()
+  if worker_id != "master":
+    root = root.parent  # this session's directory, shared by its xdist workers
+  settings = {
+    "jax_compilation_cache_dir": str(root / "xla_cache"),
+    "jax_persistent_cache_min_compile_time_secs": 0,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+    "jax_compilation_cache_max_size": 4 << 30,
+  }
+  for name, value in settings.items():
+    jax.config.update(name, value)
+    os.environ[name.upper()] = str(value)
+  cache.reset_cache()
+  return root / "xla_cache"
 
 
 @pytest.fixture(scope="session")

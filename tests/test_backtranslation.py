@@ -194,6 +194,38 @@ def test_augment_requests_are_greedy_backward_prompts():
   assert backtranslation.clean_instruction(" \n ") == ""
 
 
+def _stage_of(out, name, docs):
+  from phi_jax import files
+
+  def body(stage):
+    with (stage / "docs-00000-of-00001.jsonl").open("w") as f:
+      f.writelines(json.dumps(d) + "\n" for d in docs)
+    return {"kept": len(docs)}
+
+  files.run_stage(out, name, body)
+
+
+def test_the_control_matches_the_rounds_data_in_size_but_not_in_choice(tmp_path):
+  from data_pipeline import build
+
+  def pairs(kind, n):
+    return [backtranslation.pair(f"{kind} {i}", f"out {i}", kind, "", kind) for i in range(n)]
+
+  seed, candidates = pairs(backtranslation.SEED, 5), pairs(backtranslation.AUGMENTED, 40)
+  _stage_of(tmp_path, "bt_seed", seed)
+  _stage_of(tmp_path, "bt_augment", candidates)
+  _stage_of(tmp_path, "bt_curate_1", candidates[:10])  # curation kept the first ten
+  _stage_of(tmp_path, "bt_curate_2", candidates[30:])
+  assert build.round_pairs(tmp_path, 1) == seed + candidates[:10]
+  control = build.control_pairs(tmp_path, 1)
+  assert control[:5] == seed and len(control) == 15
+  drawn = {d["id"] for d in control[5:]}
+  assert drawn <= {d["id"] for d in candidates} and len(drawn) == 10
+  assert drawn != {d["id"] for d in candidates[:10]}  # not the curated ones
+  assert control == build.control_pairs(tmp_path, 1)  # reproducible
+  assert {d["id"] for d in build.control_pairs(tmp_path, 2)[5:]} != drawn  # drawn anew per round
+
+
 @pytest.mark.slow
 def test_the_recipe_backtranslates_curates_and_trains_each_round(tmp_path, tiny_corpus):
   """configs/tiny_backtranslation.py's stages on the tiny corpus, its 5-step quality model as
@@ -218,7 +250,7 @@ def test_the_recipe_backtranslates_curates_and_trains_each_round(tmp_path, tiny_
   sources = build.backtranslation_sources(cfg, tmp_path / "data", [])
   assert sources["bt_seed"]["kept"] == 48 and sources["bt_unlabelled"]["kept"] == 24
 
-  backward, augment, round_0, curate, round_1 = pipeline._backtranslate(cfg, tmp_path)
+  backward, augment, round_0, curate, round_1, control_1 = pipeline._backtranslate(cfg, tmp_path)
   assert backward["pairs"] == 48 and backward["steps"] == 3
   assert (
     augment["requested"] == 24 and augment["candidates"] + augment.get("empty_instruction", 0) == 24
@@ -226,7 +258,7 @@ def test_the_recipe_backtranslates_curates_and_trains_each_round(tmp_path, tiny_
   assert curate["scorer"] == "likelihood" and curate["candidates"] == augment["candidates"]
   assert sum(curate["histogram"]["counts"]) == curate["candidates"]
   assert curate["kept"] == round(curate["candidates"] * 0.5)
-  assert round_0["pairs"] == 48 and round_1["pairs"] == 48 + curate["kept"]
+  assert round_0["pairs"] == 48 and round_1["pairs"] == control_1["pairs"] == 48 + curate["kept"]
 
   # M1's data: the seed and the kept pairs as the task's two parts, each behind its tag.
   vocab = sentencepiece.SentencePieceProcessor(
@@ -247,3 +279,20 @@ def test_the_recipe_backtranslates_curates_and_trains_each_round(tmp_path, tiny_
   shutil.rmtree(tmp_path / "data" / "bt_augment")
   again = pipeline._augment(cfg, tmp_path)
   assert again["cached"] == 24 and again.get("requested", 0) == 0
+
+
+def test_the_main_job_trains_and_scores_each_round_and_its_control(tmp_path):
+  from phi_jax import pipeline
+
+  cfg = configs.get("tiny_backtranslation")
+  models = ("round_0", "round_1", "control_1", "round_2", "control_2")
+  assert pipeline.training_runs(cfg) == ("pretrain", "backward", *models)
+  assert pipeline.evaluated_runs(cfg) == models
+  round_2 = pipeline.run_config(cfg, tmp_path, "round_2")
+  assert round_2.data.dir == str(tmp_path / "round_2_data")
+  assert round_2.train.init_from == str(tmp_path / "pretrain")
+  cfg.backtranslation.control = False
+  assert pipeline.evaluated_runs(cfg) == ("round_0", "round_1", "round_2")
+  cfg.backtranslation.rounds = 0
+  assert pipeline.training_runs(cfg) == ("pretrain", "finetune")
+  assert pipeline.evaluated_runs(cfg) == ("finetune",)

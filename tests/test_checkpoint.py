@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import sentencepiece
+import xla_env
 from orbax.checkpoint._src.serialization import serialization as orbax_serialization
 
 from phi_jax import checkpoint, configs, convert, hf_format, model, sharding, train, train_step
@@ -116,32 +116,10 @@ CLI_ARGS = (
 )
 
 
-def _cli_args(request, data: str) -> tuple[str, ...]:
-  """CLI_ARGS on synthetic data, or on seqio data from the tiny corpus: the model's vocabulary
-  then that of the corpus tokenizer (an id past the embedding table would be clamped silently)."""
-  if data == "synthetic":
-    return CLI_ARGS
-  corpus = request.getfixturevalue("tiny_corpus")
-  vocab = sentencepiece.SentencePieceProcessor(model_file=str(corpus / "tokenizer" / "spm.model"))
-  return (
-    *(arg for arg in CLI_ARGS if not arg.startswith("--config.model.vocab_size=")),
-    f"--config.model.vocab_size={vocab.vocab_size()}",
-    "--config.data.source=seqio",
-    f"--config.data.dir={corpus}",
-  )
-
-
-def _start(workdir: Path, cache: Path, log: Path, args: tuple[str, ...]) -> subprocess.Popen:
-  # The persistent compilation cache spares each restart the compile; cached executables are the
-  # compiled ones, so the arithmetic is that of a fresh compile.
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS="cpu",
-    XLA_FLAGS="--xla_force_host_platform_device_count=8",
-    JAX_COMPILATION_CACHE_DIR=str(cache),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-  )
+def _start(workdir: Path, log: Path, args: tuple[str, ...]) -> subprocess.Popen:
+  # The session's persistent compilation cache (conftest) spares each restart the compile;
+  # cached executables are the compiled ones, so the arithmetic is that of a fresh compile.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_env.flags(8))
   with log.open("a") as out:
     return subprocess.Popen(
       [sys.executable, "-m", "phi_jax.train", f"--workdir={workdir}", *args],
@@ -187,18 +165,14 @@ def _save_in_flight(workdir: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data", ["synthetic", "seqio"])
-def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run(
-  tmp_path, request, data
-):
+def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
   """SIGKILL mid-save, at random moments and after progress, SIGTERM, and finally a damaged
-  newest step: rerunning the same command ends with the uninterrupted run's bits. On seqio data
-  (the tiny corpus's records, read from the restored data position): two kills after progress
-  and the damaged newest step, whose fallback restores an older position."""
-  args = _cli_args(request, data)
-  cache, log = tmp_path / "compile_cache", tmp_path / "runs.log"
+  newest step: rerunning the same command ends with the uninterrupted run's bits. (Resuming on
+  the corpus's records, from the data position saved: tests/test_multihost.py.)"""
+  args = CLI_ARGS
+  log = tmp_path / "runs.log"
   started = time.monotonic()
-  reference = _start(tmp_path / "reference", cache, log, args)
+  reference = _start(tmp_path / "reference", log, args)
   assert reference.wait(timeout=300) == 0, log.read_text()[-3000:]
   reference_s = time.monotonic() - started
   # Seconds per step, saves included: random moments "between steps" scale with the machine.
@@ -220,13 +194,11 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
     (signal.SIGTERM, "steps"),
     (signal.SIGKILL, "steps"),
   ]
-  if data == "seqio":  # the signals' timing is the synthetic run's; here, the data position
-    plan = [(signal.SIGKILL, "steps"), (signal.SIGKILL, "steps")]
   first_save_s = None
   for sig, when in plan:
     before = steps_in(workdir)
     launched = time.monotonic()
-    proc = _start(workdir, cache, log, args)
+    proc = _start(workdir, log, args)
     if when == "start":
       deadline = launched + rng.uniform(0, first_save_s)
       landed = _wait(proc, lambda: time.monotonic() > deadline)
@@ -260,7 +232,7 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
   # And the newest step is damaged: the last run falls back to the one before it.
   *_, previous, newest = steps_in(workdir)
   _damage(workdir / "checkpoints" / str(newest), "changed_byte")
-  final = _start(workdir, cache, log, args)
+  final = _start(workdir, log, args)
   assert final.wait(timeout=300) == 0, log.read_text()[-3000:]
   print(
     f"\nreference run {reference_s:.1f} s ({step_s:.3f} s/step; a restart saves after "
@@ -270,8 +242,7 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
 
   landed = [e for e in events if e["landed"]]
   assert len(landed) == len(plan), events
-  if data == "synthetic":
-    assert any(e["when"] == "save" and e["tmp_left"] for e in landed), events  # killed mid-save
+  assert any(e["when"] == "save" and e["tmp_left"] for e in landed), events  # killed mid-save
   assert not _tmp_dirs(workdir)  # half-written steps are cleaned up by the next run
   _, want = checkpoint.restore_params(tmp_path / "reference", CLI_STEPS)
   _, got = checkpoint.restore_params(workdir, CLI_STEPS)
@@ -292,27 +263,6 @@ def test_cli_killed_at_random_moments_ends_bitwise_equal_to_an_uninterrupted_run
 
 
 # --------------------------------------------------------------------------- in-process runs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """This module's runs of one program compile it once (XLA's persistent cache, as in the CLI
-  test); jax's settings are restored afterwards."""
-  from jax.experimental.compilation_cache import compilation_cache as cache
-
-  settings = {
-    "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": 0,
-  }
-  saved = {name: getattr(jax.config, name) for name in settings}
-  for name, value in settings.items():
-    jax.config.update(name, value)
-  cache.reset_cache()
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  cache.reset_cache()
 
 
 @pytest.fixture(scope="module")
@@ -566,7 +516,7 @@ def test_a_failure_on_one_process_that_is_not_damage_is_not_damage_on_any(traine
   }
   env.update(
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    XLA_FLAGS=xla_env.flags(1),
     JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}",
   )
   outs = [tmp_path / f"outcome{i}" for i in range(2)]

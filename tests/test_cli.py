@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import xla_env
 from absl import flags
 from ml_collections import config_dict, config_flags
 
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = dict(
   os.environ,
   JAX_PLATFORMS="cpu",
-  XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  XLA_FLAGS=xla_env.flags(1),
   PYTHONPATH=str(REPO),
 )
 SMALL = [

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 import safetensors.numpy
+import xla_env
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -253,7 +254,7 @@ def _convert(args, cwd):
   env = dict(
     os.environ,
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    XLA_FLAGS=xla_env.flags(1),
     PYTHONPATH=str(REPO),
   )
   return subprocess.run(

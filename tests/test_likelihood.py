@@ -78,3 +78,30 @@ def test_texts_are_tokenized_apart_and_end_of_text_is_scored_on_request(tiny, mo
   assert with_eos["mean_logprob"] == pytest.approx(-with_eos["loss"])
   with pytest.raises(ValueError, match="empty continuation"):
     likelihood.score_texts(config, params, vocab, [("a", "")])
+
+
+def test_solution_loss_is_token_weighted_and_skips_what_cannot_be_scored(tiny, monkeypatch):
+  from phi_jax import evaluate
+  from phi_jax.evaluation import benchmarks
+
+  config, params = tiny
+  monkeypatch.setattr(likelihood, "from_checkpoint", lambda directory, step: (config, params))
+  vocab = CharVocab()
+
+  def problem(prompt, solution):
+    return benchmarks.Problem("t", prompt, "", "f", solution, ())
+
+  chosen = [
+    problem("def f(x):\n", "  return x\n"),
+    problem("def g():\n", "  pass\n"),
+    problem("def h():\n", "x" * 64),  # does not fit max_len=64
+    problem("def e():\n", ""),  # nothing to score
+  ]
+  got = evaluate.solution_loss(configs.get("tiny"), chosen, "unused", vocab, None)
+  scored = [
+    _reference(config, params, vocab.encode(p.prompt), vocab.encode(p.canonical_solution))
+    for p in chosen[:2]
+  ]
+  tokens = len("  return x\n") + len("  pass\n")
+  assert got["solution_tokens"] == tokens and got["solutions_skipped"] == 2
+  assert got["solution_loss"] == pytest.approx(-sum(scored) / tokens, rel=1e-4)

@@ -32,6 +32,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import xla_env
 
 from phi_jax import checkpoint, configs, model, sharding, train_step
 
@@ -71,9 +72,7 @@ def _env(devices: int, port: int | None = None) -> dict:
   env.update(
     JAX_PLATFORMS="cpu",
     PYTHONUNBUFFERED="1",
-    # Optimization level 0 halves compile time; every run uses the same compiler.
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-    "--xla_backend_optimization_level=0",
+    XLA_FLAGS=xla_env.flags(devices),
   )
   if port is not None:
     env["JAX_COORDINATOR_BIND_ADDRESS"] = f"127.0.0.1:{port}"  # not jax's default [::]

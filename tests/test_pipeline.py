@@ -63,6 +63,7 @@ def test_main_job_through_the_notebook_then_the_cli(tmp_path):
   for benchmark in ("humaneval", "mbpp"):
     assert rows["evaluate"][f"{benchmark}_tasks"] == 4
     assert 0.0 <= rows["evaluate"][f"{benchmark}_pass@1"] <= 1.0
+    assert rows["evaluate"][f"{benchmark}_solution_loss"] > 0.0
   # the finetuning run started from the pretraining run's params
   run_json = json.loads((workdir / "finetune" / "run.json").read_text())
   assert str(workdir / "pretrain") in json.dumps(run_json["init_from"])

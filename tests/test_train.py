@@ -8,6 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import xla_env
 
 from phi_jax import configs, input_pipeline, optimizer, sharding, train, train_step
 
@@ -143,9 +144,7 @@ def test_inconsistent_batch_and_mesh_are_rejected_before_compiling(tmp_path):
 
 
 def _cli(workdir, devices, *overrides):
-  env = dict(
-    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
-  )
+  env = dict(os.environ, XLA_FLAGS=xla_env.flags(devices), JAX_PLATFORMS="cpu")
   args = [
     sys.executable,
     "-m",
