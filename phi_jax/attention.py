@@ -68,16 +68,31 @@ def xla_attention(query, key, value, *, segment_ids=None, dropout_rate=0.0, drop
   )
 
 
-def fused_attention(query, key, value, *, segment_ids=None, dropout_rate=0.0, dropout_rng=None):
-  """`jax.nn.dot_product_attention`: XLA's fused path, cuDNN flash attention on GPU."""
+def _dot_product_attention(
+  implementation, query, key, value, *, segment_ids=None, dropout_rate=0.0, dropout_rng=None
+):
   del dropout_rng
+  name = implementation or "fused"
   if dropout_rate > 0.0:
     raise ValueError(
-      "attention='fused' has no attention dropout; set model.attn_dropout=0 "
+      f"attention='{name}' has no attention dropout; set model.attn_dropout=0 "
       "or use model.attention='xla'"
     )
   mask = None if segment_ids is None else attention_mask(segment_ids, query.shape[1])
-  return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=segment_ids is None)
+  return jax.nn.dot_product_attention(
+    query, key, value, mask=mask, is_causal=segment_ids is None, implementation=implementation
+  )
+
+
+def fused_attention(query, key, value, **kwargs):
+  """`jax.nn.dot_product_attention` as XLA chooses to compile it."""
+  return _dot_product_attention(None, query, key, value, **kwargs)
+
+
+def cudnn_attention(query, key, value, **kwargs):
+  """`jax.nn.dot_product_attention` through cuDNN's flash-attention kernels: NVIDIA GPUs only,
+  bf16 or fp16 inputs; the scores are never materialized, forward or backward."""
+  return _dot_product_attention("cudnn", query, key, value, **kwargs)
 
 
 # Query rows per block of `blockwise_attention`.
@@ -214,5 +229,6 @@ def blockwise_attention(
 ATTENTION_FNS = {
   "xla": xla_attention,
   "fused": fused_attention,
+  "cudnn": cudnn_attention,
   "blockwise": blockwise_attention,
 }

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from etils import epath
 
 from phi_jax import files
@@ -44,8 +43,9 @@ def flops_per_token(model_config: model_lib.ModelConfig, seq_len: int) -> float:
 
 @functools.cache
 def measured_matmul_peak(dtype: str = "float32", size: int = 1024, repeats: int = 5) -> float:
-  """FLOP/s of a large jitted matmul on the default device: the CPU's practical peak."""
-  a = jnp.ones((size, size), model_lib.DTYPES[dtype])
+  """FLOP/s of a large jitted matmul of random operands on the default device: the CPU's
+  practical peak (random, not constant: some chips multiply constant data faster)."""
+  a = jax.random.normal(jax.random.key(0), (size, size), model_lib.DTYPES[dtype])
   matmul = jax.jit(lambda x: x @ x)
   matmul(a).block_until_ready()
   best = float("inf")
@@ -56,14 +56,20 @@ def measured_matmul_peak(dtype: str = "float32", size: int = 1024, repeats: int 
   return 2 * size**3 / best
 
 
+def datasheet_peak_flops(device_kind: str) -> float:
+  """The dense bf16 FLOP/s of an accelerator, by its `device_kind` (a JAX device's, or the
+  name torch.cuda gives the same chip)."""
+  for prefix, peak in _PEAK_FLOPS.items():
+    if device_kind.startswith(prefix):
+      return peak
+  raise ValueError(f"no peak FLOP/s known for device kind {device_kind!r}")
+
+
 def peak_flops_per_device(dtype: str = "float32") -> float:
   device = jax.devices()[0]
   if device.platform == "cpu":
     return measured_matmul_peak(dtype)
-  for prefix, peak in _PEAK_FLOPS.items():
-    if device.device_kind.startswith(prefix):
-      return peak
-  raise ValueError(f"no peak FLOP/s known for device kind {device.device_kind!r}")
+  return datasheet_peak_flops(device.device_kind)
 
 
 def records(workdir: str | epath.PathLike) -> list[dict]:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phi_jax import attention, configs, model
+from phi_jax import attention, configs, model, sharding, train_step
 
 SMALL = model.ModelConfig(
   vocab_size=101,
@@ -118,6 +118,14 @@ def test_fused_attention_matches_xla(kv_heads):
       attention.fused_attention(q, k, v, segment_ids=segments),
       atol=1e-5,
     )
+
+
+def test_cudnn_attention_is_refused_off_a_gpu():
+  cfg = configs.get("tiny")
+  cfg.model.attention = "cudnn"
+  cfg.mesh.update(data=1, fsdp=1, tensor=1)
+  with pytest.raises(ValueError, match="attention=cudnn runs on NVIDIA GPUs only"):
+    train_step.make_trainer(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
 
 
 @pytest.mark.parametrize("kv_heads,length,block_size", [(4, 12, 5), (2, 16, 4), (4, 16, 128)])
