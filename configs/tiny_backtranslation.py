@@ -9,7 +9,8 @@ pass@1 and the loss of the reference solutions.
 
 A 2-layer model cannot follow a rubric (it writes no `Score: n`), so curation here is by
 likelihood: the model's mean per-token log-probability of each output given its instruction,
-the better half kept. The point is the path; a real run: a larger model and scorer="rubric"
+the better half kept. Its greedy instructions are blank lines, so it samples them (temperature
+0.7). The point is the path; a real run: a larger model and scorer="rubric"
 (or an OpenAI-compatible judge), the paper's A4 threshold.
 """
 
@@ -19,6 +20,11 @@ from phi_jax import configs
 def get_config():
   cfg = configs.get("tiny")
   cfg.backtranslation.update(
-    rounds=2, max_seed=1024, max_unlabelled=1024, scorer="likelihood", instruction_max_tokens=48
+    rounds=2,
+    max_seed=1024,
+    max_unlabelled=1024,
+    scorer="likelihood",
+    instruction_max_tokens=48,
+    instruction_temperature=0.7,
   )
   return cfg

@@ -198,14 +198,20 @@ def _prompt(instruction: str, mode: str) -> str:
 
 
 def augment_request(
-  text: str, lead: str, max_tokens: int, mode: str = generation.COMPLETIONS
+  text: str,
+  lead: str,
+  max_tokens: int,
+  mode: str = generation.COMPLETIONS,
+  temperature: float = 0.0,
 ) -> generation.Request:
-  """The backward model, asked (greedily) for the instruction `text` answers."""
+  """The backward model, asked for the instruction `text` answers: greedily, or sampled with a
+  seed of the text's own (the same text asks the same question on every rerun)."""
   return generation.Request(
     prompt=_prompt(backward_instruction(text, lead), mode),
     mode=mode,
     max_tokens=max_tokens,
-    temperature=0.0,
+    temperature=temperature,
+    seed=int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) if temperature else 0,
     stop=instructions.STOP,
   )
 

@@ -637,7 +637,9 @@ def _expanded_topics(syn: Any, backend, cache) -> tuple[tuple[str, ...] | None, 
 
 def _failure_summary(counters: dict) -> str:
   reasons = {
-    k: v for k, v in sorted(counters.items()) if k.startswith(("failed_", "rejected_")) and v
+    k: v
+    for k, v in sorted(counters.items())
+    if k.startswith(("failed_", "rejected_", "empty_")) and v
   }
   return ", ".join(f"{k}={v}" for k, v in reasons.items()) or "no failures counted"
 
@@ -938,7 +940,13 @@ def augment(
     texts = list(stages.iter_docs(files.completed(out, "bt_unlabelled")))
     mode = bt.mode if bt.base_url else generation.COMPLETIONS
     requests = [
-      backtranslation.augment_request(d["text"], bt.backward_lead, bt.instruction_max_tokens, mode)
+      backtranslation.augment_request(
+        d["text"],
+        bt.backward_lead,
+        bt.instruction_max_tokens,
+        mode,
+        float(bt.instruction_temperature),
+      )
       for d in texts
     ]
     cache = os.fspath(epath.Path(out) / "generation_cache")
@@ -953,7 +961,13 @@ def augment(
       stages.write_docs(candidates, stage, "candidates")
 
     counters = {"unlabelled": len(texts), **stages.run_pipeline(build, beam_options)}
-    stages.require_documents(counters, "candidates", "bt_augment", _failure_summary(counters))
+    stages.require_documents(
+      counters,
+      "candidates",
+      "bt_augment",
+      f"{_failure_summary(counters)}; a backward model that writes only blank lines needs more "
+      "training, backtranslation.instruction_temperature > 0, or backtranslation.base_url",
+    )
     return counters
 
   return files.run_stage(out, "bt_augment", body)

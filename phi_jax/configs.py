@@ -324,6 +324,8 @@ def base() -> ml_collections.ConfigDict:
       augmented_system="Answer with knowledge from web search.",
       backward_lead="Write the instruction that the following response answers.",
       instruction_max_tokens=64,  # a generated instruction's length
+      # The backward model's sampling temperature: 0 = greedy; above, each text's own seed.
+      instruction_temperature=0.0,
       # An OpenAI-compatible server to write instructions and rate pairs instead of the recipe's
       # own models (e.g. a large model as the judge); "" = the backward model and M(r-1). The
       # client's key, timeout, retries and concurrency are the synthetic section's.

@@ -194,6 +194,15 @@ def test_augment_requests_are_greedy_backward_prompts():
   assert backtranslation.clean_instruction(" \n ") == ""
 
 
+def test_sampled_instructions_have_a_seed_of_their_text():
+  def sampled(text):
+    return backtranslation.augment_request(text, "Write the ask.", 32, temperature=0.7)
+
+  first, again = sampled("def f():\n    return 1\n"), sampled("def f():\n    return 1\n")
+  other = sampled("def g():\n    return 2\n")
+  assert first.temperature == 0.7 and first == again and first.seed != other.seed
+
+
 def _stage_of(out, name, docs):
   from phi_jax import files
 
