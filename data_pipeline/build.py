@@ -35,6 +35,7 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+import sentencepiece
 import seqio
 import tensorflow as tf
 from absl import flags, logging
@@ -363,10 +364,12 @@ def write_task(
   out: epath.PathLike,
   beam_options: list[str],
   inputs: tuple[str, ...] = (),
+  kinds: tuple[str, ...] = (),
 ) -> dict:
-  """One seqio task's source files, from the documents of the stages `docs_dirs`:
-  OUT/<task>/<split>.tfrecord-SSSSS-of-NNNNN (redone when the stages `inputs` change)."""
-  kinds = TASK_KINDS[task]
+  """One seqio task's source files, from the documents of the stages `docs_dirs` of the task's
+  kinds (or of `kinds`): OUT/<task>/<split>.tfrecord-SSSSS-of-NNNNN (redone when the stages
+  `inputs` change)."""
+  kinds = kinds or TASK_KINDS[task]
 
   def body(stage: epath.Path) -> dict:
     def build(p):
@@ -1017,6 +1020,70 @@ def curate(
 
   del beam_options  # scoring batches on the model's devices, in this process
   return files.run_stage(out, name, body)
+
+
+# The data arms of the quality ablation (phi_jax.ablation) that are not the corpus itself: the
+# stage whose documents each draws on, and the kinds it keeps.
+ABLATION_ARMS = {
+  "unfiltered": ("decontam", ("code",)),  # every code document: The Stack+'s place
+  "random_subset": ("decontam", ("code",)),  # a seeded draw of those, as large as the filtered
+  "filtered": ("quality", ("code",)),  # the code the classifier kept, no textbooks
+}
+
+
+def _tokens_of(vocab, doc: dict) -> int:
+  return len(vocab.encode(doc["text"]))
+
+
+def random_subset(cfg: Any, out: epath.PathLike, seed: int) -> epath.Path:
+  """Stage ablation/random_subset_docs_<seed>: unfiltered code documents in an order seeded by
+  `seed` and each document's id, taken until they hold as many tokens as the filtered code (the
+  control that separates the classifier's choice from the smaller size of what it kept)."""
+  out = epath.Path(out)
+
+  def body(stage: epath.Path) -> dict:
+    vocab = sentencepiece.SentencePieceProcessor(
+      model_file=os.fspath(files.completed(out, "tokenizer") / "spm.model")
+    )
+    target = sum(
+      _tokens_of(vocab, d)
+      for d in stages.iter_docs(files.completed(out, "quality"))
+      if d["kind"] == "code"
+    )
+    pool = sorted(
+      (d for d in stages.iter_docs(files.completed(out, "decontam")) if d["kind"] == "code"),
+      key=lambda d: hashlib.sha256(f"{seed}\0{d['id']}".encode()).hexdigest(),
+    )
+    tokens, chosen = 0, 0
+    with (stage / "docs-00000-of-00001.jsonl").open("w") as f:
+      for doc in pool:
+        if tokens >= target:
+          break
+        f.write(json.dumps(doc, sort_keys=True) + "\n")
+        tokens, chosen = tokens + _tokens_of(vocab, doc), chosen + 1
+    return {"documents": chosen, "tokens": tokens, "target_tokens": target, "pool": len(pool)}
+
+  files.run_stage(out / "ablation", f"random_subset_docs_{seed}", body)
+  return files.completed(out / "ablation", f"random_subset_docs_{seed}")
+
+
+def ablation_data(cfg: Any, out: epath.PathLike, arm: str, seed: int, beam_options: list[str]):
+  """The data directory of one arm of the quality ablation, built beside the corpus OUT:
+  OUT/ablation/<arm> (random_subset: OUT/ablation/random_subset_<seed>, a draw per seed) with
+  the arm's documents as the phi1_code_textbook task, the corpus tokenizer and the trainer's
+  records. Each part is a stage, so a rerun redoes only what is missing."""
+  out = epath.Path(out)
+  stage, kinds = ABLATION_ARMS[arm]
+  if arm == "random_subset":
+    data_dir, docs_dirs = out / "ablation" / f"{arm}_{seed}", [random_subset(cfg, out, seed)]
+  else:
+    data_dir, docs_dirs = out / "ablation" / arm, [files.completed(out, stage)]
+  write_task(cfg.corpus, tasks.CODE_TEXTBOOK, docs_dirs, data_dir, beam_options, kinds=kinds)
+  spm = data_dir / "tokenizer" / "spm.model"
+  if not spm.exists():
+    files.write_atomic(spm, (files.completed(out, "tokenizer") / "spm.model").read_bytes())
+  write_records(cfg, data_dir, beam_options, task_names=(tasks.CODE_TEXTBOOK,))
+  return data_dir
 
 
 def run(cfg: Any, out: epath.PathLike, beam_options: list[str] | None = None) -> dict:

@@ -14,7 +14,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 
@@ -70,3 +70,19 @@ def run(main: Callable[[list[str]], None]) -> None:
       fail(f"{type(e).__name__}: {e}")
 
   app.run(main_reporting_errors, flags_parser=_parse_flags)
+
+
+def run_in_workdir(job: Callable[[object, str], object], workdir_help: str) -> None:
+  """The whole program of a job of `--config` and a required `--workdir`: job(config, workdir)."""
+  define_config()
+  flags.DEFINE_string(
+    "workdir", None, f"{workdir_help} (relative to the current directory, or absolute)."
+  )
+  flags.mark_flags_as_required(["config", "workdir"])
+
+  def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    job(flags.FLAGS.config, flags.FLAGS.workdir)
+
+  run(main)

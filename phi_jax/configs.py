@@ -343,6 +343,22 @@ def base() -> ml_collections.ConfigDict:
       score_batch_size=8,
     )
   )
+  # The data-quality ablation (python -m phi_jax.ablation): the same model and token budget
+  # (train.*) on each data arm, once per seed; phi_jax/ablation.py describes the arms.
+  cfg.ablation = ml_collections.ConfigDict(
+    dict(
+      arms=(
+        "unfiltered",
+        "random_subset",
+        "filtered",
+        "filtered_textbooks",
+        "filtered_textbooks_finetuned",
+      ),
+      seeds=(0, 1, 2),  # train.seed of each run; the intervals are over these
+      pass_at_1_problems=0,  # greedy pass@1 on the first N problems of each benchmark (0 = all)
+      data_dir="",  # a built corpus (data_pipeline.build's OUT) to reuse; "" = build DIR/data
+    )
+  )
   # Multi-host: jax.distributed.initialize() when enabled; empty fields are auto-detected
   # (TPU VMs, SLURM, ...) or read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
   cfg.distributed = ml_collections.ConfigDict(
@@ -426,6 +442,7 @@ PATH_FIELDS = (
   "backtranslation.seed",
   "backtranslation.unlabelled",
   "backtranslation.rubric_file",
+  "ablation.data_dir",
 )
 # Names a path field may hold instead of a path (corpus.roots, math.sources, backtranslation.*).
 _SOURCE_NAMES = ("stdlib", "site-packages", "gsm8k", "exercises", "corpus")

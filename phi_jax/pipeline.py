@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-from absl import flags, logging
 
 from data_pipeline import build
 from phi_jax import cli, configs, evaluate, files, report, serve, tasks, train
@@ -46,7 +45,7 @@ from phi_jax.evaluation import math_eval
 SERVED_PRETRAIN = "pretrained"
 
 
-def _stage(workdir: Path, name: str, body: Callable[[], dict]) -> dict:
+def timed_stage(workdir: Path, name: str, body: Callable[[], dict]) -> dict:
   """Runs `body() -> summary row` once (`files.run_stage`: the row is the marker, written last,
   and read back on reruns). Each body resumes its own unfinished work, so nothing is wiped."""
   if files.done(workdir, name) is not None:
@@ -113,7 +112,7 @@ def _data_row(manifest: dict) -> dict:
   return row
 
 
-def _build_data(cfg: Any, workdir: Path) -> dict:
+def build_data(cfg: Any, workdir: Path) -> dict:
   if cfg.synthetic.backend == SERVED_PRETRAIN:  # generated later, by the pretrained model
     cfg = configs.resolve_paths(cfg)
     with cfg.unlocked():
@@ -155,10 +154,10 @@ def _pretrain_id(workdir: Path) -> str:
   return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _train(cfg: Any, workdir: Path, run: str) -> dict:
-  run_cfg = run_config(cfg, workdir, run)
-  last = train.run(run_cfg, workdir / run)
-  records = report.read_metrics(workdir / run / "metrics.jsonl")
+def train_run(run_cfg: Any, run_dir: Path) -> dict:
+  """Trains (or resumes) one run in `run_dir`; its summary row."""
+  last = train.run(run_cfg, run_dir)
+  records = report.read_metrics(run_dir / "metrics.jsonl")
   eval_losses = [r["eval_loss"] for r in records if "eval_loss" in r]
   return {
     "tokens": int(run_cfg.train.steps)
@@ -168,6 +167,10 @@ def _train(cfg: Any, workdir: Path, run: str) -> dict:
     "eval_loss": eval_losses[-1] if eval_losses else None,
     "steps": int(run_cfg.train.steps),
   }
+
+
+def _train(cfg: Any, workdir: Path, run: str) -> dict:
+  return train_run(run_config(cfg, workdir, run), workdir / run)
 
 
 def _tokenizer(workdir: Path) -> str:
@@ -212,15 +215,17 @@ def _control(cfg: Any, workdir: Path, round_: int) -> dict:
 
 def _backtranslate(cfg: Any, workdir: Path) -> list[dict]:
   rows = [
-    _stage(workdir, "backward", lambda: _backward(cfg, workdir)),
-    _stage(workdir, "augment", lambda: _augment(cfg, workdir)),
-    _stage(workdir, "round_0", lambda: _round(cfg, workdir, 0)),
+    timed_stage(workdir, "backward", lambda: _backward(cfg, workdir)),
+    timed_stage(workdir, "augment", lambda: _augment(cfg, workdir)),
+    timed_stage(workdir, "round_0", lambda: _round(cfg, workdir, 0)),
   ]
   for r in range(1, int(cfg.backtranslation.rounds) + 1):
-    rows.append(_stage(workdir, f"curate_{r}", functools.partial(_curate, cfg, workdir, r)))
-    rows.append(_stage(workdir, f"round_{r}", functools.partial(_round, cfg, workdir, r)))
+    rows.append(timed_stage(workdir, f"curate_{r}", functools.partial(_curate, cfg, workdir, r)))
+    rows.append(timed_stage(workdir, f"round_{r}", functools.partial(_round, cfg, workdir, r)))
     if cfg.backtranslation.control:
-      rows.append(_stage(workdir, f"control_{r}", functools.partial(_control, cfg, workdir, r)))
+      rows.append(
+        timed_stage(workdir, f"control_{r}", functools.partial(_control, cfg, workdir, r))
+      )
   return rows
 
 
@@ -245,10 +250,12 @@ def _evaluate_all(cfg: Any, workdir: Path) -> list[dict]:
   backtranslation model (results under DIR/evaluate/<run>/)."""
   if not int(cfg.backtranslation.rounds):
     return [
-      _stage(workdir, "evaluate", lambda: _evaluate(cfg, workdir, "finetune", workdir / "evaluate"))
+      timed_stage(
+        workdir, "evaluate", lambda: _evaluate(cfg, workdir, "finetune", workdir / "evaluate")
+      )
     ]
   return [
-    _stage(
+    timed_stage(
       workdir,
       f"evaluate_{run}",
       functools.partial(_evaluate, cfg, workdir, run, workdir / "evaluate" / run),
@@ -257,7 +264,7 @@ def _evaluate_all(cfg: Any, workdir: Path) -> list[dict]:
   ]
 
 
-def _same_config(cfg: Any, workdir: Path) -> None:
+def same_config(cfg: Any, workdir: Path) -> None:
   """Finished stages are reused only by the config that made them: a workdir remembers it."""
   path = workdir / "pipeline_config.json"
   now = json.loads(cfg.to_json_best_effort())
@@ -280,15 +287,15 @@ def run(cfg: Any, workdir: str | Path) -> dict:
   runs = training_runs(cfg)
   for name in runs:  # every training stage's config, before minutes of work
     configs.check(run_config(cfg, workdir, name), jax.device_count())
-  _same_config(cfg, workdir)
-  rows = [_stage(workdir, "data", lambda: _build_data(cfg, workdir))]
-  rows.append(_stage(workdir, "pretrain", lambda: _train(cfg, workdir, "pretrain")))
+  same_config(cfg, workdir)
+  rows = [timed_stage(workdir, "data", lambda: build_data(cfg, workdir))]
+  rows.append(timed_stage(workdir, "pretrain", lambda: _train(cfg, workdir, "pretrain")))
   if cfg.synthetic.backend == SERVED_PRETRAIN:
-    rows.append(_stage(workdir, "synthetic", lambda: _synthesize(cfg, workdir)))
+    rows.append(timed_stage(workdir, "synthetic", lambda: _synthesize(cfg, workdir)))
   if int(cfg.backtranslation.rounds):
     rows += _backtranslate(cfg, workdir)
   else:
-    rows.append(_stage(workdir, "finetune", lambda: _train(cfg, workdir, "finetune")))
+    rows.append(timed_stage(workdir, "finetune", lambda: _train(cfg, workdir, "finetune")))
   # The base model's scores are one command away:
   # python -m phi_jax.evaluate --benchmark=humaneval --checkpoint=DIR/pretrain
   rows += _evaluate_all(cfg, workdir)
@@ -303,19 +310,5 @@ def run(cfg: Any, workdir: str | Path) -> dict:
   return result
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  run(flags.FLAGS.config, flags.FLAGS.workdir)
-
-
 if __name__ == "__main__":
-  cli.define_config()
-  flags.DEFINE_string(
-    "workdir",
-    None,
-    "Directory for the corpus, runs, evaluations and report "
-    "(relative to the current directory, or absolute).",
-  )
-  flags.mark_flags_as_required(["config", "workdir"])
-  cli.run(main)
+  cli.run_in_workdir(run, "Directory for the corpus, runs, evaluations and report")
