@@ -133,10 +133,10 @@ def _evaluate(cfg: Any, workdir: Path, arm: str, seed: int, out: Path) -> dict:
     with run_cfg.unlocked():
       run_cfg.eval.max_problems = int(cfg.ablation.pass_at_1_problems)
     summary = evaluate.evaluate_checkpoint(run_cfg, benchmark, checkpoint, out / benchmark)
-    row[f"{benchmark}_solution_loss"] = losses["solution_loss"]
-    row[f"{benchmark}_solution_tokens"] = losses["solution_tokens"]
-    row[f"{benchmark}_pass@1"] = summary["pass@1"]
-    row[f"{benchmark}_pass@1_tasks"] = summary["tasks"]
+    row[f"{benchmark}_solution_loss"] = float(losses["solution_loss"])
+    row[f"{benchmark}_solution_tokens"] = int(losses["solution_tokens"])
+    row[f"{benchmark}_pass@1"] = float(summary["pass@1"])
+    row[f"{benchmark}_pass@1_tasks"] = int(summary["tasks"])
   return row
 
 
@@ -144,7 +144,9 @@ def interval(values: list[float]) -> dict:
   """Mean and the half-width of its Student's t interval at CONFIDENCE (n >= 2)."""
   n, mean = len(values), statistics.fmean(values)
   spread = statistics.stdev(values) if n > 1 else math.nan
-  half = stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * spread / math.sqrt(n) if n > 1 else math.nan
+  half = (
+    float(stats.t.ppf((1 + CONFIDENCE) / 2, n - 1)) * spread / math.sqrt(n) if n > 1 else math.nan
+  )
   return {"mean": mean, "half_width": half, "n": n, "values": values}
 
 
@@ -164,7 +166,7 @@ def summarize(rows: list[dict], arms: list[str], metrics: tuple[str, ...]) -> di
       value = {arm: {r["seed"]: r[metric] for r in by_arm[arm]} for arm in (before, after)}
       diffs = [value[after][s] - value[before][s] for s in sorted(seeds)]
       diff = interval(diffs)
-      outside = diff["half_width"] < abs(diff["mean"]) if len(diffs) > 1 else False
+      outside = bool(diff["half_width"] < abs(diff["mean"])) if len(diffs) > 1 else False
       comparisons.append(
         {"from": before, "to": after, "metric": metric, **diff, "outside": outside}
       )
@@ -243,11 +245,11 @@ def run(cfg: Any, workdir: str | Path) -> dict:
   for seed, arm in itertools.product(seeds, arms):  # seed-major: a stopped run has whole seeds
     name = f"{arm}/seed_{seed}"
     trained = pipeline.timed_stage(
-      workdir / "runs", name, functools.partial(_train, cfg, workdir, arm, seed)
+      workdir, f"runs/{name}", functools.partial(_train, cfg, workdir, arm, seed)
     )
-    out = workdir / "evaluate" / arm / f"seed_{seed}"
+    out = workdir / "evaluate" / name
     scores = pipeline.timed_stage(
-      workdir / "evaluate", name, functools.partial(_evaluate, cfg, workdir, arm, seed, out)
+      workdir, f"evaluate/{name}", functools.partial(_evaluate, cfg, workdir, arm, seed, out)
     )
     rows.append({"arm": arm, "seed": seed, **trained, **scores, "eval_time_s": scores["time_s"]})
   metrics = metrics_of(cfg)

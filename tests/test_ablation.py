@@ -144,5 +144,6 @@ def test_a_miniature_ablation_resumes_and_its_checkpoints_reproduce_the_table(
   rerun = ablation.run(cfg, workdir)
   printed = capsys.readouterr().out
   assert printed.count("] ...") == 2  # the run and its evaluation; everything else reused
-  assert "[filtered_textbooks/seed_1] ..." in printed
+  assert "[runs/filtered_textbooks/seed_1] ..." in printed
+  assert "[evaluate/filtered_textbooks/seed_1] ..." in printed
   assert len(rerun["runs"]) == 6
