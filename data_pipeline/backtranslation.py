@@ -34,6 +34,7 @@ import numpy as np
 
 from data_pipeline import generation, stages
 from phi_jax import instructions, likelihood, vocabularies
+from phi_jax import model as model_lib
 
 SEED = "instruction_seed"
 AUGMENTED = "instruction_augmented"
@@ -304,24 +305,29 @@ def likelihood_scores(
   candidates: list[dict], model_dir: str, tokenizer: str, bt
 ) -> tuple[list[tuple[dict, float]], dict]:
   """(pair, mean per-token log-probability of the output given the instruction's tagged prompt)
-  under the model, and the counts with a 10-bin histogram of the scores."""
+  under the model, and the counts with a 10-bin histogram of the scores. An output longer than
+  the model's context (with end-of-text and one prompt token) has no score: counted as
+  `too_long`, never kept."""
   config, params = likelihood.from_checkpoint(model_dir)
   vocab = vocabularies.make_vocabulary(tokenizer)
+  max_len = model_lib.as_model_config(config).max_len
+  fitting = [d for d in candidates if len(vocab.encode(d["output"])) + 2 <= max_len]
   texts = [
-    (instructions.prompt(d["instruction"], system=d["system"]), d["output"]) for d in candidates
+    (instructions.prompt(d["instruction"], system=d["system"]), d["output"]) for d in fitting
   ]
   results = likelihood.score_texts(
     config, params, vocab, texts, batch_size=int(bt.score_batch_size), append_eos=True
   )
   scores = np.array([r["mean_logprob"] for r in results])
-  counts, edges = np.histogram(scores, bins=10)
+  counts, edges = np.histogram(scores, bins=10) if len(scores) else (np.zeros(0), np.zeros(0))
   counters = {
     "generated": len(candidates),
-    "parsed": len(candidates),
+    "parsed": len(fitting),
     "unparseable": 0,
+    "too_long": len(candidates) - len(fitting),
     "histogram": {"counts": counts.tolist(), "edges": [round(float(e), 4) for e in edges]},
   }
-  scored = [({**d, "score": float(s)}, float(s)) for d, s in zip(candidates, scores)]
+  scored = [({**d, "score": float(s)}, float(s)) for d, s in zip(fitting, scores)]
   return scored, counters
 
 

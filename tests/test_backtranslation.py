@@ -203,6 +203,21 @@ def test_sampled_instructions_have_a_seed_of_their_text():
   assert first.temperature == 0.7 and first == again and first.seed != other.seed
 
 
+def test_likelihood_leaves_out_outputs_longer_than_the_context(tiny_corpus):
+  bt = configs.get("tiny").backtranslation
+  model_dir = str(tiny_corpus / "quality_model" / "run")
+  tokenizer = str(tiny_corpus / "tokenizer" / "spm.model")
+  candidates = [
+    backtranslation.pair(
+      "Add one.", "def f(x):\n    return x + 1\n", backtranslation.AUGMENTED, "", "augmented"
+    ),
+    backtranslation.pair("Count.", "x = 1\n" * 2000, backtranslation.AUGMENTED, "", "augmented"),
+  ]
+  scored, counters = backtranslation.likelihood_scores(candidates, model_dir, tokenizer, bt)
+  assert [d["output"] for d, _ in scored] == [candidates[0]["output"]]
+  assert counters["too_long"] == 1 and counters["parsed"] == 1 and scored[0][1] < 0
+
+
 def _stage_of(out, name, docs):
   from phi_jax import files
 
@@ -265,8 +280,9 @@ def test_the_recipe_backtranslates_curates_and_trains_each_round(tmp_path, tiny_
     augment["requested"] == 24 and augment["candidates"] + augment.get("empty_instruction", 0) == 24
   )
   assert curate["scorer"] == "likelihood" and curate["candidates"] == augment["candidates"]
-  assert sum(curate["histogram"]["counts"]) == curate["candidates"]
-  assert curate["kept"] == round(curate["candidates"] * 0.5)
+  assert sum(curate["histogram"]["counts"]) == curate["parsed"]
+  assert curate["parsed"] + curate["too_long"] == curate["candidates"]
+  assert curate["kept"] == round(curate["parsed"] * 0.5)
   assert round_0["pairs"] == 48 and round_1["pairs"] == control_1["pairs"] == 48 + curate["kept"]
 
   # M1's data: the seed and the kept pairs as the task's two parts, each behind its tag.
