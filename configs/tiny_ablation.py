@@ -1,8 +1,8 @@
-"""The data-quality ablation in miniature (configs/tiny.py's 2-layer model), sized for a 2-core
-CPU's 45 minutes with the corpus build (the README has the measured time): five arms x three seeds, each pretrained for 100 steps of
-8 x 256 tokens (205k tokens, under one epoch of every arm), the finetuned arm 30 steps more.
-Every solution of HumanEval and MBPP is scored by its loss; pass@1 (0 at this size) on the first
-8 problems of each, for the record.
+"""The data-quality ablation in miniature (configs/tiny.py's 2-layer model), sized for a
+2-core CPU's 45 minutes with the corpus build (the README has the measured time): five arms x
+three seeds, each pretrained for 100 steps of 8 x 256 tokens (205k tokens, under one epoch of
+every arm), the finetuned arm 30 steps more. Every solution of HumanEval and MBPP is scored by
+its loss; pass@1 (0 at this size) on the first 8 problems of each, for the record.
 
     python -m phi_jax.ablation --config=configs/tiny_ablation.py --workdir=DIR
 """
