@@ -70,8 +70,7 @@ def test_data_arms_are_code_only_and_the_control_is_as_large_as_the_filtered(tmp
 
   subsets = {}
   for seed in (0, 1):
-    build.ablation_data(cfg, out, "random_subset", seed, [])
-    drawn = list(stages.iter_docs(out / "ablation" / f"random_subset_docs_{seed}"))
+    drawn = list(stages.iter_docs(build.random_subset(cfg, out, seed)))
     tokens = sum(len(vocab.encode(d["text"])) for d in drawn)
     last = len(vocab.encode(drawn[-1]["text"]))
     assert all(d["id"] in pool for d in drawn)
@@ -79,12 +78,25 @@ def test_data_arms_are_code_only_and_the_control_is_as_large_as_the_filtered(tmp
     subsets[seed] = {d["id"] for d in drawn}
   assert subsets[0] != subsets[1]  # a draw per seed
 
-  for arm, expected in (("unfiltered", len(pool)), ("filtered", len(code("quality")))):
-    data_dir = build.ablation_data(cfg, out, arm, 0, [])
-    summary = files.done(data_dir, tasks.CODE_TEXTBOOK)
-    assert summary["train_documents"] + summary["validation_documents"] == expected
-    trained = files.done(data_dir, records.STAGE)[tasks.CODE_TEXTBOOK]["train_documents"]
-    assert trained == summary["train_documents"]
+  # An arm's data: its documents as the CodeTextbook task, and the trainer's records of them.
+  data_dir = build.ablation_data(cfg, out, "filtered", 0, [])
+  summary = files.done(data_dir, tasks.CODE_TEXTBOOK)
+  assert summary["train_documents"] + summary["validation_documents"] == len(code("quality"))
+  trained = files.done(data_dir, records.STAGE)[tasks.CODE_TEXTBOOK]["train_documents"]
+  assert trained == summary["train_documents"]
+
+
+def test_the_finetuned_arm_starts_from_its_seeds_textbook_run(tmp_path):
+  cfg = configs.get("tiny_ablation")
+  run_cfg = ablation.run_config(cfg, tmp_path, "filtered_textbooks_finetuned", 2, "/data")
+  assert run_cfg.train.init_from == str(tmp_path / "runs" / "filtered_textbooks" / "seed_2")
+  assert run_cfg.train.seed == 2 and run_cfg.train.steps == cfg.finetune.steps
+  assert run_cfg.data.mixture == "phi1_finetune" and run_cfg.data.dir == "/data"
+  pretrain_cfg = ablation.run_config(cfg, tmp_path, "filtered", 1, "/arm")
+  assert (
+    pretrain_cfg.train.steps == cfg.train.steps and pretrain_cfg.data.mixture == "phi1_pretrain"
+  )
+  assert not pretrain_cfg.train.init_from and pretrain_cfg.data.dir == "/arm"
 
 
 @pytest.mark.slow
@@ -97,30 +109,27 @@ def test_a_miniature_ablation_resumes_and_its_checkpoints_reproduce_the_table(
   cfg = configs.get("tiny_ablation")
   cfg.ablation.update(
     data_dir=str(tmp_path / "corpus"),
-    arms=("filtered", "filtered_textbooks", "filtered_textbooks_finetuned"),
+    arms=("filtered", "filtered_textbooks"),
     seeds=(0, 1),
     pass_at_1_problems=2,
   )
   cfg.eval.benchmarks = ("humaneval",)
   cfg.train.update(steps=3, seq_len=128)
   cfg.optim.update(warmup_steps=1, decay_steps=3)
-  cfg.finetune.update(steps=2, warmup_steps=1)
   cfg.sampling.max_new_tokens = 16
   cfg.logging.progress_bar = False
   workdir = tmp_path / "ablation"
 
   result = ablation.run(cfg, workdir)
   runs = {(r["arm"], r["seed"]): r for r in result["runs"]}
-  assert len(runs) == 6 and all(r["tokens"] > 0 for r in runs.values())
-  assert runs[("filtered", 0)]["tokens"] == 3 * 8 * 128
-  assert runs[("filtered_textbooks_finetuned", 1)]["tokens"] == 2 * 8 * 128
+  assert len(runs) == 4 and runs[("filtered", 0)]["tokens"] == 3 * 8 * 128
   # Different seeds, different runs: every loss its own.
   losses = [r["humaneval_solution_loss"] for r in runs.values()]
   assert len(set(losses)) == len(losses) and all(math.isfinite(x) for x in losses)
   saved = json.loads((workdir / "report" / "ablation.json").read_text())
   assert saved["summary"] == json.loads(json.dumps(result["summary"]))
   assert (workdir / "report" / "ablation.png").stat().st_size > 0
-  assert "| filtered_textbooks_finetuned |" in (workdir / "report" / "ablation.md").read_text()
+  assert "| filtered_textbooks |" in (workdir / "report" / "ablation.md").read_text()
 
   # Re-evaluated from its checkpoint as `python -m phi_jax.evaluate` does, a run scores what the
   # table says.
@@ -146,4 +155,4 @@ def test_a_miniature_ablation_resumes_and_its_checkpoints_reproduce_the_table(
   assert printed.count("] ...") == 2  # the run and its evaluation; everything else reused
   assert "[runs/filtered_textbooks/seed_1] ..." in printed
   assert "[evaluate/filtered_textbooks/seed_1] ..." in printed
-  assert len(rerun["runs"]) == 6
+  assert len(rerun["runs"]) == 4
