@@ -188,7 +188,7 @@ def table(result: dict) -> str:
     tokens = result["data_tokens"][arm]
     epochs = result["train_tokens"][arm] / tokens if tokens else math.nan
     cells = [_cell(summary["arms"][arm][m], 4 if "loss" in m else 3) for m in metrics]
-    lines.append(f"| {arm} | {tokens:,} | {epochs:.1f} | " + " | ".join(cells) + " |")
+    lines.append(f"| {arm} | {tokens:,} | {epochs:.2f} | " + " | ".join(cells) + " |")
   lines += ["", f"Paired differences (later arm - earlier, {CONFIDENCE:.0%} interval over seeds):"]
   for c in summary["comparisons"]:
     if "loss" not in c["metric"] and not any(c["values"]):
@@ -251,7 +251,15 @@ def run(cfg: Any, workdir: str | Path) -> dict:
     scores = pipeline.timed_stage(
       workdir, f"evaluate/{name}", functools.partial(_evaluate, cfg, workdir, arm, seed, out)
     )
-    rows.append({"arm": arm, "seed": seed, **trained, **scores, "eval_time_s": scores["time_s"]})
+    rows.append(
+      {
+        "arm": arm,
+        "seed": seed,
+        **{k: v for k, v in {**trained, **scores}.items() if k != "time_s"},
+        "train_time_s": trained["time_s"],
+        "eval_time_s": scores["time_s"],
+      }
+    )
   metrics = metrics_of(cfg)
   result = {
     "arms": arms,
