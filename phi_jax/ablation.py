@@ -39,7 +39,7 @@ import jax
 from scipy import stats
 
 from data_pipeline import build
-from phi_jax import cli, configs, evaluate, files, pipeline, records, tasks, vocabularies
+from phi_jax import cli, configs, evaluate, files, pipeline, records, report, tasks, vocabularies
 
 FINETUNED = "filtered_textbooks_finetuned"
 ARMS = ("unfiltered", "random_subset", "filtered", "filtered_textbooks", FINETUNED)
@@ -203,11 +203,7 @@ def table(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> None:
   """One panel per solution-loss metric: each arm's mean with its interval, and every seed."""
-  import matplotlib  # only when plotting: the backend choice must come before pyplot
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = report.pyplot()
   losses = [m for m in result["metrics"] if m.endswith("_solution_loss")]
   arms = result["arms"]
   figure, axes = plt.subplots(1, len(losses), figsize=(5 * len(losses), 4), squeeze=False)

@@ -65,13 +65,19 @@ def _series(records: Iterable[dict], key: str) -> tuple[list[int], list[float]]:
   return [s for s, _ in points], [v for _, v in points]
 
 
+def pyplot():
+  """matplotlib's pyplot drawing to files only (no display on TPU VMs and CI)."""
+  import matplotlib  # only reports draw, and "Agg" must be chosen before pyplot loads
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # after the backend choice above
+
+  return plt
+
+
 def plot_losses(name: str, records: Sequence[dict], path: str | Path) -> Path:
   """PNG of one run's training loss (and held-out loss where evaluated) against the step."""
-  import matplotlib  # only the report draws, and "Agg" must be chosen before pyplot loads
-
-  matplotlib.use("Agg")  # files only: no display on TPU VMs and CI
-  from matplotlib import pyplot as plt
-
+  plt = pyplot()
   figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
   for key, label, style in (("loss", "train", "-"), ("eval_loss", "held-out", "o--")):
     steps, values = _series(records, key)
