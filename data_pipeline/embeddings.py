@@ -67,7 +67,7 @@ def embed_texts(
   so the jitted forward compiles once per bucket. Padding is masked out of the mean, so a text's
   embedding does not depend on its batch. A text with no tokens gets the zero vector.
   """
-  config = model_lib.as_model_config(model_config)
+  config = model_lib.portable(model_config)
   buckets = tuple(sorted(buckets)) if buckets else length_buckets(max_len)
   if buckets[-1] < max_len:
     raise ValueError(f"largest bucket {buckets[-1]} < max_len {max_len}")

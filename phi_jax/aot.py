@@ -25,7 +25,7 @@ from typing import Any
 
 from absl import flags
 
-from phi_jax import cli, configs, hlo_flops, sharding, train_step
+from phi_jax import attention, cli, configs, hlo_flops, sharding, train_step
 from phi_jax import metrics as metrics_lib
 from phi_jax import model as model_lib
 
@@ -185,7 +185,10 @@ def compile_report(
       f.write(hlo_text)
   report.update(_memory(compiled))
   # Both per device (one SPMD partition), times the devices for the whole step.
-  matmul, matmul_once, trips = hlo_flops.matmul_flops(hlo_text)
+  kernel_flops = None
+  if model_config.attention == "splash":
+    kernel_flops = attention.splash_kernel_flops(seq_len, model_config.head_dim)
+  matmul, matmul_once, trips = hlo_flops.matmul_flops(hlo_text, kernel_flops)
   report["loop_trip_counts"] = trips
   report["cost_analysis_flops"] = _flops(compiled) * len(devices)
   report["hlo_matmul_flops_loops_once"] = matmul_once * len(devices)

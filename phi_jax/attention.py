@@ -10,9 +10,15 @@ The model picks one by name (`config.model.attention`).
 from __future__ import annotations
 
 import functools
+import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+from phi_jax import sharding
 
 
 def attention_mask(segment_ids: jax.Array | None, length: int) -> jax.Array:
@@ -226,9 +232,112 @@ def blockwise_attention(
   return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, head_dim)
 
 
+# Splash kernel block sizes tried in order: the largest that divides the sequence length.
+SPLASH_BLOCK_SIZES = (512, 256, 128)
+
+
+@functools.lru_cache(maxsize=16)
+def _splash_kernel(heads: int, length: int, interpret: bool):
+  """A causal splash kernel for [heads, length, head_dim] inputs (its block masks are numpy
+  arrays computed once per shape, hence the cache)."""
+  block = next((b for b in SPLASH_BLOCK_SIZES if length % b == 0), None)
+  if block is None:
+    raise ValueError(
+      f"attention='splash' needs train.seq_len divisible by {SPLASH_BLOCK_SIZES[-1]} (got "
+      f"{length}); change the length or use model.attention='blockwise'"
+    )
+  causal = splash.MultiHeadMask([splash.CausalMask((length, length))] * heads)
+  # One fused backward kernel (dq, dk and dv from one pass over the blocks): 5 matmuls per
+  # block where separate dq and dkv kernels take 7.
+  block_sizes = splash.BlockSizes(
+    block_q=block,
+    block_kv=block,
+    block_kv_compute=block,
+    block_q_dkv=block,
+    block_kv_dkv=block,
+    block_kv_dkv_compute=block,
+    use_fused_bwd_kernel=True,
+  )
+  return splash.make_splash_mha(
+    causal, block_sizes=block_sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+  )
+
+
+def splash_attention(
+  query, key, value, *, segment_ids=None, dropout_rate=0.0, dropout_rng=None, interpret=False
+):
+  """The Pallas splash-attention kernel for TPUs: causal, within segments when `segment_ids`
+  are given, block-sparse (fully masked blocks are skipped, forward and backward), scores never
+  materialized. Under a mesh it runs per shard (`shard_map`) over the batch and heads axes of
+  `sharding.LOGICAL_AXIS_RULES`. `interpret=True` runs the kernel in Pallas' interpreter on any
+  backend (for tests; slow)."""
+  del dropout_rng
+  if dropout_rate > 0.0:
+    raise ValueError(
+      "attention='splash' has no attention dropout; set model.attn_dropout=0 "
+      "or use model.attention='xla'"
+    )
+  groups = query.shape[2] // key.shape[2]
+  if groups > 1:  # grouped-query attention: every query head gets its own key/value copy
+    key, value = jnp.repeat(key, groups, axis=2), jnp.repeat(value, groups, axis=2)
+  query = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)  # the kernel does not scale
+
+  def per_shard(query, key, value, segment_ids):
+    kernel = _splash_kernel(query.shape[2], query.shape[1], interpret)
+    heads_first = lambda x: x.swapaxes(1, 2)  # the kernel takes [heads, length, head_dim]
+    if segment_ids is None:
+      out = jax.vmap(kernel)(heads_first(query), heads_first(key), heads_first(value))
+    else:
+      out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=splash.SegmentIds(s, s)))(
+        heads_first(query), heads_first(key), heads_first(value), segment_ids
+      )
+    return heads_first(out)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return per_shard(query, key, value, segment_ids)
+  spec = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"), sharding.LOGICAL_AXIS_RULES)
+  segment_spec = None if segment_ids is None else jax.P(spec[0], None)
+  return jax.shard_map(
+    per_shard,
+    mesh=mesh,
+    in_specs=(spec, spec, spec, segment_spec),
+    out_specs=spec,
+    check_vma=False,
+  )(query, key, value, segment_ids)
+
+
+# Per splash kernel: its block mask, and the matmuls it runs per visited block (forward: scores
+# and output; the fused backward: scores, dP, dV, dK, dQ).
+_SPLASH_KERNEL_MATMULS = {
+  "splash_mha_fwd": ("fwd_mask_info", 2),
+  "splash_mha_dkv": ("dkv_mask_info", 5),
+}
+
+
+def splash_kernel_flops(length: int, head_dim: int):
+  """`hlo_flops.KernelFlops` for the splash kernels of `splash_attention` at this length: a
+  call's FLOPs are its matmuls over every block its causal mask visits (diagonal blocks whole,
+  as the kernel computes them), for each [length, head_dim] row of its query operand."""
+  kernel = _splash_kernel(1, length, False)
+
+  def flops(name: str, operand_dims) -> float:
+    for prefix, (mask_info, matmuls) in _SPLASH_KERNEL_MATMULS.items():
+      if name.startswith(prefix):
+        block_mask = getattr(kernel, mask_info).block_mask
+        block_q, block_kv = length // block_mask.shape[1], length // block_mask.shape[2]
+        visited = int(np.count_nonzero(block_mask)) * block_q * block_kv
+        rows = next(math.prod(d[:-2]) for d in operand_dims if d and d[-2:] == [length, head_dim])
+        return 2.0 * matmuls * visited * head_dim * rows
+    return 0.0
+
+  return flops
+
+
 ATTENTION_FNS = {
   "xla": xla_attention,
   "fused": fused_attention,
   "cudnn": cudnn_attention,
   "blockwise": blockwise_attention,
+  "splash": splash_attention,
 }

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
+
+# (custom call's instruction name, its operands' dims) -> the FLOPs of one call of that kernel.
+KernelFlops = Callable[[str, Sequence[list[int] | None]], float]
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.*?) ([a-z][a-z0-9\-]*)\((.*)$")
 _ARRAY_SHAPE = re.compile(r"^[a-z]+\d*\[([\d,]*)\]")
@@ -89,9 +93,12 @@ def _conv_flops(out: list[int], lhs: list[int], attrs: str) -> float:
   )
 
 
-def matmul_flops(hlo_text: str) -> tuple[float, float, list[int]]:
+def matmul_flops(
+  hlo_text: str, kernel_flops: KernelFlops | None = None
+) -> tuple[float, float, list[int]]:
   """(matmul FLOPs with loop trip counts, the same counting each loop body once, trip counts)
-  of one device's program, from `compiled.as_text()`."""
+  of one device's program, from `compiled.as_text()`. Custom kernels (Pallas/Mosaic calls) are
+  opaque to the walk: `kernel_flops` counts them where given."""
   computations: dict[str, list[tuple[str, str, list[str], str, list[int] | None]]] = {}
   shapes: dict[str, list[int] | None] = {}
   entry, current = None, None
@@ -171,7 +178,7 @@ def matmul_flops(hlo_text: str) -> tuple[float, float, list[int]]:
     if key in cache:
       return cache[key]
     total = 0.0
-    for _, opcode, operands, attrs, out in computations.get(computation, []):
+    for name, opcode, operands, attrs, out in computations.get(computation, []):
       if opcode == "convolution" and out is not None:
         total += _conv_flops(out, shapes[operands[0]], attrs)
       elif opcode == "dot" and out is not None:
@@ -190,6 +197,8 @@ def matmul_flops(hlo_text: str) -> tuple[float, float, list[int]]:
       elif opcode in ("fusion", "call", "async-start", "custom-call") and _attr(attrs, "calls"):
         for callee in re.findall(r"%?([\w.\-]+)", _attr(attrs, "calls")):
           total += flops(callee, with_trips)
+      elif opcode == "custom-call" and kernel_flops is not None:
+        total += kernel_flops(name, [shapes.get(o) for o in operands])
       elif opcode == "conditional":
         branches = re.findall(r"%([\w.\-]+)", _attr(attrs, "branch_computations") or "")
         total += max((flops(b, with_trips) for b in branches), default=0.0)

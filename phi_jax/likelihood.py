@@ -59,7 +59,7 @@ def continuation_logprobs(
 ) -> list[tuple[float, int]]:
   """(summed log-probability, token count) of each pair's continuation given its prompt, in the
   order given. Pairs are (prompt ids, continuation ids); a prompt needs at least one token."""
-  config = model_lib.as_model_config(config)
+  config = model_lib.portable(config)
   max_len = int(max_len or config.max_len)
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size} must be >= 1")

@@ -142,11 +142,15 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
   """Builds the jitted init and step for `cfg` on `mesh` with explicit in/out shardings."""
   model_config = model_lib.as_model_config(cfg)
   platform = mesh.devices.flat[0].platform
-  if model_config.attention == "cudnn" and platform != "gpu":
-    raise ValueError(
-      f"model.attention=cudnn runs on NVIDIA GPUs only, and this mesh's devices are {platform}; "
-      "use model.attention=xla, fused or blockwise here"
-    )
+  kernel_platform = {"cudnn": ("gpu", "NVIDIA GPUs"), "splash": ("tpu", "TPUs")}
+  if model_config.attention in kernel_platform:
+    needs, described = kernel_platform[model_config.attention]
+    if platform != needs:
+      other = "blockwise" if platform == "cpu" else "cudnn" if platform == "gpu" else "xla"
+      raise ValueError(
+        f"model.attention={model_config.attention} runs on {described} only, and this mesh's "
+        f"devices are {platform}; set --config.model.attention={other} here"
+      )
   optimizer = optimizer_lib.make_optimizer(cfg.optim)
   schedule = optimizer_lib.learning_rate_schedule(cfg.optim)
   micro_batches = micro_batch_count(cfg.train)

@@ -3,7 +3,10 @@
 libtpu comes with the `test` extra; without it these tests fail rather than skip.
 """
 
-from phi_jax import aot, configs
+import jax
+import jax.numpy as jnp
+
+from phi_jax import aot, attention, configs, hlo_flops
 
 GiB = 2**30
 
@@ -53,3 +56,32 @@ def test_step_that_cannot_fit_is_reported_not_raised():
   assert "RESOURCE_EXHAUSTED" in r["error"]
   assert r["compiler_hbm_limit_bytes"] <= 16 * GiB
   assert r.get("total_bytes", r.get("temp_bytes", 0)) > r["compiler_hbm_limit_bytes"]
+
+
+def test_splash_kernel_flops_count_the_blocks_the_causal_mask_visits():
+  # 1024 tokens in 512-token blocks: the causal mask visits 3 of the 4 blocks. Per visited block
+  # and head the forward runs 2 matmuls (scores, output) and the fused backward 5.
+  device = aot.topology_devices("v5e:2x2")[0]
+  x = jax.ShapeDtypeStruct(
+    (1, 1024, 2, 64), jnp.bfloat16, sharding=jax.sharding.SingleDeviceSharding(device)
+  )
+  forward = lambda q, k, v: attention.splash_attention(q, k, v).astype(jnp.float32).sum()
+  count = attention.splash_kernel_flops(1024, 64)
+  block_matmul = 2 * 512 * 512 * 64  # FLOPs of one [512, 64] x [64, 512] matmul
+  for fn, matmuls in ((forward, 2), (jax.grad(forward, (0, 1, 2)), 2 + 5)):
+    text = jax.jit(fn).lower(x, x, x).compile().as_text()
+    assert hlo_flops.matmul_flops(text)[0] == 0  # the kernels are opaque to the HLO walk
+    assert hlo_flops.matmul_flops(text, count)[0] == matmuls * 3 * 2 * block_matmul
+
+
+def test_splash_step_compiles_with_fewer_flops_and_temporaries_than_xla():
+  reports = {}
+  for kernel in ("xla", "splash"):
+    cfg = _tiny(16, 4, seq_len=1024, remat="none")
+    cfg.model.attention = kernel
+    reports[kernel] = aot.compile_report(cfg, "v5e:2x2")
+  xla, splash = reports["xla"], reports["splash"]
+  assert splash["fits"] and xla["fits"]
+  # The score tensors are gone, and the causal mask skips a quarter of the blocks.
+  assert splash["temp_bytes"] < 0.6 * xla["temp_bytes"]
+  assert 1.0 < splash["flops_ratio"] < xla["flops_ratio"]

@@ -39,6 +39,10 @@ def test_batched_padded_scores_equal_each_pair_alone(tiny):
     got = likelihood.continuation_logprobs(config, params, pairs, batch_size=batch_size)
     assert [n for _, n in got] == [len(c) for _, c in pairs]
     np.testing.assert_allclose([lp for lp, _ in got], want, rtol=1e-4, atol=1e-4)
+  # A checkpoint trained with a TPU-only kernel scores anywhere, at any length.
+  splash = dataclasses.replace(config, attention="splash")
+  got = likelihood.continuation_logprobs(splash, params, pairs, batch_size=8)
+  np.testing.assert_allclose([lp for lp, _ in got], want, rtol=1e-4, atol=1e-4)
 
 
 def test_long_prompts_lose_their_beginning_and_long_continuations_are_refused(tiny):

@@ -1,6 +1,7 @@
 """The model: shapes, parameter counts, logical axes, packing, dtypes, remat, attention kernels."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -120,12 +121,66 @@ def test_fused_attention_matches_xla(kv_heads):
     )
 
 
-def test_cudnn_attention_is_refused_off_a_gpu():
+@pytest.mark.parametrize("kernel,platform", [("cudnn", "NVIDIA GPUs"), ("splash", "TPUs")])
+def test_platform_kernels_are_refused_elsewhere(kernel, platform):
   cfg = configs.get("tiny")
-  cfg.model.attention = "cudnn"
+  cfg.model.attention = kernel
   cfg.mesh.update(data=1, fsdp=1, tensor=1)
-  with pytest.raises(ValueError, match="attention=cudnn runs on NVIDIA GPUs only"):
+  with pytest.raises(ValueError, match=f"attention={kernel} runs on {platform} only.*cpu; set "):
     train_step.make_trainer(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
+
+
+def test_splash_attention_matches_xla_with_gradients():
+  # Pallas' interpreter runs the TPU kernel here. 384 tokens are three 128-token blocks, so the
+  # causal mask skips blocks; 4 query heads over 2 key/value heads; the second row packs three
+  # documents whose boundaries fall inside blocks.
+  rng = np.random.RandomState(0)
+  q = jnp.asarray(rng.randn(2, 384, 4, 64), jnp.float32)
+  k = jnp.asarray(rng.randn(2, 384, 2, 64), jnp.float32)
+  v = jnp.asarray(rng.randn(2, 384, 2, 64), jnp.float32)
+  cotangent = jnp.asarray(rng.randn(2, 384, 4, 64), jnp.float32)
+  splash = functools.partial(attention.splash_attention, interpret=True)
+  for segments in (None, jnp.asarray([[1] * 384, [1] * 100 + [2] * 200 + [3] * 84])):
+
+    def loss(fn):
+      return lambda q, k, v: jnp.sum(fn(q, k, v, segment_ids=segments) * cotangent)
+
+    want, want_grads = jax.value_and_grad(loss(attention.xla_attention), (0, 1, 2))(q, k, v)
+    got, got_grads = jax.value_and_grad(loss(splash), (0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for name, a, b in zip("qkv", got_grads, want_grads):
+      np.testing.assert_allclose(a, b, atol=2e-4, err_msg=f"d{name}")
+
+
+def test_splash_attention_runs_per_shard_under_a_mesh():
+  # Batch over data, heads over tensor: each device's kernel sees 1 row and 2 of the 4 heads.
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
+  rng = np.random.RandomState(1)
+  spec = jax.sharding.NamedSharding(mesh, jax.P("data", None, "tensor", None))
+  q, k, v = (jax.device_put(rng.randn(2, 256, 4, 64).astype(np.float32), spec) for _ in "qkv")
+  segments = jax.device_put(
+    np.asarray([[1] * 256, [1] * 70 + [2] * 186]), jax.sharding.NamedSharding(mesh, jax.P("data"))
+  )
+  splash = functools.partial(attention.splash_attention, interpret=True)
+
+  def loss(fn):
+    def scalar(q, k, v):
+      with sharding.activation_rules(mesh):
+        return jnp.sum(fn(q, k, v, segment_ids=segments) ** 2)
+
+    return jax.jit(jax.value_and_grad(scalar, (0, 1, 2)))
+
+  want, want_grads = loss(attention.xla_attention)(q, k, v)
+  got, got_grads = loss(splash)(q, k, v)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for a, b in zip(got_grads, want_grads):
+    np.testing.assert_allclose(a, b, atol=2e-4)
+
+
+def test_splash_attention_names_the_lengths_it_takes():
+  q = jnp.zeros((1, 200, 2, 64))
+  with pytest.raises(ValueError, match="divisible by 128 \\(got 200\\).*blockwise"):
+    attention.splash_attention(q, q, q, interpret=True)
 
 
 @pytest.mark.parametrize("kv_heads,length,block_size", [(4, 12, 5), (2, 16, 4), (4, 16, 128)])
