@@ -10,4 +10,8 @@ def get_config():
   # released config says 0); splash has no attention dropout, so only the residual one stays.
   # The paper's exact setting: model.attention=xla model.attn_dropout=0.1.
   cfg.model.update(attention="splash", attn_dropout=0.0, resid_dropout=0.1)
+  # The paper's batch never fits a chip at once: the step is compiled for the slice first, and
+  # the largest micro-batch that fits, then the cheapest remat policy, are used (phi_jax.aot.fit).
+  cfg.model.remat = "auto"
+  cfg.train.micro_batch = "auto"
   return cfg

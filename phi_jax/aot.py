@@ -18,12 +18,14 @@ device per chip (`chip_config="megacore"`), so one JAX device is one chip.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import time
 from typing import Any
 
-from absl import flags
+import jax
+from absl import flags, logging
 
 from phi_jax import attention, cli, configs, hlo_flops, sharding, train_step
 from phi_jax import metrics as metrics_lib
@@ -112,10 +114,26 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", 0.0))
 
 
+def _memory_limit(devices: list, topology: str | None) -> int | None:
+  """Bytes one device may use: the TPU compiler's limit for a named topology; else what the
+  runtime reports (TPU, GPU), or for CPU devices the host's RAM shared among them."""
+  if topology:
+    chip = chip_name(topology)
+    return COMPILER_HBM_LIMIT_BYTES.get(chip, HBM_BYTES.get(chip))
+  stats = devices[0].memory_stats()
+  if stats and "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  if devices[0].platform == "cpu":
+    host_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return host_bytes // len(jax.local_devices())
+  return None
+
+
 def compile_report(
-  cfg: Any, topology: str, chip_config: str | None = None, hlo_path: str | None = None
+  cfg: Any, topology: str | None, chip_config: str | None = None, hlo_path: str | None = None
 ) -> dict:
-  """AOT-compiles `make_trainer(cfg, mesh).step` for `topology`; returns the compiler's numbers.
+  """AOT-compiles `make_trainer(cfg, mesh).step` for `topology` (None: the devices this process
+  runs on); returns the compiler's numbers.
 
   Memory is per chip (one SPMD partition, `compiled.memory_analysis()`): `total_bytes` is
   arguments + outputs - outputs aliased to the donated state + temporaries + generated code,
@@ -130,9 +148,9 @@ def compile_report(
   counts each loop body once; `analytic_flops` is metrics.flops_per_token x batch x seq_len.
   `hlo_path` saves the compiled HLO text.
   """
-  devices = topology_devices(topology, chip_config)
+  devices = topology_devices(topology, chip_config) if topology else jax.devices()
   configs.check(cfg, len(devices))
-  chip = chip_name(topology)
+  limit = _memory_limit(devices, topology)
   mesh = sharding.make_mesh(cfg.mesh, devices=devices)
   trainer = train_step.make_trainer(cfg, mesh)
   batch = train_step.abstract_batch(cfg, trainer.batch_sharding)
@@ -140,7 +158,7 @@ def compile_report(
   global_batch, seq_len = int(cfg.train.global_batch), int(cfg.train.seq_len)
   analytic = metrics_lib.flops_per_token(model_config, seq_len) * global_batch * seq_len
   report = {
-    "topology": topology,
+    "topology": topology or "these devices",
     "device_kind": devices[0].device_kind,
     "num_devices": len(devices),
     "mesh": dict(mesh.shape),
@@ -150,8 +168,8 @@ def compile_report(
     "seq_len": seq_len,
     "remat": model_config.remat,
     "dtype": model_config.dtype,
-    "hbm_bytes": HBM_BYTES.get(chip),
-    "compiler_hbm_limit_bytes": COMPILER_HBM_LIMIT_BYTES.get(chip, HBM_BYTES.get(chip)),
+    "hbm_bytes": HBM_BYTES.get(chip_name(topology)) if topology else limit,
+    "compiler_hbm_limit_bytes": limit,
     "analytic_flops": analytic,
   }
   start = time.perf_counter()
@@ -200,6 +218,120 @@ def compile_report(
   report["compiled"] = True
   report["fits"] = limit is None or report["total_bytes"] <= limit
   return report
+
+
+# Remat policies from the least recomputation (and the most memory) to the most.
+REMAT_BY_COST = ("none", "dots", "dots_no_batch", "full")
+
+
+class MemoryFitError(ValueError):
+  """No setting `fit` may choose fits the devices' memory."""
+
+
+def fitted(cfg: Any, micro_batch: int, remat: str) -> Any:
+  cfg = copy.deepcopy(cfg)
+  with cfg.train.ignore_type():  # a resolved copy of the config may have typed "auto" as str
+    cfg.train.micro_batch = micro_batch
+  cfg.model.remat = remat
+  return cfg
+
+
+def fit(cfg: Any, topology: str | None = None, chip_config: str | None = None) -> dict:
+  """Chooses `train.micro_batch` and/or `model.remat` where they are "auto", by compiling the step.
+
+  For `topology` (None: the devices this process runs on): the largest micro-batch that fits
+  with the most memory-saving remat allowed, then at that micro-batch the cheapest remat policy
+  that fits (REMAT_BY_COST). "Fits" means the compiler accepts the step and its per-chip total
+  (`compile_report`) is within (1 - train.fit_margin) of the memory limit. A setting that is
+  not "auto" is kept as given. Candidate micro-batches divide the global batch and split over
+  the data-parallel devices; they are tried from the largest down (a refusal takes seconds, a
+  compile that fits minutes).
+
+  Returns {"config": cfg with the choice filled in, "record": the choice, the budget and every
+  setting tried (for run.json), "report": compile_report of the choice}; raises MemoryFitError
+  when nothing fits.
+  """
+  devices = topology_devices(topology, chip_config) if topology else jax.devices()
+  configs.check(cfg, len(devices))
+  mesh_shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(cfg.mesh, len(devices))))
+  data_parallel = mesh_shape["data"] * mesh_shape["fsdp"]
+  global_batch = int(cfg.train.global_batch)
+  if cfg.train.micro_batch == configs.AUTO:
+    micro_batches = [
+      m for m in range(global_batch, 0, -1) if global_batch % m == 0 and m % data_parallel == 0
+    ]
+  else:
+    micro_batches = [int(cfg.train.micro_batch) or global_batch]
+  remats = REMAT_BY_COST if cfg.model.remat == configs.AUTO else (cfg.model.remat,)
+  limit = _memory_limit(devices, topology)
+  if limit is None:
+    raise MemoryFitError(
+      f"the memory of {devices[0].device_kind} devices is unknown, so 'auto' cannot be fitted "
+      "to it; set train.micro_batch and model.remat, or name train.fit_topology"
+    )
+  budget = int((1 - float(cfg.train.fit_margin)) * limit)
+  target = topology or f"{len(devices)} x {devices[0].device_kind}"
+  trials = []
+
+  def attempt(micro_batch: int, remat: str) -> dict | None:
+    report = compile_report(fitted(cfg, micro_batch, remat), topology, chip_config)
+    needs = report.get("total_bytes", report.get("temp_bytes"))
+    fits = report["compiled"] and needs <= budget
+    trials.append(
+      dict(
+        micro_batch=micro_batch, remat=remat, bytes=needs, fits=fits, compile_s=report["compile_s"]
+      )
+    )
+    logging.warning(
+      "memory fit on %s: micro_batch=%d remat=%s needs %s of the %.2f GiB budget: %s",
+      target,
+      micro_batch,
+      remat,
+      f"{needs / GiB:.2f} GiB" if needs is not None else "?",
+      budget / GiB,
+      "fits" if fits else "does not fit",
+    )
+    return report if fits else None
+
+  chosen, cheaper_remats = None, remats
+  if len(micro_batches) > 1:  # the largest micro-batch with the most memory-saving remat
+    for micro_batch in micro_batches:
+      if chosen := attempt(micro_batch, remats[-1]):
+        break
+    cheaper_remats = remats[:-1] if chosen else ()
+  micro_batch = chosen["micro_batch"] if chosen else micro_batches[-1]
+  for remat in cheaper_remats:  # then the cheapest remat policy that fits at that micro-batch
+    if cheaper := attempt(micro_batch, remat):
+      chosen = cheaper
+      break
+  if chosen is None:
+    raise MemoryFitError(
+      f"no setting fits {target}: even train.micro_batch={micro_batch} with "
+      f"model.remat={remats[-1]} needs more than the {budget / GiB:.2f} GiB budget per chip "
+      f"({1 - float(cfg.train.fit_margin):.0%} of {limit / GiB:.2f} GiB); use a larger slice, "
+      "shard the model more (mesh.tensor), shorten train.seq_len or lower train.fit_margin"
+    )
+  record = dict(
+    micro_batch=chosen["micro_batch"],
+    remat=chosen["remat"],
+    target=target,
+    limit_bytes=limit,
+    margin=float(cfg.train.fit_margin),
+    budget_bytes=budget,
+    total_bytes=chosen["total_bytes"],
+    trials=trials,
+  )
+  logging.warning(
+    "memory fit on %s: chose train.micro_batch=%d, model.remat=%s (%.2f of %.2f GiB per chip)",
+    target,
+    record["micro_batch"],
+    record["remat"],
+    record["total_bytes"] / GiB,
+    budget / GiB,
+  )
+  return dict(
+    config=fitted(cfg, record["micro_batch"], record["remat"]), record=record, report=chosen
+  )
 
 
 def format_report(r: dict) -> str:
@@ -255,9 +387,18 @@ def format_report(r: dict) -> str:
 def main(argv):
   del argv
   flag_values = flags.FLAGS
-  print(
-    format_report(compile_report(flag_values.config, flag_values.topology, flag_values.chip_config))
-  )
+  cfg, topology, chip_config = flag_values.config, flag_values.topology, flag_values.chip_config
+  if configs.memory_fit_needed(cfg):
+    chosen = fit(cfg, topology, chip_config)
+    for trial in chosen["record"]["trials"]:
+      print(
+        f"tried micro_batch {trial['micro_batch']}, remat {trial['remat']}: "
+        + ("fits" if trial["fits"] else "does not fit")
+      )
+    report = chosen["report"]
+  else:
+    report = compile_report(cfg, topology, chip_config)
+  print(format_report(report))
 
 
 if __name__ == "__main__":

@@ -502,14 +502,21 @@ def _write_run_record(workdir: epath.Path, record: dict) -> None:
     files.write_atomic(epath.Path(workdir) / RUN_RECORD, json.dumps(record, indent=2) + "\n")
 
 
-def record_start(workdir: str | epath.PathLike, run_config: dict, init_from: dict | None) -> None:
+def record_start(
+  workdir: str | epath.PathLike,
+  run_config: dict,
+  init_from: dict | None,
+  memory_fit: dict | None = None,
+) -> None:
   """Starts DIR/run.json for a run with no checkpoint yet: its config (as JSON), where its params
-  came from and when it started."""
+  came from, the micro-batch and remat compiled to fit memory (phi_jax.aot.fit) if the config
+  asked for that, and when it started."""
   _write_run_record(
     epath.Path(workdir),
     {
       "config": run_config,
       "init_from": init_from,
+      "memory_fit": memory_fit,
       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
       "resumes": [],
     },

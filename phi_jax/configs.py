@@ -18,7 +18,7 @@ from ml_collections import config_dict
 from phi_jax import files
 from phi_jax.decode import SamplingConfig
 from phi_jax.evaluation import math_problems
-from phi_jax.model import ModelConfig
+from phi_jax.model import ModelConfig, as_model_config
 
 # A checkout's `configs/`; a non-editable install (Colab, TPU VMs) carries the same files as
 # the package `phi_jax._configs` (see setup.py).
@@ -38,7 +38,12 @@ def base() -> ml_collections.ConfigDict:
       seed=0,
       steps=24_000,  # steps this run takes; phi-1-base is the 24k checkpoint of a 36k schedule
       global_batch=1024,  # sequences per optimizer step, whatever the device count
-      micro_batch=0,  # sequences per accumulation step (0 = the whole global batch at once)
+      # Sequences per accumulation step: 0 = the whole global batch at once; "auto" = the
+      # largest that fits the devices' memory (phi_jax.aot.fit compiles the step to find it;
+      # with model.remat="auto" it then picks the cheapest remat policy that fits).
+      micro_batch=config_dict.FieldReference(0, field_type=object),
+      fit_margin=0.1,  # "auto" leaves this fraction of the per-chip memory limit free
+      fit_topology="",  # "auto" fits "" = the devices this runs on, or a TPU topology (v4:2x2x1)
       seq_len=2048,
       # Positions per chunk of the lm_head + loss (phi_jax.losses): 0 = all logits at once;
       # a divisor of seq_len keeps only [batch, chunk, vocab] logits live (CPU: cache-sized).
@@ -522,6 +527,14 @@ def get(name_or_path: str) -> ml_collections.ConfigDict:
   return cfg
 
 
+# train.micro_batch and model.remat: chosen by compiling the step (phi_jax.aot.fit).
+AUTO = "auto"
+
+
+def memory_fit_needed(cfg: ml_collections.ConfigDict) -> bool:
+  return cfg.train.micro_batch == AUTO or cfg.model.remat == AUTO
+
+
 class ConfigError(ValueError):
   """An inconsistent run config, found before anything is compiled."""
 
@@ -531,14 +544,21 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
   fields and what to change. The trainer calls it before building anything."""
   from phi_jax import optimizer, sharding  # the mesh arithmetic lives with the mesh
 
-  model = ModelConfig.from_dict(dict(cfg.model.items()))  # names an unknown model key
+  model = as_model_config(cfg)  # names an unknown model key
   try:
     mesh = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(cfg.mesh, num_devices)))
   except ValueError as e:
     raise ConfigError(f"{e} (mesh.data/fsdp/tensor)") from None
   problems = []
   data_parallel = mesh["data"] * mesh["fsdp"]
-  global_batch, micro = int(cfg.train.global_batch), int(cfg.train.micro_batch)
+  global_batch, micro = int(cfg.train.global_batch), cfg.train.micro_batch
+  if micro == AUTO:
+    micro = 0  # every candidate divides the global batch, which must split over the devices
+  elif not isinstance(micro, int) or isinstance(micro, bool):
+    problems.append(f"train.micro_batch={micro!r} must be a number of sequences or 'auto'")
+    micro = 0
+  if not 0 <= float(cfg.train.fit_margin) < 1:
+    problems.append(f"train.fit_margin={cfg.train.fit_margin} must be in [0, 1)")
   if micro < 0 or (micro and global_batch % micro):
     problems.append(
       f"train.global_batch={global_batch} is not divisible by train.micro_batch={micro}"

@@ -63,7 +63,7 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
   attention: str = "xla"  # a key of phi_jax.attention.ATTENTION_FNS
-  remat: str = "none"  # a key of REMAT_POLICIES
+  remat: str = "none"  # a key of REMAT_POLICIES (a run config may say "auto": configs.AUTO)
   scan_unroll: int = 1  # layers per loop iteration of the layer scan (n_layers = no loop)
   mask_packed_segments: bool = True  # packed documents cannot attend to each other
 
@@ -112,7 +112,10 @@ def as_model_config(config: Any) -> ModelConfig:
     return config
   if "model" in config:
     config = config["model"]
-  return ModelConfig.from_dict(dict(config.items()))
+  fields = dict(config.items())
+  if fields.get("remat") == "auto":  # chosen when the config trains (phi_jax.aot.fit); only
+    fields["remat"] = "none"  # gradients recompute activations
+  return ModelConfig.from_dict(fields)
 
 
 def portable(config: Any) -> ModelConfig:

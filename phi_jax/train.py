@@ -5,6 +5,9 @@ Writes DIR/metrics.jsonl (one JSON object per logged step), DIR/tensorboard/, DI
 config, where the params started, every resume) and orbax checkpoints under DIR/checkpoints/
 (phi_jax.checkpoint). DIR may be local or gs://.
 
+With train.micro_batch or model.remat "auto", the step is first compiled to find the largest
+micro-batch and cheapest remat that fit the devices' memory (phi_jax.aot.fit; recorded in run.json).
+
 Rerunning the same command on the same DIR resumes from the newest intact checkpoint and ends
 with the params, bit for bit, of a run that was never interrupted: the state, the step (which
 with train.seed fixes the dropout keys) and the data position all come from the checkpoint, and
@@ -27,6 +30,7 @@ from etils import epath
 from tqdm import tqdm
 
 from phi_jax import (
+  aot,
   checkpoint,
   cli,
   configs,
@@ -129,9 +133,11 @@ def _initial_state(
   model_config: model_lib.ModelConfig,
   trainer: train_step.Trainer,
   checkpoints,
+  memory_fit: dict | None,
 ) -> tuple[Any, int, dict | None]:
   """(state, next batch, init_from record): resumed from the workdir's own checkpoints when it
-  has any, else fresh from train.init_from or from train.seed."""
+  has any, else fresh from train.init_from or from train.seed. A fresh run starts run.json with
+  its config and `memory_fit` (aot.fit's choice, if it made one)."""
   resumed = checkpoint.restore_latest_state(checkpoints, trainer.abstract_state, model_config)
   if resumed is not None:
     state, progress, set_aside = resumed
@@ -154,7 +160,7 @@ def _initial_state(
     state = trainer.state_from_params(params)
   else:
     state, record = trainer.init_state(jax.random.key(int(cfg.train.seed))), None
-  checkpoint.record_start(workdir, json.loads(cfg.to_json_best_effort()), record)
+  checkpoint.record_start(workdir, json.loads(cfg.to_json_best_effort()), record, memory_fit)
   return state, 0, record
 
 
@@ -171,20 +177,43 @@ def run(cfg: Any, workdir: str | epath.PathLike) -> dict:
   workdir = epath.Path(files.absolute(workdir))
   distributed.initialize(cfg.distributed)
   configs.check(cfg, jax.device_count())  # before anything is compiled or written
+  memory_fit = None
+  if configs.memory_fit_needed(cfg):
+    cfg, memory_fit = _fit_memory(cfg, workdir)
   model_config = model_lib.as_model_config(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
   trainer = train_step.make_trainer(cfg, mesh)
   checkpoints = checkpoint.manager(workdir, cfg.checkpoint)
   try:
     with _Sigterm() as sigterm:
-      return _train(cfg, workdir, model_config, trainer, checkpoints, sigterm)
+      return _train(cfg, workdir, model_config, trainer, checkpoints, sigterm, memory_fit)
   finally:
     checkpoints.wait_until_finished()  # an in-flight save was checked: let it complete
     checkpoints.close()
 
 
-def _train(cfg, workdir, model_config, trainer, checkpoints, sigterm) -> dict:
-  state, next_batch, init_from = _initial_state(cfg, workdir, model_config, trainer, checkpoints)
+def _fit_memory(cfg: Any, workdir: epath.Path) -> tuple[Any, dict]:
+  """Fills in train.micro_batch / model.remat "auto": the choice this workdir's run already made
+  (so a resumed run takes the same steps), else phi_jax.aot.fit's."""
+  record_path = workdir / checkpoint.RUN_RECORD
+  if record_path.exists():
+    recorded = json.loads(record_path.read_text()).get("memory_fit")
+    if recorded:
+      logging.warning(
+        "memory fit: train.micro_batch=%d, model.remat=%s, as chosen when %s started",
+        recorded["micro_batch"],
+        recorded["remat"],
+        workdir,
+      )
+      return aot.fitted(cfg, recorded["micro_batch"], recorded["remat"]), recorded
+  chosen = aot.fit(cfg, cfg.train.fit_topology or None)
+  return chosen["config"], chosen["record"]
+
+
+def _train(cfg, workdir, model_config, trainer, checkpoints, sigterm, memory_fit) -> dict:
+  state, next_batch, init_from = _initial_state(
+    cfg, workdir, model_config, trainer, checkpoints, memory_fit
+  )
   start_step, steps, log_every = int(state.step), int(cfg.train.steps), int(cfg.train.log_every)
   if start_step > steps:
     raise ValueError(

@@ -14,10 +14,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from phi_jax import configs, sharding
 from phi_jax import losses as losses_lib
 from phi_jax import model as model_lib
 from phi_jax import optimizer as optimizer_lib
-from phi_jax import sharding
 
 # A batch is a dict of [global_batch, seq_len] arrays with these keys.
 BATCH_KEYS = ("inputs", "targets", "loss_weights", "segment_ids", "positions")
@@ -140,6 +140,11 @@ def _train_step(
 
 def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
   """Builds the jitted init and step for `cfg` on `mesh` with explicit in/out shardings."""
+  if configs.memory_fit_needed(cfg):
+    raise ValueError(
+      "train.micro_batch='auto' / model.remat='auto' are chosen by compiling the step: "
+      "build the trainer from phi_jax.aot.fit's config (train.run does this)"
+    )
   model_config = model_lib.as_model_config(cfg)
   platform = mesh.devices.flat[0].platform
   kernel_platform = {"cudnn": ("gpu", "NVIDIA GPUs"), "splash": ("tpu", "TPUs")}

@@ -204,3 +204,24 @@ def test_a_seqio_run_from_before_random_access_reading_is_not_resumed(tmp_path):
   saved = {"source": "seqio", "seed": 0, "process_count": 1, "use_cached": False}
   with pytest.raises(ValueError, match=f"before 2026-12.*train.init_from={tmp_path}"):
     train._check_same_stream(saved, dict(saved), tmp_path)
+
+
+def test_auto_micro_batch_is_fitted_recorded_and_kept_on_resume(tmp_path, monkeypatch):
+  cfg = small_config(micro_batch="auto", steps=2)
+  cfg.mesh.update(data=2, fsdp=1, tensor=4)
+  cfg.logging.update(progress_bar=False, tensorboard=False)
+  train.run(cfg, tmp_path)
+  fit = json.loads((tmp_path / "run.json").read_text())["memory_fit"]
+  # A few MB per device against the host's RAM: the whole batch at once, the remat as given.
+  assert (fit["micro_batch"], fit["remat"]) == (8, cfg.model.remat)
+  assert [t["micro_batch"] for t in fit["trials"]] == [8]
+  assert fit["total_bytes"] <= fit["budget_bytes"]
+
+  def no_second_fit(*args, **kwargs):
+    raise AssertionError("a resumed run fits again")
+
+  monkeypatch.setattr(train.aot, "fit", no_second_fit)
+  cfg.train.steps = 3
+  train.run(cfg, tmp_path)
+  record = json.loads((tmp_path / "run.json").read_text())
+  assert record["memory_fit"] == fit and [r["step"] for r in record["resumes"]] == [2]
