@@ -1,5 +1,6 @@
 """The README's TPU AOT table: for each config, slice and remat policy, the largest micro-batch
-that phi_jax.aot.fit finds at the paper's batch, with its memory and FLOPs. libtpu, no TPU.
+that phi_jax.aot.fit finds at the paper's batch, with its memory, FLOPs and the compiler's
+step-time estimate. libtpu, no TPU.
 
     PYTHONPATH=. python bench/aot_table.py [--configs=phi1,phi1_small]
         [--topologies=v4:2x2x1,v5e:2x4,v5p:2x2x1] [--remats=none,dots_no_batch,full]
@@ -45,6 +46,9 @@ def measure(config: str, topology: str, remat: str) -> dict:
     flops_ratio=report["flops_ratio"],
     compiled_flops=report["compiled_flops"],
     analytic_flops=report["analytic_flops"],
+    estimated_step_s=report.get("estimated_step_s"),
+    estimated_tokens_per_s_per_chip=report.get("estimated_tokens_per_s_per_chip"),
+    estimated_mfu=report.get("estimated_mfu"),
     tried=[(t["micro_batch"], t["fits"], round(t["compile_s"], 1)) for t in record["trials"]],
     fit_s=time.perf_counter() - start,
   )
@@ -53,8 +57,9 @@ def measure(config: str, topology: str, remat: str) -> dict:
 def markdown(rows: list[dict]) -> str:
   lines = [
     "| config | slice | remat | largest micro_batch (accum. steps) | GiB per chip total (peak) "
-    "| budget GiB | compiled / analytic FLOPs | fit s |",
-    "|---|---|---|---|---|---|---|---|",
+    "| budget GiB | compiled / analytic FLOPs | compiler's estimate: s/step, tokens/s/chip, MFU "
+    "| fit s |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     if r["fits"]:
@@ -63,9 +68,11 @@ def markdown(rows: list[dict]) -> str:
         f"{r['total_gib']:.2f} ({r['peak_gib']:.2f})",
         f"{r['budget_gib']:.2f}",
         f"{r['flops_ratio']:.3f}",
+        f"{r['estimated_step_s']:.1f}, {r['estimated_tokens_per_s_per_chip']:,.0f}, "
+        f"{r['estimated_mfu']:.1%}",
       )
     else:
-      cells = ("none fits", "", "", "")
+      cells = ("none fits", "", "", "", "")
     lines.append(
       f"| `{r['config']}` | {r['topology']} | {r['remat']} | "
       + " | ".join(cells)

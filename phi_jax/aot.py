@@ -52,6 +52,10 @@ COMPILER_HBM_LIMIT_BYTES = {
 }
 # Chips with two TensorCores, compiled as one megacore device per chip.
 _MEGACORE = ("v4", "v5p")
+# TensorCore clocks, by device_kind: the vendor's peak bf16 FLOP/s over the MXUs' FLOPs per
+# cycle (v4, v5p: 2 cores x 4 MXUs x 128 x 128 x 2; v5e: 1 x 4 x 128 x 128 x 2). They turn the
+# compiler's estimated cycles into seconds.
+CLOCK_HZ = {"TPU v4": 1.05e9, "TPU v5 lite": 1.5e9, "TPU v5": 1.75e9}
 
 # The TPU compiler's out-of-memory messages (sizes in its K/M/G/T = KiB/MiB/GiB/TiB).
 _OOM_TOTAL = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
@@ -212,12 +216,40 @@ def compile_report(
   report["hlo_matmul_flops_loops_once"] = matmul_once * len(devices)
   report["compiled_flops"] = matmul * len(devices)
   report["flops_ratio"] = report["compiled_flops"] / analytic
+  report.update(_step_time_estimate(report, hlo_text, kernel_flops, devices))
   # The compiler refuses a program whose peak exceeds its limit; `fits` asks more: that the
   # plain sum (arguments + outputs - aliased + temporaries + code) stays within the limit too.
   limit = report["compiler_hbm_limit_bytes"]
   report["compiled"] = True
   report["fits"] = limit is None or report["total_bytes"] <= limit
   return report
+
+
+def _step_time_estimate(report: dict, hlo_text: str, kernel_flops, devices: list) -> dict:
+  """The step time the TPU compiler's cost model predicts, not a measurement: the estimated
+  cycles of every fusion (loops times their trip counts) at the TensorCore clock, plus custom
+  kernels (splash attention), which carry no estimate, at the chip's peak FLOP/s. Collectives
+  are left out (fsdp's gathers overlap compute), as are asynchronous copies."""
+  kind = devices[0].device_kind
+  clock = next((hz for prefix, hz in CLOCK_HZ.items() if kind.startswith(prefix)), None)
+  if devices[0].platform != "tpu" or clock is None:
+    return {}
+  chips = len({tuple(d.coords) for d in devices})
+  peak_per_device = metrics_lib.datasheet_peak_flops(kind) * chips / len(devices)
+  cycles, cycles_once, _ = hlo_flops.estimated_cycles(hlo_text)
+  kernel = 0.0
+  if kernel_flops is not None:  # per device: the walk with the kernels less the walk without
+    kernel = hlo_flops.matmul_flops(hlo_text, kernel_flops)[0] - hlo_flops.matmul_flops(hlo_text)[0]
+  seconds = cycles / clock + kernel / peak_per_device
+  tokens = report["global_batch"] * report["seq_len"]
+  return {
+    "estimated_cycles": cycles,
+    "estimated_cycles_loops_once": cycles_once,
+    "estimated_kernel_s": kernel / peak_per_device,
+    "estimated_step_s": seconds,
+    "estimated_tokens_per_s_per_chip": tokens / seconds / chips,
+    "estimated_mfu": report["analytic_flops"] / seconds / (peak_per_device * len(devices)),
+  }
 
 
 # Remat policies from the least recomputation (and the most memory) to the most.
@@ -379,6 +411,15 @@ def format_report(r: dict) -> str:
       f"compiled/analytic {r['flops_ratio']:.3f}",
       f"  cost_analysis() {r['cost_analysis_flops']:.4g}  (XLA counts each loop body once; "
       f"the HLO walk counting loops once gives {r['hlo_matmul_flops_loops_once']:.4g})",
+    ]
+  if "estimated_step_s" in r:
+    lines += [
+      "step time, the TPU compiler's estimate (its cost model, not a measurement):",
+      f"  {r['estimated_step_s']:.3f} s per step = estimated cycles (loops x trip counts) at the "
+      f"clock + {r['estimated_kernel_s']:.3f} s of custom kernels at peak FLOP/s; collectives "
+      "left out",
+      f"  {r['estimated_tokens_per_s_per_chip']:,.0f} tokens/s per chip, MFU "
+      f"{r['estimated_mfu']:.1%}",
     ]
   lines.append(f"lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s")
   return "\n".join(lines)

@@ -1,12 +1,16 @@
-"""Matmul FLOPs of a compiled XLA program, read from its HLO text, loops counted by trip count.
+"""What a compiled XLA program costs, read from its HLO text with loops counted by trip count.
 
 XLA's cost_analysis() counts a while loop's body once, whatever its trip count: for the train
 step (a scan over micro-batches around a scan over layers) it reports about one layer of one
-micro-batch. `matmul_flops` walks the optimized per-device HLO text (`compiled.as_text()`)
-instead: the FLOPs of every dot and convolution (XLA's own formula, padding and dilation
-included), fusions and calls followed, each while body multiplied by its trip count (a known
-trip count, or an `i < constant` condition). Elementwise ops are not counted, as in the analytic
-count of phi_jax.metrics.
+micro-batch. This module walks the optimized per-device HLO text (`compiled.as_text()`) instead,
+fusions and calls followed, each while body multiplied by its trip count (a known trip count,
+or an `i < constant` condition), and sums a cost per instruction:
+
+- `matmul_flops`: the FLOPs of every dot and convolution (XLA's own formula, padding and
+  dilation included). Elementwise ops are not counted, as in the analytic count of
+  phi_jax.metrics.
+- `estimated_cycles`: the TPU compiler's own cost model, the `estimated_cycles` it writes into
+  each fusion's backend config. Collectives, asynchronous copies and custom kernels carry none.
 """
 
 from __future__ import annotations
@@ -93,12 +97,48 @@ def _conv_flops(out: list[int], lhs: list[int], attrs: str) -> float:
   )
 
 
+# (name, opcode, operand names, attributes, output dims, dims of every instruction) -> its cost
+InstructionCost = Callable[
+  [str, str, list[str], str, list[int] | None, dict[str, list[int] | None]], float
+]
+
+
 def matmul_flops(
   hlo_text: str, kernel_flops: KernelFlops | None = None
 ) -> tuple[float, float, list[int]]:
   """(matmul FLOPs with loop trip counts, the same counting each loop body once, trip counts)
   of one device's program, from `compiled.as_text()`. Custom kernels (Pallas/Mosaic calls) are
   opaque to the walk: `kernel_flops` counts them where given."""
+
+  def cost(name, opcode, operands, attrs, out, shapes):
+    if opcode == "convolution" and out is not None:
+      return _conv_flops(out, shapes[operands[0]], attrs)
+    if opcode == "dot" and out is not None:
+      lhs = shapes[operands[0]]
+      contracted = math.prod(lhs[d] for d in _int_list(_attr(attrs, "lhs_contracting_dims")))
+      return 2.0 * math.prod(out) * contracted
+    if opcode == "custom-call" and kernel_flops is not None and not _attr(attrs, "calls"):
+      return kernel_flops(name, [shapes.get(o) for o in operands])
+    return 0.0
+
+  return _walk(hlo_text, cost)
+
+
+def estimated_cycles(hlo_text: str) -> tuple[float, float, list[int]]:
+  """(the TPU compiler's estimated cycles with loop trip counts, the same counting each loop
+  body once, trip counts) of one device's program, from `compiled.as_text()`."""
+
+  def cost(name, opcode, operands, attrs, out, shapes):
+    del name, opcode, operands, out, shapes
+    match = re.search(r'"estimated_cycles":"(\d+)"', attrs)
+    return float(match.group(1)) if match else 0.0
+
+  return _walk(hlo_text, cost)
+
+
+def _walk(hlo_text: str, cost: InstructionCost) -> tuple[float, float, list[int]]:
+  """(the sum of `cost` over the instructions, loops times their trip counts; the same sum with
+  each loop body once; the trip counts)."""
   computations: dict[str, list[tuple[str, str, list[str], str, list[int] | None]]] = {}
   shapes: dict[str, list[int] | None] = {}
   entry, current = None, None
@@ -173,36 +213,29 @@ def matmul_flops(
   trips: list[int] = []
   cache: dict[tuple[str, bool], float] = {}
 
-  def flops(computation: str, with_trips: bool) -> float:
+  def summed(computation: str, with_trips: bool) -> float:
     key = (computation, with_trips)
     if key in cache:
       return cache[key]
     total = 0.0
     for name, opcode, operands, attrs, out in computations.get(computation, []):
-      if opcode == "convolution" and out is not None:
-        total += _conv_flops(out, shapes[operands[0]], attrs)
-      elif opcode == "dot" and out is not None:
-        lhs = shapes[operands[0]]
-        contracted = math.prod(lhs[d] for d in _int_list(_attr(attrs, "lhs_contracting_dims")))
-        total += 2.0 * math.prod(out) * contracted
-      elif opcode == "while":
+      total += cost(name, opcode, operands, attrs, out, shapes)
+      if opcode == "while":
         body, condition = _attr(attrs, "body").lstrip("%"), _attr(attrs, "condition").lstrip("%")
         known = re.search(r'"known_trip_count":\{"n":"(\d+)"', attrs)
         n = int(known.group(1)) if known else trip_count(operands[0], condition, body)
         if with_trips:
           trips.append(n)
         total += (n if with_trips and n else 1) * (
-          flops(body, with_trips) + flops(condition, with_trips)
+          summed(body, with_trips) + summed(condition, with_trips)
         )
       elif opcode in ("fusion", "call", "async-start", "custom-call") and _attr(attrs, "calls"):
         for callee in re.findall(r"%?([\w.\-]+)", _attr(attrs, "calls")):
-          total += flops(callee, with_trips)
-      elif opcode == "custom-call" and kernel_flops is not None:
-        total += kernel_flops(name, [shapes.get(o) for o in operands])
+          total += summed(callee, with_trips)
       elif opcode == "conditional":
         branches = re.findall(r"%([\w.\-]+)", _attr(attrs, "branch_computations") or "")
-        total += max((flops(b, with_trips) for b in branches), default=0.0)
+        total += max((summed(b, with_trips) for b in branches), default=0.0)
     cache[key] = total
     return total
 
-  return flops(entry, True), flops(entry, False), trips
+  return summed(entry, True), summed(entry, False), trips

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from phi_jax import aot, attention, configs, hlo_flops, sharding, train_step
+from phi_jax import aot, attention, configs, hlo_flops, metrics, sharding, train_step
 
 GiB = 2**30
 
@@ -43,6 +43,30 @@ def test_tiny_compiles_for_v5e_with_sane_memory_and_flops():
   once, cost = r["hlo_matmul_flops_loops_once"], r["cost_analysis_flops"]
   assert 0.8 * cost < once <= cost
   assert cost < 0.5 * r["compiled_flops"]
+  # The compiler's step-time estimate: every loop counted, never faster than the chips' peak.
+  assert r["estimated_cycles"] > 3 * r["estimated_cycles_loops_once"]
+  peak_seconds = r["compiled_flops"] / (r["num_devices"] * 197e12)
+  assert peak_seconds < r["estimated_step_s"] and 0 < r["estimated_mfu"] < 1
+  assert r["estimated_kernel_s"] == 0  # xla attention: no custom kernels
+  tokens = 16 * 128
+  assert r["estimated_tokens_per_s_per_chip"] == pytest.approx(
+    tokens / r["estimated_step_s"] / 4
+  )
+
+
+@pytest.mark.parametrize("topology", ["v4:2x2x1", "v5e:2x2", "v5p:2x2x1"])
+def test_estimated_cycles_of_a_large_matmul_come_near_the_chips_peak(topology):
+  # A compute-bound 8192^3 bf16 matmul on one chip: its estimated cycles at CLOCK_HZ take a
+  # little longer than the vendor's peak FLOP/s allows, never less (checks the clock table).
+  device = aot.topology_devices(topology)[0]
+  x = jax.ShapeDtypeStruct(
+    (8192, 8192), jnp.bfloat16, sharding=jax.sharding.SingleDeviceSharding(device)
+  )
+  text = jax.jit(lambda a, b: a @ b).lower(x, x).compile().as_text()
+  cycles, _, _ = hlo_flops.estimated_cycles(text)
+  clock = next(hz for kind, hz in aot.CLOCK_HZ.items() if device.device_kind.startswith(kind))
+  ideal = 2 * 8192**3 / metrics.datasheet_peak_flops(device.device_kind)
+  assert ideal < cycles / clock < 1.25 * ideal
 
 
 def test_v4_is_one_megacore_device_per_chip():
@@ -86,6 +110,9 @@ def test_splash_step_compiles_with_fewer_flops_and_temporaries_than_xla():
   # The score tensors are gone, and the causal mask skips a quarter of the blocks.
   assert splash["temp_bytes"] < 0.6 * xla["temp_bytes"]
   assert 1.0 < splash["flops_ratio"] < xla["flops_ratio"]
+  # The kernels carry no cycle estimate: their FLOPs are timed at the chips' peak.
+  assert splash["estimated_kernel_s"] > 0 == xla["estimated_kernel_s"]
+  assert splash["estimated_step_s"] < xla["estimated_step_s"]
 
 
 def _trials(fit):
