@@ -225,13 +225,17 @@ def compile_report(
   return report
 
 
+def clock_hz(device_kind: str) -> float | None:
+  return next((hz for kind, hz in CLOCK_HZ.items() if device_kind.startswith(kind)), None)
+
+
 def _step_time_estimate(report: dict, hlo_text: str, kernel_flops, devices: list) -> dict:
   """The step time the TPU compiler's cost model predicts, not a measurement: the estimated
   cycles of every fusion (loops times their trip counts) at the TensorCore clock, plus custom
   kernels (splash attention), which carry no estimate, at the chip's peak FLOP/s. Collectives
   are left out (fsdp's gathers overlap compute), as are asynchronous copies."""
   kind = devices[0].device_kind
-  clock = next((hz for prefix, hz in CLOCK_HZ.items() if kind.startswith(prefix)), None)
+  clock = clock_hz(kind)
   if devices[0].platform != "tpu" or clock is None:
     return {}
   chips = len({tuple(d.coords) for d in devices})
@@ -271,9 +275,11 @@ def fitted(cfg: Any, micro_batch: int, remat: str) -> Any:
 def fit(cfg: Any, topology: str | None = None, chip_config: str | None = None) -> dict:
   """Chooses `train.micro_batch` and/or `model.remat` where they are "auto", by compiling the step.
 
-  For `topology` (None: the devices this process runs on): the largest micro-batch that fits
-  with the most memory-saving remat allowed, then at that micro-batch the cheapest remat policy
-  that fits (REMAT_BY_COST). "Fits" means the compiler accepts the step and its per-chip total
+  For `topology` (None: the devices this process runs on), with train.fit_rule="largest": the
+  largest micro-batch that fits with the most memory-saving remat allowed, then at that
+  micro-batch the cheapest remat policy that fits (REMAT_BY_COST). With "fastest": the largest
+  micro-batch that fits under each remat policy allowed, then the one whose step the TPU
+  compiler estimates fastest (`estimated_step_s`). "Fits" means the compiler accepts the step and its per-chip total
   (`compile_report`) is within (1 - train.fit_margin) of the memory limit. A setting that is
   not "auto" is kept as given. Candidate micro-batches divide the global batch and split over
   the data-parallel devices; they are tried from the largest down (a refusal takes seconds, a
@@ -303,6 +309,12 @@ def fit(cfg: Any, topology: str | None = None, chip_config: str | None = None) -
     )
   budget = int((1 - float(cfg.train.fit_margin)) * limit)
   target = topology or f"{len(devices)} x {devices[0].device_kind}"
+  if cfg.train.fit_rule == "fastest" and clock_hz(devices[0].device_kind) is None:
+    raise MemoryFitError(
+      f"train.fit_rule='fastest' needs the TPU compiler's step-time estimate, which {target} "
+      f"lacks (it knows {sorted(CLOCK_HZ)}); use train.fit_rule='largest', or name a TPU "
+      "topology in train.fit_topology"
+    )
   trials = []
 
   def attempt(micro_batch: int, remat: str) -> dict | None:
@@ -325,20 +337,22 @@ def fit(cfg: Any, topology: str | None = None, chip_config: str | None = None) -
     )
     return report if fits else None
 
-  chosen, cheaper_remats = None, remats
-  if len(micro_batches) > 1:  # the largest micro-batch with the most memory-saving remat
-    for micro_batch in micro_batches:
-      if chosen := attempt(micro_batch, remats[-1]):
-        break
-    cheaper_remats = remats[:-1] if chosen else ()
-  micro_batch = chosen["micro_batch"] if chosen else micro_batches[-1]
-  for remat in cheaper_remats:  # then the cheapest remat policy that fits at that micro-batch
-    if cheaper := attempt(micro_batch, remat):
-      chosen = cheaper
-      break
+  def largest_fitting(remat: str) -> dict | None:
+    return next((r for r in (attempt(m, remat) for m in micro_batches) if r), None)
+
+  if cfg.train.fit_rule == "fastest":
+    fitting = [r for r in map(largest_fitting, remats) if r]
+    chosen = min(fitting, key=lambda r: r["estimated_step_s"], default=None)
+  elif len(micro_batches) > 1:  # the largest micro-batch with the most memory-saving remat,
+    chosen = largest_fitting(remats[-1])  # then the cheapest remat that fits at that size
+    if chosen:
+      cheaper = (attempt(chosen["micro_batch"], remat) for remat in remats[:-1])
+      chosen = next((r for r in cheaper if r), chosen)
+  else:
+    chosen = next((r for r in (attempt(micro_batches[0], remat) for remat in remats) if r), None)
   if chosen is None:
     raise MemoryFitError(
-      f"no setting fits {target}: even train.micro_batch={micro_batch} with "
+      f"no setting fits {target}: even train.micro_batch={micro_batches[-1]} with "
       f"model.remat={remats[-1]} needs more than the {budget / GiB:.2f} GiB budget per chip "
       f"({1 - float(cfg.train.fit_margin):.0%} of {limit / GiB:.2f} GiB); use a larger slice, "
       "shard the model more (mesh.tensor), shorten train.seq_len or lower train.fit_margin"
@@ -348,6 +362,7 @@ def fit(cfg: Any, topology: str | None = None, chip_config: str | None = None) -
     remat=chosen["remat"],
     target=target,
     limit_bytes=limit,
+    rule=cfg.train.fit_rule,
     margin=float(cfg.train.fit_margin),
     budget_bytes=budget,
     total_bytes=chosen["total_bytes"],

@@ -44,6 +44,10 @@ def base() -> ml_collections.ConfigDict:
       micro_batch=config_dict.FieldReference(0, field_type=object),
       fit_margin=0.1,  # "auto" leaves this fraction of the per-chip memory limit free
       fit_topology="",  # "auto" fits "" = the devices this runs on, or a TPU topology (v4:2x2x1)
+      # Which fitting setting "auto" takes: "largest" micro-batch, then the cheapest remat; or
+      # "fastest" by the TPU compiler's step-time estimate (the largest micro-batch under each
+      # remat policy allowed is compiled; TPU devices or topologies only).
+      fit_rule="largest",
       seq_len=2048,
       # Positions per chunk of the lm_head + loss (phi_jax.losses): 0 = all logits at once;
       # a divisor of seq_len keeps only [batch, chunk, vocab] logits live (CPU: cache-sized).
@@ -559,6 +563,8 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     micro = 0
   if not 0 <= float(cfg.train.fit_margin) < 1:
     problems.append(f"train.fit_margin={cfg.train.fit_margin} must be in [0, 1)")
+  if cfg.train.fit_rule not in ("fastest", "largest"):
+    problems.append(f"train.fit_rule={cfg.train.fit_rule!r} is not one of ['fastest', 'largest']")
   if micro < 0 or (micro and global_batch % micro):
     problems.append(
       f"train.global_batch={global_batch} is not divisible by train.micro_batch={micro}"
