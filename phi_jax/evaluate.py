@@ -22,8 +22,14 @@ their prompts, a number that moves before pass@1 does and needs no sandbox.
     python -m phi_jax.evaluate --benchmark=deepmind_math --checkpoint=runs/phi1 \
         [--config.eval.deepmind_per_module=100 --config.eval.deepmind_seed=0]
 
+    # score texts someone else wrote: {"task_id", "pot" and/or "cot"} per line (the fields the
+    # mode reads), one line per problem
+    python -m phi_jax.evaluate --benchmark=gsm8k --samples=answers.jsonl \
+        [--config.eval.math_mode=hybrid]
+
 Math benchmarks write `results.jsonl` and `summary.json` under --out (phi_jax.evaluation.math_eval
-says what they hold) and print the summary: accuracy, overall and per mode used.
+says what they hold; with --samples, `FILE_results.jsonl` and `FILE_summary.json` beside FILE)
+and print the summary: accuracy, overall and per mode used.
 """
 
 from __future__ import annotations
@@ -126,8 +132,10 @@ def main(argv):
     cli.fail("give exactly one of --samples=FILE.jsonl and --checkpoint=DIR", status=2)
   math = args.benchmark in math_eval.BENCHMARKS
   if args.samples and math:
-    cli.fail(f"--samples scores code benchmarks; {args.benchmark} needs --checkpoint", status=2)
-  if args.samples:
+    summary = math_eval.score_file(
+      configs.resolve_paths(cfg), args.benchmark, args.samples, mode=cfg.eval.math_mode
+    )
+  elif args.samples:
     summary = score_file(cfg, args.benchmark, args.samples)
   else:
     out = args.out or Path(args.checkpoint) / "eval" / args.benchmark
@@ -155,7 +163,11 @@ if __name__ == "__main__":
   flags.DEFINE_enum(
     "benchmark", None, ["humaneval", "mbpp", *math_eval.BENCHMARKS], "Benchmark to score."
   )
-  flags.DEFINE_string("samples", None, "JSONL of {task_id, completion} to score.")
+  flags.DEFINE_string(
+    "samples",
+    None,
+    "JSONL to score: {task_id, completion} (code), {task_id, pot and/or cot} (math).",
+  )
   flags.DEFINE_string("checkpoint", None, "Workdir holding checkpoints/<step>/ to sample from.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_string("tokenizer", "", "Tokenizer for --checkpoint (see phi_jax.generate).")

@@ -111,3 +111,15 @@ def tiny_corpus(tmp_path_factory, worker_id) -> Path:
       cfg.logging.progress_bar = False
       build.run(cfg, out)
   return out
+
+
+@pytest.fixture(scope="session")
+def math_runner():
+  """Runs PoT programs as math evaluation does (the tiny config's sandbox), 2 s each."""
+  # Imported here, as the fixtures above import phi_jax: after the environment is set.
+  from phi_jax import configs
+  from phi_jax.evaluation import math_eval
+
+  cfg = configs.get("tiny")
+  cfg.eval.program_timeout_s = 2.0
+  return math_eval.program_runner(cfg.eval)

@@ -92,6 +92,9 @@ def test_answer_from_output():
     ("\\frac{14}{9}", "14/9", True),
     ("10.0009", "10", True),  # within the relative tolerance 1e-4
     ("10.002", "10", False),  # outside it
+    ("70001", "70,000", False),  # whole numbers must be equal, however large
+    ("70000.0", "70,000", True),
+    ("69999.99999", "70000", True),  # a whole gold still takes a near value
     ("5.551115123125783e-17", "0", True),  # floating-point noise at 0
     ("0.001", "0", False),
     ("18 dollars", "18", True),  # the first number stands for the prediction

@@ -48,16 +48,9 @@ class FakeModel:
 
 
 @pytest.fixture(scope="module")
-def runner():
-  cfg = configs.get("tiny")
-  cfg.eval.program_timeout_s = 2.0
-  return math_eval.program_runner(cfg.eval)
-
-
-@pytest.fixture(scope="module")
-def hybrid(runner):
+def hybrid(math_runner):
   model = FakeModel()
-  return model, math_eval.evaluate(PROBLEMS, model, runner, "hybrid")
+  return model, math_eval.evaluate(PROBLEMS, model, math_runner, "hybrid")
 
 
 def test_hybrid_falls_back_to_cot_exactly_where_the_program_gave_no_answer(hybrid):
@@ -114,10 +107,10 @@ def test_hybrid_summary_counts_each_mode_used(hybrid):
   }
 
 
-def test_pot_and_cot_alone(runner):
+def test_pot_and_cot_alone(math_runner):
   model = FakeModel()
   chosen = [p for p in PROBLEMS if p.question in ("q0", "q1", "q5")]
-  rows = math_eval.evaluate(chosen, model, runner, "pot")
+  rows = math_eval.evaluate(chosen, model, math_runner, "pot")
   assert len(model.calls) == 1  # failed programs are not asked again
   assert [(r["mode_used"], r["prediction"], r["correct"]) for r in rows] == [
     ("pot", "5", True),
@@ -129,14 +122,14 @@ def test_pot_and_cot_alone(runner):
   }
   model = FakeModel()
   chosen = [p for p in PROBLEMS if p.question in ("q1", "q2")]
-  rows = math_eval.evaluate(chosen, model, runner, "cot")
+  rows = math_eval.evaluate(chosen, model, math_runner, "cot")
   assert model.calls == [[instructions.prompt("q1"), instructions.prompt("q2")]]
   assert [(r["mode_used"], r["program"], r["prediction"]) for r in rows] == [
     ("cot", None, "6"),
     ("cot", None, "7"),
   ]
   with pytest.raises(ValueError, match="mode='both' is not one of"):
-    math_eval.evaluate(chosen, model, runner, "both")
+    math_eval.evaluate(chosen, model, math_runner, "both")
 
 
 def test_evaluate_checkpoint_on_a_tiny_model(tmp_path, shared_data):

@@ -10,7 +10,8 @@ Numbers: `number` reads an optional sign, digits with or without commas as thous
 `a/b` or `\\frac{a}{b}`, with `$` and whitespace around and a trailing period ignored. A trailing
 `%` is dropped and the value kept as written (`25%` reads 25, not 0.25), since GSM8K's golds
 write percentages without the sign. Two numbers are the same answer within a relative tolerance
-of 1e-4 (MAmmoTH's).
+of 1e-4 (MAmmoTH's), except two whole numbers, which must be equal: the tolerance alone would
+take 70,001 for GSM8K's 70,000.
 """
 
 from __future__ import annotations
@@ -106,10 +107,11 @@ def _normalized(answer: str) -> str:
 
 
 def same_answer(predicted: str | None, gold: str) -> bool:
-  """Whether `predicted` answers like `gold`: as numbers (within the tolerance) when both read
-  as numbers, else as strings without whitespace, `$`, `\\boxed{}` or a trailing period. When
-  only the gold is a number, the prediction's first number stands for it ("The answer is 18
-  dollars" answers 18, as MAmmoTH reads the text after its trigger)."""
+  """Whether `predicted` answers like `gold`: as numbers (equal when both are whole, else within
+  the tolerance) when both read as numbers, else as strings without whitespace, `$`,
+  `\\boxed{}` or a trailing period. When only the gold is a number, the prediction's first
+  number stands for it ("The answer is 18 dollars" answers 18, as MAmmoTH reads the text after
+  its trigger)."""
   if predicted is None:
     return False
   expected = number(gold)
@@ -119,5 +121,7 @@ def same_answer(predicted: str | None, gold: str) -> bool:
       first = NUMBER_IN_TEXT.search(predicted)
       value = number(first.group()) if first else None
     if value is not None:
+      if value.is_integer() and expected.is_integer():
+        return value == expected
       return math.isclose(value, expected, rel_tol=RELATIVE_TOLERANCE, abs_tol=ABSOLUTE_TOLERANCE)
   return _normalized(predicted) == _normalized(gold)

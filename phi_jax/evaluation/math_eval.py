@@ -6,6 +6,8 @@ answers to Alpaca prompts (phi_jax.instructions), by chain of thought or by a pr
     # any generator (prompts -> texts) and program runner (programs -> sandbox results)
     rows = math_eval.evaluate(problems, generate_fn, math_eval.program_runner(cfg.eval), "hybrid")
     summary = math_eval.summarize(rows, "gsm8k", "hybrid")
+    # texts written elsewhere, one JSON line each: {"task_id", "pot" and/or "cot"}
+    math_eval.score_file(cfg, "gsm8k", "answers.jsonl", mode="hybrid")
 
 Modes:
 
@@ -26,10 +28,17 @@ null in cot mode: `source`, the model's text; `status`, one of PROGRAM_STATUSES;
 it failed; `printed`, what it wrote to stdout and stderr), `prediction` (null when none) and
 `correct`. summary.json: benchmark, mode, problems, accuracy, and per mode used its problems,
 answered (those with a prediction), correct and accuracy.
+
+Given texts (`score_file`): each line of a JSONL file names a problem (`task_id`, e.g.
+"gsm8k/test/0") and gives what a model wrote for it: `pot` for the question + POT_TRIGGER, `cot`
+for the question alone; a mode reads the fields of the modes its answers come from (MODES), and
+scores them as a model's texts would be (programs in the same sandbox). Each problem at most
+once; the rows follow the file's order. FILE_results.jsonl and FILE_summary.json go beside FILE.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
@@ -54,13 +63,25 @@ PROGRAM_STATUSES = (
   "not a number",
 )
 
+# What a file of given texts (`score_file`) holds in each mode's field.
+TEXT_FIELDS = {
+  "pot": f"'pot', the answer to the question followed by {instructions.POT_TRIGGER.strip()!r}",
+  "cot": "'cot', the answer to the question alone",
+}
+
 GenerateFn = Callable[[Sequence[str]], list[str]]
+# (kind, indices) -> the texts answering problems[i] for each index, kind "pot" or "cot".
+TextsFn = Callable[[str, Sequence[int]], list[str]]
 RunProgramsFn = Callable[[Sequence[str]], list[sandbox.Result]]
 
 
+def _check_mode(mode: str) -> None:
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r} is not one of {tuple(MODES)}")
+
+
 def problems(cfg: Any, benchmark: str) -> list[math_problems.MathProblem]:
-  """The problems of `benchmark` under a run config's `eval` section (the first
-  `eval.max_problems` of them when that is set)."""
+  """All the problems of `benchmark` under a run config's `eval` section."""
   if benchmark == "gsm8k":
     chosen = math_problems.gsm8k(cfg.eval.gsm8k_path or None, split="test")
   elif benchmark == "deepmind_math":
@@ -71,8 +92,6 @@ def problems(cfg: Any, benchmark: str) -> list[math_problems.MathProblem]:
     )
   else:
     raise ValueError(f"benchmark={benchmark!r} is not a math benchmark: one of {BENCHMARKS}")
-  if int(cfg.eval.max_problems):  # the first N only, for quick looks
-    chosen = chosen[: int(cfg.eval.max_problems)]
   return chosen
 
 
@@ -119,8 +138,23 @@ def evaluate(
 ) -> list[dict]:
   """One row per problem (module docstring), in problem order. `generate_fn` continues each of a
   list of prompts; `run_programs_fn` runs each of a list of programs (`program_runner`)."""
-  if mode not in MODES:
-    raise ValueError(f"mode={mode!r} is not one of {tuple(MODES)}")
+
+  def texts(kind: str, indices: Sequence[int]) -> list[str]:
+    trigger = instructions.POT_TRIGGER if kind == "pot" else ""
+    return generate_fn([instructions.prompt(problems[i].question + trigger) for i in indices])
+
+  return score(problems, texts, run_programs_fn, mode)
+
+
+def score(
+  problems: Sequence[math_problems.MathProblem],
+  texts_fn: TextsFn,
+  run_programs_fn: RunProgramsFn,
+  mode: str = "hybrid",
+) -> list[dict]:
+  """`evaluate` with the texts from `texts_fn` (TextsFn), asked only for those `mode` reads: in
+  hybrid, the CoT texts of the problems whose PoT text gave no answer."""
+  _check_mode(mode)
   rows = [
     {
       "task_id": p.task_id,
@@ -134,9 +168,7 @@ def evaluate(
     for p in problems
   ]
   if mode != "cot":
-    texts = generate_fn(
-      [instructions.prompt(p.question + instructions.POT_TRIGGER) for p in problems]
-    )
+    texts = texts_fn("pot", range(len(problems)))
     runnable = [i for i, text in enumerate(texts) if "print(" in text]
     results = dict(zip(runnable, run_programs_fn([texts[i] for i in runnable]) if runnable else []))
     for i, text in enumerate(texts):
@@ -144,7 +176,7 @@ def evaluate(
       rows[i].update(mode_used="pot", output=text, program=program, prediction=prediction)
   if mode != "pot":
     again = [i for i, row in enumerate(rows) if row["prediction"] is None]
-    texts = generate_fn([instructions.prompt(problems[i].question) for i in again]) if again else []
+    texts = texts_fn("cot", again) if again else []
     for i, text in zip(again, texts):
       rows[i].update(mode_used="cot", output=text, prediction=math_answers.extract_answer(text))
   for row in rows:
@@ -187,10 +219,11 @@ def evaluate_checkpoint(
   """Answers `benchmark` with a checkpoint's greedy decoding, in batches of
   `eval.batch_size`; writes OUT/results.jsonl and OUT/summary.json; returns the summary. `cfg`:
   a run config, its paths already resolved by the entry point (configs.resolve_paths)."""
-  if mode not in MODES:
-    raise ValueError(f"mode={mode!r} is not one of {tuple(MODES)}")
+  _check_mode(mode)
   checkpoint_dir, out = files.existing(checkpoint_dir, "checkpoint"), Path(files.absolute(out))
   chosen = problems(cfg, benchmark)
+  if int(cfg.eval.max_problems):  # the first N only, for quick looks
+    chosen = chosen[: int(cfg.eval.max_problems)]
   if mode != "cot":
     sandbox.check_available(cfg.eval.isolation)  # before minutes of decoding, not after
   vocab = vocabularies.for_config(cfg, tokenizer)
@@ -213,6 +246,43 @@ def evaluate_checkpoint(
 
   rows = evaluate(chosen, generate, program_runner(cfg.eval), mode)
   summary = {**summarize(rows, benchmark, mode), "checkpoint": str(checkpoint_dir)}
-  scoring.write_jsonl(out / "results.jsonl", rows)
-  files.write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+  _write(rows, summary, out / "results.jsonl", out / "summary.json")
   return summary
+
+
+def score_file(cfg: Any, benchmark: str, samples_path: str | Path, *, mode: str = "hybrid") -> dict:
+  """Scores the texts of a JSONL file (module docstring: its fields) on `benchmark`; writes
+  FILE_results.jsonl and FILE_summary.json beside FILE; returns the summary. `cfg`: a run
+  config, its paths already resolved by the entry point (configs.resolve_paths)."""
+  _check_mode(mode)
+  samples_path = files.existing(samples_path, "samples file")
+  kinds = MODES[mode]
+  samples = scoring.read_samples(
+    samples_path,
+    ("task_id", *kinds),
+    hint=f" (eval.math_mode={mode} reads {' and '.join(TEXT_FIELDS[k] for k in kinds)})",
+  )
+  by_id = {p.task_id: p for p in problems(cfg, benchmark)}
+  scoring.check_task_ids(samples, list(by_id))
+  repeated = [i for i, n in collections.Counter(s["task_id"] for s in samples).items() if n > 1]
+  if repeated:
+    raise ValueError(
+      f"{samples_path}: {len(repeated)} task ids appear more than once, e.g. {repeated[:3]}; "
+      f"give each problem one line, with the texts of all the modes it needs"
+    )
+
+  def texts(kind: str, indices: Sequence[int]) -> list[str]:
+    return [samples[i][kind] for i in indices]
+
+  chosen = [by_id[s["task_id"]] for s in samples]
+  rows = score(chosen, texts, program_runner(cfg.eval), mode)
+  summary = {**summarize(rows, benchmark, mode), "samples": samples_path}
+  _write(rows, summary, f"{samples_path}_results.jsonl", f"{samples_path}_summary.json")
+  return summary
+
+
+def _write(
+  rows: Sequence[dict], summary: dict, results: str | Path, summary_path: str | Path
+) -> None:
+  scoring.write_jsonl(results, rows)
+  files.write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")

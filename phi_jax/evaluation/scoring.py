@@ -17,8 +17,11 @@ from phi_jax import files
 from phi_jax.evaluation import benchmarks, pass_at_k, sandbox
 
 
-def read_samples(path: str | os.PathLike) -> list[dict]:
-  """Samples from a JSONL file, each checked to have a string `task_id` and `completion`."""
+def read_samples(
+  path: str | os.PathLike, fields: Sequence[str] = ("task_id", "completion"), hint: str = ""
+) -> list[dict]:
+  """Samples from a JSONL file, each checked to have a string in each of `fields`; `hint`, how
+  to fix a sample that lacks one, ends that error."""
   samples = []
   with open(path) as f:
     for number, line in enumerate(f, 1):
@@ -28,14 +31,23 @@ def read_samples(path: str | os.PathLike) -> list[dict]:
         sample = json.loads(line)
       except json.JSONDecodeError as exc:
         raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
-      if not isinstance(sample, dict) or not all(
-        isinstance(sample.get(key), str) for key in ("task_id", "completion")
-      ):
-        raise ValueError(f"{path}:{number}: a sample needs string 'task_id' and 'completion'")
+      if not isinstance(sample, dict) or not all(isinstance(sample.get(k), str) for k in fields):
+        names = " and ".join(repr(k) for k in fields)
+        raise ValueError(f"{path}:{number}: a sample needs string {names}{hint}")
       samples.append(sample)
   if not samples:
     raise ValueError(f"{path} holds no samples")
   return samples
+
+
+def check_task_ids(samples: Sequence[Mapping[str, Any]], known: Sequence[str]) -> None:
+  """ValueError naming the samples' task ids that are not among `known` (the benchmark's)."""
+  unknown = sorted({s["task_id"] for s in samples} - set(known))
+  if unknown:
+    raise ValueError(
+      f"samples name {len(unknown)} unknown task ids, e.g. {unknown[:3]}; "
+      f"known: {known[0]} ... {known[-1]} ({len(known)} problems)"
+    )
 
 
 def human_eval_result(result: sandbox.Result) -> str:
@@ -57,12 +69,7 @@ def score(
 ) -> list[dict]:
   """Each sample with `passed` and `result` added, in the order given."""
   by_id = {p.task_id: p for p in problems}
-  unknown = sorted({s["task_id"] for s in samples} - set(by_id))
-  if unknown:
-    raise ValueError(
-      f"samples name {len(unknown)} unknown task ids, e.g. {unknown[:3]}; "
-      f"known: {next(iter(by_id))} ... ({len(by_id)} problems)"
-    )
+  check_task_ids(samples, list(by_id))
   jobs = [by_id[s["task_id"]].job(s["completion"]) for s in samples]
   results = sandbox.run_many(jobs, timeout_s, workers=workers, limits=limits, isolation=isolation)
   return [
