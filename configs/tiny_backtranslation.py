@@ -10,8 +10,9 @@ pass@1 and the loss of the reference solutions.
 A 2-layer model cannot follow a rubric (it writes no `Score: n`), so curation here is by
 likelihood: the model's mean per-token log-probability of each output given its instruction,
 the better half kept. Its greedy instructions are blank lines, so it samples them (temperature
-0.7). The point is the path; a real run: a larger model and scorer="rubric"
-(or an OpenAI-compatible judge), the paper's A4 threshold.
+0.7), and keeps those the token cap cuts (keep_runaway: counted, not skipped). The point is the
+path; a real run: a larger model and scorer="rubric" (or an OpenAI-compatible judge), the
+paper's A4 threshold.
 """
 
 from phi_jax import configs
@@ -26,5 +27,6 @@ def get_config():
     scorer="likelihood",
     instruction_max_tokens=48,
     instruction_temperature=0.7,
+    keep_runaway=True,
   )
   return cfg

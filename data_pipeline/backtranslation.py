@@ -8,9 +8,12 @@ Pairs are documents `{"id", "kind", "instruction", "output", "system", "source"}
 them apart in training ("answer in the style of an AI assistant" for the seed, "answer with
 knowledge from web search" for augmented pairs; config data).
 
-* Seed (`seed_pairs`): a JSONL file of `{"instruction", "output"}`, OpenAssistant's message
-  trees (`*.trees.jsonl`: each tree's first prompt and its best-ranked assistant reply), or the
-  corpus's own CodeExercises: the docstring asks, the function answers.
+* Seed (`read_pairs`, `exercise_pair`): a JSONL file of `{"instruction", "output"}`,
+  OpenAssistant's message trees (`*.trees.jsonl`: each tree's first prompt and its best-ranked
+  assistant reply), or the corpus's own CodeExercises: the docstring asks, the function answers.
+  A file's bad lines are skipped and counted by reason (`SEED_SKIPS`).
+* Self-augment (`augmented_instruction`): a generated instruction that is empty, a copy of its
+  text (`copied_output`) or cut by the token cap (`runaway`) is counted and skipped.
 * Unlabelled (`unlabelled_texts`): the corpus's functions with their docstrings removed (nobody
   wrote their instruction down) and textbook passages, or a JSONL/Parquet file's `text`.
 * Self-curation by rubric (`rubric_request`, `parse_score`): a 5-point rating ending in
@@ -22,6 +25,8 @@ knowledge from web search" for augmented pairs; config data).
 from __future__ import annotations
 
 import ast
+import collections
+import difflib
 import hashlib
 import json
 import re
@@ -77,7 +82,8 @@ def pair(instruction: str, output: str, kind: str, system: str, source: str) -> 
 
 
 def oasst_pairs(trees: Iterable[dict], lang: str = "en") -> Iterator[tuple[str, str]]:
-  """(first prompt, its best-ranked assistant reply) of each OpenAssistant message tree."""
+  """(first prompt, its best-ranked assistant reply) of each OpenAssistant message tree (their
+  texts as the file has them: `read_pairs` checks them)."""
   for tree in trees:
     prompt = tree.get("prompt") or {}
     if prompt.get("role") != "prompter" or (lang and prompt.get("lang") != lang):
@@ -85,22 +91,53 @@ def oasst_pairs(trees: Iterable[dict], lang: str = "en") -> Iterator[tuple[str, 
     replies = [r for r in prompt.get("replies", []) if r.get("role") == "assistant"]
     ranked = [r for r in replies if r.get("rank") is not None]
     if ranked:
-      yield prompt["text"], min(ranked, key=lambda r: r["rank"])["text"]
+      yield prompt.get("text"), min(ranked, key=lambda r: r["rank"]).get("text")
 
 
-def read_pairs(path: str) -> list[tuple[str, str]]:
+# Why a seed file's line is skipped: not a JSON object; no instruction or output (or null); one
+# that is not a string; one that is only whitespace.
+SEED_SKIPS = ("seed_bad_json", "seed_missing_field", "seed_not_string", "seed_empty")
+
+
+def _seed_skip(instruction, output) -> str:
+  """The SEED_SKIPS reason (instruction, output) is no seed pair for, or ""."""
+  if instruction is None or output is None:
+    return "seed_missing_field"
+  if not isinstance(instruction, str) or not isinstance(output, str):
+    return "seed_not_string"
+  return "" if instruction.strip() and output.strip() else "seed_empty"
+
+
+def read_pairs(path: str) -> tuple[list[tuple[str, str]], dict[str, int]]:
   """(instruction, output) pairs of a JSONL file: `{"instruction", "output"}` rows, or
-  OpenAssistant message trees (rows with a `prompt` tree)."""
-  rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-  if rows and "prompt" in rows[0] and isinstance(rows[0]["prompt"], dict):
-    return list(oasst_pairs(rows))
-  bad = [i for i, r in enumerate(rows, 1) if not {"instruction", "output"} <= set(r)]
-  if bad:
-    raise ValueError(
-      f"{path}:{bad[0]}: a seed row needs 'instruction' and 'output' (or pass OpenAssistant's "
-      f"*.trees.jsonl); {len(bad)} rows lack them"
-    )
-  return [(r["instruction"], r["output"]) for r in rows]
+  OpenAssistant message trees (rows with a `prompt` tree; its first row that is a JSON object
+  says which), and the count of lines skipped by reason (SEED_SKIPS)."""
+  rows, skipped = [], collections.Counter()
+  for line in Path(path).read_text().splitlines():
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      row = None
+    if isinstance(row, dict):
+      rows.append(row)
+    else:
+      skipped["seed_bad_json"] += 1
+  if rows and isinstance(rows[0].get("prompt"), dict):
+    trees = [r for r in rows if isinstance(r.get("prompt"), dict)]
+    skipped["seed_missing_field"] += len(rows) - len(trees)
+    found = oasst_pairs(trees)
+  else:
+    found = ((r.get("instruction"), r.get("output")) for r in rows)
+  pairs = []
+  for instruction, output in found:
+    reason = _seed_skip(instruction, output)
+    if reason:
+      skipped[reason] += 1
+    else:
+      pairs.append((instruction, output))
+  return pairs, {k: v for k, v in sorted(skipped.items()) if v}
 
 
 def exercise_pair(prompt: str, solution: str) -> tuple[str, str] | None:
@@ -217,9 +254,45 @@ def augment_request(
   )
 
 
+_BLANK_LINE = re.compile(r"\n\s*\n")
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
 def clean_instruction(text: str) -> str:
   """A generated instruction: its text up to a blank line, stripped."""
-  return re.split(r"\n\s*\n", text.strip(), maxsplit=1)[0].strip() if text.strip() else ""
+  return _BLANK_LINE.split(text.strip(), maxsplit=1)[0].strip()
+
+
+def copy_overlap(instruction: str, output: str) -> float:
+  """The longest run of words and punctuation marks the two share verbatim (case-folded), as a
+  share of the shorter one's: 1 when one contains the other, whatever the whitespace."""
+  ours, theirs = (_WORD.findall(text.casefold()) for text in (instruction, output))
+  if not ours or not theirs:
+    return 0.0
+  # No autojunk: it would drop the output's common words from matches.
+  run = difflib.SequenceMatcher(None, ours, theirs, autojunk=False).find_longest_match()
+  return run.size / min(len(ours), len(theirs))
+
+
+# What can be wrong with a generated instruction (`augmented_instruction`).
+INSTRUCTION_SKIPS = ("empty_instruction", "runaway", "copied_output")
+
+
+def augmented_instruction(
+  response: generation.Response, output: str, copy_threshold: float
+) -> tuple[str, str]:
+  """The instruction a backward-model response writes for `output`, and "" or what is wrong with
+  it: `empty_instruction`; `copied_output` (copy_overlap with the output >= copy_threshold);
+  `runaway` (the token cap cut the text before a blank line ended the instruction)."""
+  text = response.text.lstrip()
+  instruction = clean_instruction(text)
+  if not instruction:
+    return "", "empty_instruction"
+  if copy_overlap(instruction, output) >= copy_threshold:
+    return instruction, "copied_output"
+  if response.finish_reason == "length" and not _BLANK_LINE.search(text):
+    return instruction, "runaway"
+  return instruction, ""
 
 
 def rubric_request(
@@ -246,11 +319,14 @@ def parse_score(text: str) -> int | None:
 
 class GenerateInstructions(beam.DoFn):
   """A [start, stop) range of the unlabelled texts -> candidate pairs (the generated instruction,
-  the text), through the response cache; failures counted by reason, empty instructions too."""
+  the text), through the response cache; failures and flawed instructions (empty, copied,
+  runaway: `augmented_instruction`) counted by reason and skipped (runaways kept with
+  `keep_runaway`)."""
 
   def __init__(self, texts, requests, backend, cache_dir: str, bt):
     self.texts, self.requests, self.backend, self.cache_dir = texts, requests, backend, cache_dir
-    self.system = bt.augmented_system
+    self.system, self.copy_threshold = bt.augmented_system, float(bt.copy_threshold)
+    self.keep_runaway = bool(bt.keep_runaway)
 
   def process(self, shard: tuple[int, int]):
     start, stop = shard
@@ -263,10 +339,11 @@ class GenerateInstructions(beam.DoFn):
         stages.counter(f"failed_{outcome.failure}").inc()
         continue
       stages.counter("completion_tokens").inc(outcome.response.completion_tokens)
-      instruction = clean_instruction(outcome.response.text)
-      if not instruction:
-        stages.counter("empty_instruction").inc()
-        continue
+      instruction, flaw = augmented_instruction(outcome.response, doc["text"], self.copy_threshold)
+      if flaw:
+        stages.counter(flaw).inc()
+        if not (flaw == "runaway" and self.keep_runaway):
+          continue
       stages.counter("candidates").inc()
       yield pair(instruction, doc["text"], AUGMENTED, self.system, "augmented")
 

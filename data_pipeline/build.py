@@ -638,12 +638,17 @@ def _expanded_topics(syn: Any, backend, cache) -> tuple[tuple[str, ...] | None, 
   return tuple(topics), counters
 
 
+# Counters that say why something was skipped (synthetic data and backtranslation).
+_SKIP_COUNTERS = (
+  "failed_",
+  "rejected_",
+  *backtranslation.INSTRUCTION_SKIPS,
+  *backtranslation.SEED_SKIPS,
+)
+
+
 def _failure_summary(counters: dict) -> str:
-  reasons = {
-    k: v
-    for k, v in sorted(counters.items())
-    if k.startswith(("failed_", "rejected_", "empty_")) and v
-  }
+  reasons = {k: v for k, v in sorted(counters.items()) if k.startswith(_SKIP_COUNTERS) and v}
   return ", ".join(f"{k}={v}" for k, v in reasons.items()) or "no failures counted"
 
 
@@ -773,7 +778,9 @@ def build_math(cfg: Any, out: epath.PathLike, beam_options: list[str]) -> dict:
   return files.run_stage(out, math_instruct.STAGE, body)
 
 
-def _bt_seed_pairs(cfg: Any, out: epath.PathLike) -> list[tuple[str, str]]:
+def _bt_seed_pairs(cfg: Any, out: epath.PathLike) -> tuple[list[tuple[str, str]], dict[str, int]]:
+  """The seed pairs (the first max_seed) and the seed file's lines skipped, by reason; no pair at
+  all stops the stage, with the reasons."""
   bt = cfg.backtranslation
   if bt.seed == "exercises":
     docs = stages.iter_docs(files.completed(out, "quality"))
@@ -782,10 +789,18 @@ def _bt_seed_pairs(cfg: Any, out: epath.PathLike) -> list[tuple[str, str]]:
       for d in docs
       if d["kind"] == "exercise"
     )
-    pairs = sorted(p for p in found if p is not None)
+    pairs, skipped = sorted(p for p in found if p is not None), {}
+    hint = "the corpus has no CodeExercise with a docstring: set backtranslation.seed to a file"
   else:
-    pairs = backtranslation.read_pairs(files.existing(bt.seed, "backtranslation.seed"))
-  return pairs[: int(bt.max_seed)] if int(bt.max_seed) else pairs
+    path = files.existing(bt.seed, "backtranslation.seed")
+    pairs, skipped = backtranslation.read_pairs(path)
+    hint = (
+      f"{path} has no seed pair ({_failure_summary(skipped)}): each line needs a JSON object "
+      "with non-empty string 'instruction' and 'output' (or OpenAssistant's *.trees.jsonl); "
+      "fix the file or set backtranslation.seed to another"
+    )
+  stages.require_documents({"read": len(pairs)}, "read", "bt_seed", hint)
+  return (pairs[: int(bt.max_seed)] if int(bt.max_seed) else pairs), skipped
 
 
 def _bt_unlabelled_texts(cfg: Any, out: epath.PathLike) -> list[str]:
@@ -823,7 +838,7 @@ def backtranslation_sources(cfg: Any, out: epath.PathLike, beam_options: list[st
     )
 
   def seed_body(stage: epath.Path) -> dict:
-    pairs = _bt_seed_pairs(cfg, out)
+    pairs, skipped = _bt_seed_pairs(cfg, out)
     docs = [
       backtranslation.pair(i, o, backtranslation.SEED, bt.seed_system, "seed") for i, o in pairs
     ]
@@ -831,7 +846,7 @@ def backtranslation_sources(cfg: Any, out: epath.PathLike, beam_options: list[st
     def build(p):
       stages.write_docs(clean(p, docs, "seed"), stage, "seed")
 
-    counters = {"read": len(docs), **stages.run_pipeline(build, beam_options)}
+    counters = {"read": len(docs), **skipped, **stages.run_pipeline(build, beam_options)}
     stages.require_documents(counters, "kept", "bt_seed", "check backtranslation.seed")
     return counters
 
@@ -968,8 +983,10 @@ def augment(
       counters,
       "candidates",
       "bt_augment",
-      f"{_failure_summary(counters)}; a backward model that writes only blank lines needs more "
-      "training, backtranslation.instruction_temperature > 0, or backtranslation.base_url",
+      f"{_failure_summary(counters)}; a backward model that writes only blank lines "
+      "(empty_instruction), echoes its text (copied_output) or runs on to instruction_max_tokens "
+      "(runaway) needs more training, backtranslation.instruction_temperature > 0, or "
+      "backtranslation.base_url (keep_runaway keeps what the cap cut)",
     )
     return counters
 

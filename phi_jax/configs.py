@@ -332,7 +332,15 @@ def base() -> ml_collections.ConfigDict:
       seed_system="Answer in the style of an AI assistant.",
       augmented_system="Answer with knowledge from web search.",
       backward_lead="Write the instruction that the following response answers.",
-      instruction_max_tokens=64,  # a generated instruction's length
+      # A generated instruction's length; one the cap cuts before a blank line ends it is
+      # counted `runaway` and skipped, unless keep_runaway (a backward model too small to end
+      # its instructions).
+      instruction_max_tokens=64,
+      keep_runaway=False,
+      # An instruction sharing a verbatim run of words with its text of at least this share of
+      # the shorter of the two (backtranslation.copy_overlap; 1.0: one contains the other) is a
+      # copy, not an instruction: skipped (counted `copied_output`).
+      copy_threshold=0.8,
       # The backward model's sampling temperature: 0 = greedy; above, each text's own seed.
       instruction_temperature=0.0,
       # An OpenAI-compatible server to write instructions and rate pairs instead of the recipe's

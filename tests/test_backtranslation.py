@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from data_pipeline import backtranslation, generation
+from data_pipeline import backtranslation, build, generation, stages
 from phi_jax import configs, instructions
 
 EXERCISE_PROMPT = 'def add(a: int, b: int) -> int:\n    """Return the sum of a and b."""\n'
@@ -53,14 +53,60 @@ def test_oasst_trees_give_each_first_prompt_and_its_best_ranked_reply(tmp_path):
     {"prompt": {"role": "prompter", "lang": "en", "text": "No replies", "replies": []}},
   ]
   path = tmp_path / "oasst.trees.jsonl"
-  path.write_text("".join(json.dumps(t) + "\n" for t in trees))
-  assert backtranslation.read_pairs(str(path)) == [
-    ("What is a prime?", "A number with two divisors.")
-  ]
+  path.write_text("".join(json.dumps(t) + "\n" for t in trees) + '{"prompt": "flat"}\n{"pro\n')
+  assert backtranslation.read_pairs(str(path)) == (
+    [("What is a prime?", "A number with two divisors.")],
+    {"seed_bad_json": 1, "seed_missing_field": 1},  # the other trees are not English or unranked
+  )
+
+
+# A seed file with every kind of bad line, each counted by the reason it is skipped.
+SEED_LINES = [
+  json.dumps({"instruction": "Say hi", "output": "hi"}),
+  '{"instruction": "Say bye", "output": ',  # cut short
+  "",  # blank lines are no lines
+  "[1, 2]",  # JSON, but not an object
+  json.dumps({"instruction": "Count", "answer": "1 2 3"}),
+  json.dumps({"instruction": "Count", "output": None}),
+  json.dumps({"instruction": ["Sort"], "output": "sorted(x)"}),
+  json.dumps({"instruction": " \n", "output": "nothing asked"}),
+  json.dumps({"instruction": "Add one.", "output": "x + 1", "extra": 0}),
+]
+SEED_SKIPPED = {
+  "seed_bad_json": 2,
+  "seed_missing_field": 2,
+  "seed_not_string": 1,
+  "seed_empty": 1,
+}
+
+
+def test_a_seed_file_s_bad_lines_are_skipped_and_counted_by_reason(tmp_path):
   path = tmp_path / "seed.jsonl"
-  path.write_text(json.dumps({"instruction": "Say hi", "output": "hi"}) + "\n{}\n")
-  with pytest.raises(ValueError, match=r"seed.jsonl:2: a seed row needs 'instruction'"):
-    backtranslation.read_pairs(str(path))
+  path.write_text("\n".join(SEED_LINES) + "\n")
+  assert backtranslation.read_pairs(str(path)) == (
+    [("Say hi", "hi"), ("Add one.", "x + 1")],
+    SEED_SKIPPED,
+  )
+
+
+def test_the_seed_stage_counts_bad_lines_and_stops_with_none_good(tmp_path):
+  cfg = configs.get("tiny")
+  cfg.backtranslation.seed = str(tmp_path / "seed.jsonl")
+  cfg.backtranslation.unlabelled = str(tmp_path / "web.jsonl")
+  (tmp_path / "seed.jsonl").write_text("\n".join(SEED_LINES) + "\n")
+  (tmp_path / "web.jsonl").write_text(json.dumps({"text": "def f():\n    return 1\n"}) + "\n")
+  sources = build.backtranslation_sources(cfg, tmp_path / "good", [])
+  assert sources["bt_seed"]["read"] == sources["bt_seed"]["kept"] == 2
+  assert {k: sources["bt_seed"][k] for k in SEED_SKIPPED} == SEED_SKIPPED  # in the manifest
+
+  (tmp_path / "seed.jsonl").write_text("\n".join(SEED_LINES[1:-1]) + "\n")  # no good line left
+  error = (
+    r"stage 'bt_seed' kept no documents \(read=0\): .*seed.jsonl has no seed pair "
+    r"\(seed_bad_json=2, seed_empty=1, seed_missing_field=2, seed_not_string=1\): each line "
+    r"needs a JSON object with non-empty string 'instruction' and 'output'.*fix the file"
+  )
+  with pytest.raises(stages.EmptyStageError, match=error):
+    build.backtranslation_sources(cfg, tmp_path / "bad", [])
 
 
 def test_an_exercise_is_a_docstring_asking_and_a_function_answering():
@@ -111,7 +157,8 @@ def test_unlabelled_files_need_text(tmp_path):
 
 
 class CannedBackend:
-  """A generation backend answering each prompt from a table (or failing it)."""
+  """A generation backend answering each prompt from a table (or failing it): a text, finished
+  with "stop", or (text, finish reason)."""
 
   identity = "canned"
 
@@ -123,11 +170,12 @@ class CannedBackend:
     outcomes = []
     for i, request in enumerate(requests):
       self.prompts.append(request.prompt)
-      text = next((a for key, a in self.answers.items() if key in request.prompt), None)
-      if text is None:
+      answer = next((a for key, a in self.answers.items() if key in request.prompt), None)
+      if answer is None:
         outcome = generation.Outcome(request, None, failure="http_500")
       else:
-        response = generation.Response(text, "stop", 10, len(text.split()))
+        text, finish = (answer, "stop") if isinstance(answer, str) else answer
+        response = generation.Response(text, finish, 10, len(text.split()))
         outcome = generation.Outcome(request, response, attempts=1)
       on_outcome(i, outcome)
       outcomes.append(outcome)
@@ -194,6 +242,61 @@ def test_augment_requests_are_greedy_backward_prompts():
   assert backtranslation.clean_instruction(" \n ") == ""
 
 
+@pytest.mark.parametrize(
+  "text, finish, output, skip",
+  [
+    ("Sum two numbers.", "stop", "def add(a, b):\n    return a + b\n", ""),
+    ("Sum two numbers.\n\nAnd then it ran on", "length", "return a + b", ""),  # it ended
+    ("Sum two numbers and then it ran on", "length", "return a + b", "runaway"),
+    ("\n \n", "length", "return a + b", "empty_instruction"),
+    # Copies, whatever the case and whitespace: the output, a part of it, it and a little more.
+    ("DEF add(a,b): RETURN a+b", "stop", "def add(a, b):\n    return a + b\n", "copied_output"),
+    ("Lists keep their order.", "stop", "Lists keep their order. Sets do not.", "copied_output"),
+    ("Rewrite: def f(): return 1", "stop", "def f():\n    return 1\n", "copied_output"),
+    # Sharing some of its output's words does not make an instruction a copy.
+    ("Explain what Python lists keep.", "stop", "Python lists keep their order.", ""),
+  ],
+)
+def test_runaway_and_copied_instructions_are_skipped(text, finish, output, skip):
+  threshold = configs.get("tiny").backtranslation.copy_threshold
+  response = generation.Response(text, finish, 10, 16)
+  instruction, reason = backtranslation.augmented_instruction(response, output, threshold)
+  assert reason == skip
+  assert instruction == backtranslation.clean_instruction(text)
+
+
+def test_the_augment_stage_counts_what_it_skips_and_stops_with_nothing_kept(tmp_path, monkeypatch):
+  cfg = configs.get("tiny")
+  texts = [{"id": f"t{k}", "text": f"def f{k}(x):\n    return x + {k}\n"} for k in range(6)]
+
+  def augment(out, answers):
+    _stage_of(out, "bt_unlabelled", texts)
+    monkeypatch.setattr(build, "_bt_backend", lambda *args: CannedBackend(answers))
+    return build.augment(cfg, out, "backward", "spm.model", [])
+
+  counters = augment(
+    tmp_path / "some",
+    {
+      "return x + 0": "Add zero to a number.",
+      "return x + 1": "Add one to a number.\n\nThen it rambled until",
+      "return x + 2": ("Add two to a number and then it rambled until", "length"),
+      "return x + 3": "def f3(x): return x + 3",
+      "return x + 4": "\n",
+    },  # f5: the request fails
+  )
+  skipped = ("empty_instruction", "runaway", "copied_output", "failed_http_500")
+  assert counters["candidates"] == 2 and all(counters[k] == 1 for k in skipped)
+  kept = sorted(d["instruction"] for d in stages.iter_docs(tmp_path / "some" / "bt_augment"))
+  assert kept == ["Add one to a number.", "Add zero to a number."]
+
+  cut = {"return x": ("Add a number to x and then it rambled until", "length")}
+  with pytest.raises(stages.EmptyStageError, match=r"\(candidates=0\): runaway=6; .*\(runaway\)"):
+    augment(tmp_path / "cut", cut)
+  cfg.backtranslation.keep_runaway = True  # for a backward model too small to end them
+  counters = augment(tmp_path / "kept", cut)
+  assert counters["candidates"] == counters["runaway"] == 6
+
+
 def test_sampled_instructions_have_a_seed_of_their_text():
   def sampled(text):
     return backtranslation.augment_request(text, "Write the ask.", 32, temperature=0.7)
@@ -230,8 +333,6 @@ def _stage_of(out, name, docs):
 
 
 def test_the_control_matches_the_rounds_data_in_size_but_not_in_choice(tmp_path):
-  from data_pipeline import build
-
   def pairs(kind, n):
     return [backtranslation.pair(f"{kind} {i}", f"out {i}", kind, "", kind) for i in range(n)]
 
@@ -259,7 +360,6 @@ def test_the_recipe_backtranslates_curates_and_trains_each_round(tmp_path, tiny_
 
   import sentencepiece
 
-  from data_pipeline import build
   from phi_jax import pipeline, records
 
   shutil.copytree(tiny_corpus, tmp_path / "data")
@@ -276,9 +376,8 @@ def test_the_recipe_backtranslates_curates_and_trains_each_round(tmp_path, tiny_
 
   backward, augment, round_0, curate, round_1, control_1 = pipeline._backtranslate(cfg, tmp_path)
   assert backward["pairs"] == 48 and backward["steps"] == 3
-  assert (
-    augment["requested"] == 24 and augment["candidates"] + augment.get("empty_instruction", 0) == 24
-  )
+  skipped = augment.get("empty_instruction", 0) + augment.get("copied_output", 0)
+  assert augment["requested"] == 24 and augment["candidates"] + skipped == 24  # runaways kept
   assert curate["scorer"] == "likelihood" and curate["candidates"] == augment["candidates"]
   assert sum(curate["histogram"]["counts"]) == curate["parsed"]
   assert curate["parsed"] + curate["too_long"] == curate["candidates"]
