@@ -323,7 +323,12 @@ def fit(cfg: Any, topology: str | None = None, chip_config: str | None = None) -
     fits = report["compiled"] and needs <= budget
     trials.append(
       dict(
-        micro_batch=micro_batch, remat=remat, bytes=needs, fits=fits, compile_s=report["compile_s"]
+        micro_batch=micro_batch,
+        remat=remat,
+        bytes=needs,
+        fits=fits,
+        estimated_step_s=report.get("estimated_step_s"),
+        compile_s=report["compile_s"],
       )
     )
     logging.warning(

@@ -152,3 +152,17 @@ def test_fit_keeps_an_explicit_setting_and_says_when_nothing_fits():
     aot.fit(cfg, "v5e:2x2")
   with pytest.raises(ValueError, match="phi_jax.aot.fit"):
     train_step.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
+
+
+def test_the_fastest_rule_takes_the_setting_the_compiler_estimates_fastest():
+  # Every policy fits 16 sequences at once here, so the rule compares one compile of each.
+  cfg = _tiny(16, "auto", seq_len=512, remat="auto")
+  cfg.train.fit_rule = "fastest"
+  fit = aot.fit(cfg, "v5e:2x2")
+  assert _trials(fit) == [(16, remat, True) for remat in aot.REMAT_BY_COST]
+  estimates = {t["remat"]: t["estimated_step_s"] for t in fit["record"]["trials"]}
+  assert len(set(estimates.values())) == 4
+  assert fit["record"]["remat"] == min(estimates, key=estimates.get)
+  assert fit["record"]["rule"] == "fastest"
+  with pytest.raises(aot.MemoryFitError, match="needs the TPU compiler's step-time estimate"):
+    aot.fit(cfg)  # the CPU devices of this process: no estimate
