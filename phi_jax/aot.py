@@ -1,14 +1,17 @@
-"""TPU ahead-of-time compilation of the train step, on any machine (no TPU needed).
+"""What the compiler says about the train step, for a TPU slice on any machine (no TPU needed).
 
     python -m phi_jax.aot --config=configs/phi1.py --topology=v4:2x2x1 \
         [--config.train.micro_batch=64 --config.model.remat=full --config.model.dtype=bfloat16]
 
 libtpu (`pip install -e ".[tpu]"`) compiles the real train step (`train_step.make_trainer`) for a
-TPU slice described only by its topology, on compile-only devices, and reports what the compiler
-says about it: per-chip HBM (arguments, outputs, temporaries, generated code) against the chip's
-capacity, and the compiled FLOPs per step next to the analytic count of `phi_jax.metrics`.
+TPU slice described only by its topology, on compile-only devices (or for the devices this
+process runs on), and reports: per-chip HBM (arguments, outputs, temporaries, generated code)
+against the chip's capacity; the compiled FLOPs per step next to the analytic count of
+`phi_jax.metrics`; and the step time the TPU compiler's cost model estimates. `fit` chooses
+`train.micro_batch` / `model.remat` where a config says "auto"; `train.run` calls it.
 
-From Python: `phi_jax.aot.compile_report(phi_jax.configs.get("phi1"), "v5p:2x2x1")` -> dict.
+From Python: `phi_jax.aot.fit(phi_jax.configs.get("phi1"), "v5p:2x2x1")` -> dict, and
+`compile_report(cfg, topology)` for a config whose settings are given.
 
 Topologies are libtpu's `<chip>:<chips per axis>` names, e.g. `v4:2x2x1` (v4-8: 4 chips, 8
 TensorCores), `v5e:2x4` (v5litepod-8: 8 chips), `v5p:2x2x1` (v5p-8: 4 chips), `v6e:2x4`.
