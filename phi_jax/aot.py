@@ -127,7 +127,7 @@ def _memory_limit(devices: list, topology: str | None) -> int | None:
   if topology:
     chip = chip_name(topology)
     return COMPILER_HBM_LIMIT_BYTES.get(chip, HBM_BYTES.get(chip))
-  stats = devices[0].memory_stats()
+  stats = jax.local_devices()[0].memory_stats()  # another host's devices report nothing here
   if stats and "bytes_limit" in stats:
     return int(stats["bytes_limit"])
   if devices[0].platform == "cpu":
