@@ -101,11 +101,16 @@ def test_derived_programs_are_right_in_pot_exactly_where_their_last_step_is_the_
   gsm8k_test, math_runner
 ):
   programs = [math_instruct.gsm8k_program(p.rationale) for p in gsm8k_test]
-  derived = [p for p, program in zip(gsm8k_test, programs) if program is not None]
+  derived = [(p, text) for p, text in zip(gsm8k_test, programs) if text is not None]
+  last = [last_result(p) for p, _ in derived]
+  expected = [result == value(p.answer) for result, (p, _) in zip(last, derived)]
+  assert (len(derived), sum(expected)) == (1300, 1207)
+  # Every 4th program runs in the sandbox, to keep the suite within its time budget
+  # (docs/evaluation.md has the run of all of them).
+  derived, last, expected = derived[::4], last[::4], expected[::4]
   rows = math_eval.score(
-    derived, Given(pot=[text for text in programs if text]), math_runner, "pot"
+    [p for p, _ in derived], Given(pot=[text for _, text in derived]), math_runner, "pot"
   )
-  last = [last_result(p) for p in derived]
   # Each program ran and printed what its last annotation says...
   assert [r["task_id"] for r in rows if r["program"]["status"] != "answered"] == []
   assert [
@@ -114,9 +119,8 @@ def test_derived_programs_are_right_in_pot_exactly_where_their_last_step_is_the_
     if not math.isclose(float(r["prediction"]), result, rel_tol=1e-6)
   ] == []
   # ...so it is right where that is the gold answer, and nowhere else.
-  expected = [result == value(p.answer) for result, p in zip(last, derived)]
   assert [r["correct"] for r in rows] == expected
-  assert (len(derived), sum(expected)) == (1300, 1207)
+  assert False in expected
 
 
 def test_garbage_is_wrong_in_every_mode(gsm8k_test, math_runner):
