@@ -153,15 +153,42 @@ def test_fit_keeps_an_explicit_setting_and_says_when_nothing_fits():
     aot.fit(cfg, "v5e:2x2")
 
 
-def test_the_fastest_rule_takes_the_setting_the_compiler_estimates_fastest():
-  # Every policy fits 16 sequences at once here, so the rule compares one compile of each.
-  cfg = _tiny(16, "auto", seq_len=512, remat="auto")
+def test_the_fastest_rule_takes_the_setting_the_compiler_estimates_fastest(monkeypatch):
+  # The rule's choices over stand-in compiler reports (the compiles themselves are tested
+  # above): a micro-batch of m sequences needs m x (bytes per sequence) of the budget, and a
+  # step takes (seconds per accumulation step) x the accumulation steps.
+  per_sequence = {"none": 8, "dots": 4, "dots_no_batch": 2, "full": 1}  # % of the budget
+  per_step = {"none": 1.0, "dots": 1.5, "dots_no_batch": 2.1, "full": 2.6}
+
+  def report(cfg, topology, chip_config=None):
+    del topology, chip_config
+    m, remat = cfg.train.micro_batch, cfg.model.remat
+    budget = (1 - cfg.train.fit_margin) * aot.COMPILER_HBM_LIMIT_BYTES["v5e"]
+    return dict(
+      compiled=True,
+      micro_batch=m,
+      remat=remat,
+      total_bytes=m * per_sequence[remat] / 100 * budget,
+      estimated_step_s=per_step[remat] * 64 / m,
+      compile_s=0.0,
+    )
+
+  monkeypatch.setattr(aot, "compile_report", report)
+  cfg = _tiny(64, "auto", remat="auto")
   cfg.train.fit_rule = "fastest"
   fit = aot.fit(cfg, "v5e:2x2")
-  assert _trials(fit) == [(16, remat, True) for remat in aot.REMAT_BY_COST]
-  estimates = {t["remat"]: t["estimated_step_s"] for t in fit["record"]["trials"]}
-  assert len(set(estimates.values())) == 4
-  assert fit["record"]["remat"] == min(estimates, key=estimates.get)
-  assert fit["record"]["rule"] == "fastest"
+  # The largest that fits under each policy: 8, 16, 32 and 64 sequences; per step 8, 6, 4.2, 2.6 s.
+  assert [(m, remat) for m, remat, fits in _trials(fit) if fits] == [
+    (8, "none"),
+    (16, "dots"),
+    (32, "dots_no_batch"),
+    (64, "full"),
+  ]
+  assert (fit["record"]["micro_batch"], fit["record"]["remat"]) == (64, "full")
+  per_step["full"] = 4.5  # now 4.5 s: dots_no_batch's 4.2 s wins
+  assert aot.fit(cfg, "v5e:2x2")["record"]["remat"] == "dots_no_batch"
+  cfg.train.fit_rule = "largest"
+  assert aot.fit(cfg, "v5e:2x2")["record"]["remat"] == "full"  # 64 at once with full only
+  cfg.train.fit_rule = "fastest"
   with pytest.raises(aot.MemoryFitError, match="needs the TPU compiler's step-time estimate"):
     aot.fit(cfg)  # the CPU devices of this process: no estimate
