@@ -219,7 +219,7 @@ def compile_report(
   report["hlo_matmul_flops_loops_once"] = matmul_once * len(devices)
   report["compiled_flops"] = matmul * len(devices)
   report["flops_ratio"] = report["compiled_flops"] / analytic
-  report.update(_step_time_estimate(report, hlo_text, kernel_flops, devices))
+  report.update(_step_time_estimate(report, hlo_text, kernel_flops, matmul, devices))
   # The compiler refuses a program whose peak exceeds its limit; `fits` asks more: that the
   # plain sum (arguments + outputs - aliased + temporaries + code) stays within the limit too.
   limit = report["compiler_hbm_limit_bytes"]
@@ -232,7 +232,9 @@ def clock_hz(device_kind: str) -> float | None:
   return next((hz for kind, hz in CLOCK_HZ.items() if device_kind.startswith(kind)), None)
 
 
-def _step_time_estimate(report: dict, hlo_text: str, kernel_flops, devices: list) -> dict:
+def _step_time_estimate(
+  report: dict, hlo_text: str, kernel_flops, matmul: float, devices: list
+) -> dict:
   """The step time the TPU compiler's cost model predicts, not a measurement: the estimated
   cycles of every fusion (loops times their trip counts) at the TensorCore clock, plus custom
   kernels (splash attention), which carry no estimate, at the chip's peak FLOP/s. Collectives
@@ -245,8 +247,8 @@ def _step_time_estimate(report: dict, hlo_text: str, kernel_flops, devices: list
   peak_per_device = metrics_lib.datasheet_peak_flops(kind) * chips / len(devices)
   cycles, cycles_once, _ = hlo_flops.estimated_cycles(hlo_text)
   kernel = 0.0
-  if kernel_flops is not None:  # per device: the walk with the kernels less the walk without
-    kernel = hlo_flops.matmul_flops(hlo_text, kernel_flops)[0] - hlo_flops.matmul_flops(hlo_text)[0]
+  if kernel_flops is not None:  # per device: `matmul` (kernels counted) less the walk without
+    kernel = matmul - hlo_flops.matmul_flops(hlo_text)[0]
   seconds = cycles / clock + kernel / peak_per_device
   tokens = report["global_batch"] * report["seq_len"]
   return {
